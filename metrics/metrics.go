@@ -1,0 +1,17 @@
+// Package metrics holds the counter types every part of the data path uses
+// to report drops by reason, fallbacks and totals.
+package metrics
+
+// Counter is one named event count, such as a drop reason
+// ("drop_bad_mac") or an offload fallback ("tun_gro_disabled").
+// Names are lower_snake_case and unique within one component.
+type Counter struct {
+	Name  string
+	Value uint64
+}
+
+// Reporter is implemented by components that count events. Stats is safe to
+// call concurrently with the data path; values are a snapshot.
+type Reporter interface {
+	Stats() []Counter
+}
