@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"ptun/transport/udp"
+	"ptun/tun"
+	"ptun/uapi"
+	"ptun/wg"
+)
+
+// readyFDEnv names the fd on which a daemonized child reports readiness
+// ("ok" or an error line) to the parent that started it.
+const readyFDEnv = "PTUN_READY_FD"
+
+// runInterface is `ptun [-f] [--mtu N] [--log FILE] IFNAME`.
+func runInterface(args []string) int {
+	fs := flag.NewFlagSet("ptun", flag.ContinueOnError)
+	foreground := fs.Bool("f", false, "stay in the foreground")
+	fs.BoolVar(foreground, "foreground", false, "stay in the foreground")
+	mtu := fs.Int("mtu", 1420, "interface MTU")
+	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with -f, none otherwise)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	name := fs.Arg(0)
+	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/ \t\n:") {
+		fmt.Fprintf(os.Stderr, "ptun: %q is not a valid interface name (1-15 characters, no '/', ':' or spaces)\n", name)
+		return 1
+	}
+	if *mtu < 576 || *mtu > 65535 {
+		fmt.Fprintf(os.Stderr, "ptun: --mtu %d is out of range (576-65535)\n", *mtu)
+		return 1
+	}
+	if !*foreground && os.Getenv(readyFDEnv) == "" {
+		return daemonize(args)
+	}
+
+	logger, closeLog, err := openLog(*logFile, *foreground)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	defer closeLog()
+	ready := readyReporter()
+	if err := serve(name, *mtu, logger, ready); err != nil {
+		ready(err)
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs interface name until a signal or the interface's deletion.
+// ready is called once with nil when the interface and socket are up.
+func serve(name string, mtu int, logger *log.Logger, ready func(error)) error {
+	level := os.Getenv("LOG_LEVEL")
+	errorf := func(format string, args ...any) {
+		if level != "silent" {
+			logger.Printf(format, args...)
+		}
+	}
+	verbosef := func(format string, args ...any) {
+		if level == "verbose" || level == "debug" {
+			logger.Printf(format, args...)
+		}
+	}
+
+	timers, err := wg.TimersFromEnv(wg.DefaultTimers())
+	if err != nil {
+		return err
+	}
+	ln, err := uapi.Listen(name)
+	if err != nil {
+		return err
+	}
+	sock := uapi.SocketPath(name)
+	defer os.Remove(sock)
+	defer ln.Close()
+
+	dev, err := tun.Create(name, tun.OptionsFromEnv(tun.Options{MTU: mtu, Logf: verbosef}))
+	if err != nil {
+		return err
+	}
+	tr := udp.New(udp.OptionsFromEnv(udp.Options{Logf: verbosef}))
+	d, err := wg.New(dev, tr, wg.Options{Logf: errorf, Timers: timers})
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("starting the WireGuard device: %w", err)
+	}
+	defer d.Close()
+
+	served := make(chan error, 1)
+	go func() { served <- uapi.Serve(ln, d, verbosef) }()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	verbosef("interface %s is up (UAPI %s)", name, sock)
+	ready(nil)
+	select {
+	case s := <-sigs:
+		verbosef("%v: shutting down", s)
+	case <-d.Done():
+		verbosef("interface %s went away: shutting down", name)
+	case err := <-served:
+		if err != nil && !errors.Is(err, os.ErrClosed) {
+			errorf("UAPI server stopped: %v", err)
+		}
+	}
+	return nil
+}
+
+func openLog(path string, foreground bool) (*log.Logger, func(), error) {
+	switch {
+	case path != "":
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--log: %w", err)
+		}
+		return log.New(f, "ptun: ", log.LstdFlags), func() { f.Close() }, nil
+	case foreground:
+		return log.New(os.Stderr, "ptun: ", log.LstdFlags), func() {}, nil
+	default:
+		return log.New(io.Discard, "", 0), func() {}, nil
+	}
+}
+
+// readyReporter returns the function a daemonized child uses to tell its
+// parent that it is ready, or why it failed. In the foreground it does
+// nothing.
+func readyReporter() func(error) {
+	fdStr := os.Getenv(readyFDEnv)
+	if fdStr == "" {
+		return func(error) {}
+	}
+	os.Unsetenv(readyFDEnv)
+	f := os.NewFile(3, "ready")
+	done := false
+	return func(err error) {
+		if done || f == nil {
+			return
+		}
+		done = true
+		if err != nil {
+			fmt.Fprintf(f, "%v\n", err)
+		} else {
+			fmt.Fprintln(f, "ok")
+		}
+		f.Close()
+	}
+}
+
+// daemonize starts this command again in the background, detached from the
+// terminal, and returns once it reports that the interface is ready: the
+// contract wg-quick expects from WG_QUICK_USERSPACE_IMPLEMENTATION.
+func daemonize(args []string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: starting the daemon: %v\n", err)
+		return 1
+	}
+	w.Close()
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(r).ReadString('\n')
+		lines <- strings.TrimSpace(line)
+	}()
+	select {
+	case line := <-lines:
+		if line == "ok" {
+			cmd.Process.Release()
+			return 0
+		}
+		cmd.Wait()
+		if line == "" {
+			line = "the daemon exited before it was ready"
+		}
+		fmt.Fprintf(os.Stderr, "ptun: %s\n", line)
+		return 1
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		fmt.Fprintln(os.Stderr, "ptun: the daemon did not become ready within 30s")
+		return 1
+	}
+}

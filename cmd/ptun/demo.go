@@ -1,0 +1,24 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"ptun/demo"
+)
+
+// runDemo is `ptun demo`: two namespaced hosts and a real tunnel.
+func runDemo(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	dur := fs.Duration("duration", 5*time.Second, "length of each throughput run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return demo.Run(ctx, demo.Options{Duration: *dur}, os.Stdout)
+}

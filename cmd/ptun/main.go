@@ -1,0 +1,65 @@
+// Command ptun is a fast userspace WireGuard-protocol VPN for Linux.
+//
+//	ptun [-f] [--mtu N] IFNAME   create interface IFNAME and serve its UAPI socket
+//	ptun genkey | pubkey | genpsk  keys, compatible with wg(8)
+//	ptun show [IFNAME]             peers, handshakes, bytes and drop counters
+//	ptun demo                      two namespaced hosts, a tunnel, throughput vs the raw link
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `Usage:
+  ptun [-f|--foreground] [--mtu N] [--log FILE] IFNAME
+        create the TUN interface IFNAME and serve the WireGuard userspace API
+        on /var/run/wireguard/IFNAME.sock (configure it with wg(8) or wg-quick);
+        without -f, return once the interface is ready and keep running in the
+        background
+  ptun genkey            print a new private key (base64)
+  ptun pubkey            read a private key on stdin, print its public key
+  ptun genpsk            print a new preshared key
+  ptun show [IFNAME]     show peers, handshakes, transfer and drop counters
+  ptun demo [--duration D]
+        as root: two namespaced hosts, a real tunnel between them, ping and
+        TCP throughput in both directions next to the raw link
+
+Environment: PTUN_DISABLE_TUN_OFFLOAD, PTUN_DISABLE_TUN_USO, PTUN_DISABLE_TUN_GRO,
+PTUN_DISABLE_UDP_GSO, PTUN_DISABLE_UDP_GRO (=1 turns that offload off);
+LOG_LEVEL=verbose|error|silent.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return 0
+	case "genkey":
+		err = genKey(os.Stdout)
+	case "genpsk":
+		err = genPSK(os.Stdout)
+	case "pubkey":
+		err = pubKey(os.Stdin, os.Stdout)
+	case "show":
+		err = show(args[1:], os.Stdout)
+	case "demo":
+		err = runDemo(args[1:])
+	default:
+		return runInterface(args)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	return 0
+}

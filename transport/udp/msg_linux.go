@@ -1,0 +1,127 @@
+package udp
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockaddrSize holds either a sockaddr_in or a sockaddr_in6.
+const sockaddrSize = unix.SizeofSockaddrInet6
+
+// oobSize is the control buffer of one received message: room for the GRO
+// segment size (an int) with space to spare.
+const oobSize = 64
+
+// gsoCmsgSpace is the control buffer of one segmented send: the
+// UDP_SEGMENT size (a uint16).
+var gsoCmsgSpace = unix.CmsgSpace(2)
+
+// gsoCmsgMax is a compile-time upper bound of gsoCmsgSpace for array sizes.
+const gsoCmsgMax = 32
+
+// putSockaddr writes ep as a sockaddr_in (v6 false) or sockaddr_in6 into b
+// and returns its length. ep must be an IPv4 address for v6 false.
+func putSockaddr(b *[sockaddrSize]byte, ep netip.AddrPort, v6 bool) uint32 {
+	*b = [sockaddrSize]byte{}
+	binary.BigEndian.PutUint16(b[2:4], ep.Port())
+	if !v6 {
+		binary.NativeEndian.PutUint16(b[0:2], unix.AF_INET)
+		a := ep.Addr().As4()
+		copy(b[4:8], a[:])
+		return unix.SizeofSockaddrInet4
+	}
+	binary.NativeEndian.PutUint16(b[0:2], unix.AF_INET6)
+	a := ep.Addr().As16()
+	copy(b[8:24], a[:])
+	return unix.SizeofSockaddrInet6
+}
+
+// parseSockaddr reads a sockaddr_in or sockaddr_in6 the kernel wrote. The
+// address comes back unmapped and without zone; ok is false for anything
+// else or a short buffer.
+func parseSockaddr(b []byte) (ep netip.AddrPort, ok bool) {
+	if len(b) < 2 {
+		return netip.AddrPort{}, false
+	}
+	switch binary.NativeEndian.Uint16(b[0:2]) {
+	case unix.AF_INET:
+		if len(b) < 8 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4])), true
+	case unix.AF_INET6:
+		if len(b) < 24 {
+			return netip.AddrPort{}, false
+		}
+		a := netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		return netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[2:4])), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// cmsgAlign rounds n up to the control-message alignment (a word).
+func cmsgAlign(n int) int { return (n + unix.SizeofPtr - 1) &^ (unix.SizeofPtr - 1) }
+
+// cmsgHeader reads one control-message header at the start of b.
+func cmsgHeader(b []byte) (length, level, typ int, ok bool) {
+	if len(b) < unix.SizeofCmsghdr {
+		return 0, 0, 0, false
+	}
+	if unix.SizeofPtr == 8 {
+		l := binary.NativeEndian.Uint64(b[0:8])
+		if l > uint64(len(b)) {
+			return 0, 0, 0, false
+		}
+		length = int(l)
+	} else {
+		length = int(binary.NativeEndian.Uint32(b[0:4]))
+	}
+	level = int(int32(binary.NativeEndian.Uint32(b[unix.SizeofPtr:])))
+	typ = int(int32(binary.NativeEndian.Uint32(b[unix.SizeofPtr+4:])))
+	return length, level, typ, length >= unix.SizeofCmsghdr && length <= len(b)
+}
+
+// groSize returns the segment size from a UDP_GRO control message in oob,
+// or 0 when there is none (the message is one datagram).
+func groSize(oob []byte) int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		length, level, typ, ok := cmsgHeader(oob)
+		if !ok {
+			return 0
+		}
+		var data []byte
+		if start := cmsgAlign(unix.SizeofCmsghdr); length > start {
+			data = oob[start:length]
+		}
+		if level == unix.SOL_UDP && typ == unix.UDP_GRO && len(data) >= 4 {
+			if v := int32(binary.NativeEndian.Uint32(data)); v > 0 {
+				return int(v)
+			}
+			return 0
+		}
+		next := cmsgAlign(length)
+		if next >= len(oob) {
+			return 0
+		}
+		oob = oob[next:]
+	}
+	return 0
+}
+
+// putGSOSize writes a UDP_SEGMENT control message for segments of seg bytes
+// into b and returns its length.
+func putGSOSize(b []byte, seg int) int {
+	b = b[:gsoCmsgSpace]
+	clear(b)
+	if unix.SizeofPtr == 8 {
+		binary.NativeEndian.PutUint64(b[0:8], uint64(unix.CmsgLen(2)))
+	} else {
+		binary.NativeEndian.PutUint32(b[0:4], uint32(unix.CmsgLen(2)))
+	}
+	binary.NativeEndian.PutUint32(b[unix.SizeofPtr:], unix.SOL_UDP)
+	binary.NativeEndian.PutUint32(b[unix.SizeofPtr+4:], unix.UDP_SEGMENT)
+	binary.NativeEndian.PutUint16(b[cmsgAlign(unix.SizeofCmsghdr):], uint16(seg))
+	return gsoCmsgSpace
+}

@@ -1,0 +1,133 @@
+package udp
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// receiver is one socket's ReceiveFunc with its pre-allocated recvmmsg
+// state. mu guards everything below it; a ReceiveFunc is meant for one
+// goroutine, the lock only makes misuse safe.
+type receiver struct {
+	s  *socket
+	mu sync.Mutex
+
+	hdrs  [BatchSize]unix.Mmsghdr
+	iovs  [BatchSize]unix.Iovec
+	names [BatchSize][sockaddrSize]byte
+	oob   [BatchSize][oobSize]byte
+	msgs  [BatchSize]rxMsg
+	stash pending // datagrams of the last read that did not fit
+
+	// vlen is how many messages the next read asks for. With GRO one
+	// message may hold up to 64 datagrams, so it follows the recent
+	// datagrams-per-message ratio to keep the overflow (stash) small.
+	vlen int
+
+	// The argument and results of read, made once so that RawConn.Read
+	// needs no new closure per call.
+	batch []unix.Mmsghdr
+	n     int
+	errno unix.Errno
+	read  func(fd uintptr) bool
+}
+
+func newReceiver(s *socket) *receiver {
+	r := &receiver{s: s, vlen: BatchSize}
+	r.stash.ents = make([]pendingMsg, 0, BatchSize)
+	for i := range r.hdrs {
+		h := &r.hdrs[i].Hdr
+		h.Name = &r.names[i][0]
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+		if s.gro {
+			h.Control = &r.oob[i][0]
+		}
+	}
+	r.read = func(fd uintptr) bool {
+		r.n, r.errno = recvmmsg(fd, r.batch)
+		return r.errno != unix.EAGAIN
+	}
+	return r
+}
+
+// receive is the socket's transport.ReceiveFunc. It blocks in Go's poller
+// until at least one datagram is there, reads up to a batch with one
+// recvmmsg and splits GRO messages back into datagrams, one per buffer.
+// Datagrams that do not fit are kept, in order, for the next call, which
+// then makes no syscall. After Close it returns net.ErrClosed.
+func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := &r.s.t.stats
+	if r.s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	room := min(len(bufs), len(sizes), len(eps), BatchSize)
+	if room == 0 {
+		return 0, io.ErrShortBuffer
+	}
+	bufs, sizes, eps = bufs[:room], sizes[:room], eps[:room]
+	if !r.stash.empty() {
+		n := r.stash.drain(bufs, sizes, eps)
+		st.rxDatagrams.Add(uint64(n))
+		return n, nil
+	}
+	gro := r.s.gro
+	for {
+		vlen := room
+		if gro {
+			vlen = min(room, r.vlen)
+		}
+		for i, b := range bufs[:vlen] {
+			setIovec(&r.iovs[i], b)
+			h := &r.hdrs[i]
+			h.Len = 0
+			h.Hdr.Namelen = sockaddrSize
+			h.Hdr.Flags = 0
+			if gro {
+				h.Hdr.SetControllen(oobSize)
+			}
+		}
+		r.batch = r.hdrs[:vlen]
+		if err := r.s.rc.Read(r.read); err != nil {
+			return 0, closedErr(r.s, err)
+		}
+		if r.errno != 0 {
+			return 0, closedErr(r.s, os.NewSyscallError("recvmmsg", r.errno))
+		}
+		st.rxSyscalls.Add(1)
+		m, segs := r.n, 0
+		for j := range m {
+			h := &r.hdrs[j]
+			msg := rxMsg{n: int(h.Len)}
+			msg.ep, _ = parseSockaddr(r.names[j][:min(int(h.Hdr.Namelen), sockaddrSize)])
+			if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+				msg.drop = true
+				st.dropRecvTruncated.Add(1)
+			} else if gro {
+				msg.seg = groSize(r.oob[j][:min(int(h.Hdr.Controllen), oobSize)])
+			}
+			k := msg.segments()
+			if k > 1 {
+				st.rxGRO.Add(1)
+			}
+			segs += k
+			r.msgs[j] = msg
+		}
+		n := split(bufs, sizes, eps, r.msgs[:m], &r.stash)
+		if gro && segs > 0 {
+			r.vlen = max(1, min(room, room*m/segs))
+		}
+		if n > 0 {
+			st.rxDatagrams.Add(uint64(n))
+			return n, nil
+		}
+		// Only truncated datagrams: read again.
+	}
+}

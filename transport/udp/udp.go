@@ -1,0 +1,159 @@
+// Package udp is ptun's batched UDP transport: one IPv4 and one IPv6 socket
+// on the same port, read with recvmmsg and written with sendmmsg, with UDP
+// GRO on receive and UDP GSO on send when the kernel supports them.
+//
+// Every offload has a kill switch (Options, or the PTUN_DISABLE_UDP_GSO and
+// PTUN_DISABLE_UDP_GRO environment variables), and GSO turns itself off for
+// good when the kernel rejects a segmented send. Nothing is dropped
+// silently: a full send buffer blocks the sender (bounded), and datagrams
+// the kernel finally refuses are counted by reason in Stats.
+package udp
+
+import (
+	"errors"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"ptun/metrics"
+)
+
+// BatchSize is the most datagrams one ReceiveFunc call returns, and the
+// batch Send handles in one sendmmsg.
+const BatchSize = 128
+
+// DefaultSocketBuffer is the SO_RCVBUF/SO_SNDBUF size asked for when
+// Options.SocketBuffer is 0: enough for a bulk flow's bandwidth-delay
+// product, so bursts queue in the kernel instead of being dropped there.
+const DefaultSocketBuffer = 7 << 20
+
+// ErrNoSocket is returned by Send when the transport has no socket for the
+// destination's address family (for example an IPv6 endpoint on a host
+// without IPv6). The datagrams are counted as dropped; the caller should use
+// another endpoint.
+var ErrNoSocket = errors.New("udp: no socket for the destination's address family")
+
+// Options configure a Transport. The zero value is the fast default.
+type Options struct {
+	// DisableGSO turns UDP generic segmentation offload off for sends.
+	DisableGSO bool
+	// DisableGRO turns UDP generic receive offload off for receives.
+	DisableGRO bool
+	// SocketBuffer is the receive and send buffer size in bytes; 0 means
+	// DefaultSocketBuffer and a negative value keeps the kernel's default.
+	SocketBuffer int
+	// Logf receives rare events (offload fallbacks, undersized buffers);
+	// nil is silent. It is never called per packet.
+	Logf func(format string, args ...any)
+}
+
+// OptionsFromEnv returns o with the kill switches from the environment
+// applied: PTUN_DISABLE_UDP_GSO=1 sets DisableGSO and PTUN_DISABLE_UDP_GRO=1
+// sets DisableGRO. Other values leave o's setting alone.
+func OptionsFromEnv(o Options) Options {
+	if envOn("PTUN_DISABLE_UDP_GSO") {
+		o.DisableGSO = true
+	}
+	if envOn("PTUN_DISABLE_UDP_GRO") {
+		o.DisableGRO = true
+	}
+	return o
+}
+
+func envOn(name string) bool {
+	v := strings.TrimSpace(os.Getenv(name))
+	return v == "1" || strings.EqualFold(v, "true")
+}
+
+func (o Options) socketBuffer() int {
+	if o.SocketBuffer == 0 {
+		return DefaultSocketBuffer
+	}
+	return o.SocketBuffer
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Logf != nil {
+		o.Logf(format, args...)
+	}
+}
+
+// maxErrno bounds the per-errno drop counters; Linux errnos are all below it.
+const maxErrno = 160
+
+// counters are a Transport's event counts; each is one atomic add per batch
+// (or per drop) on the data path. They survive Close and reopen.
+type counters struct {
+	rxDatagrams atomic.Uint64
+	rxSyscalls  atomic.Uint64
+	rxGRO       atomic.Uint64 // received messages that held more than one datagram
+	txDatagrams atomic.Uint64
+	txSyscalls  atomic.Uint64
+	txGSO       atomic.Uint64 // sent messages that held more than one datagram
+	txWaits     atomic.Uint64 // times a send waited for room in the send buffer
+
+	gsoDisabled atomic.Uint64 // GSO turned off after the kernel rejected a segmented send
+	groDisabled atomic.Uint64 // sockets on which GRO was wanted but could not be enabled
+
+	dropRecvTruncated atomic.Uint64
+	dropSendClosed    atomic.Uint64
+	dropSendNoSocket  atomic.Uint64
+	dropSendErrno     [maxErrno]atomic.Uint64 // indexed by errno
+	dropSendOther     atomic.Uint64           // errno >= maxErrno
+}
+
+// errnoName is the lower-case symbolic name of errno e ("eagain"), or
+// "errno_N" when it has none; it is set per OS.
+var errnoName = func(e int) string { return "errno_" + strconv.Itoa(e) }
+
+func (c *counters) dropSend(errno int, n int) {
+	if n <= 0 {
+		return
+	}
+	if errno > 0 && errno < maxErrno {
+		c.dropSendErrno[errno].Add(uint64(n))
+	} else {
+		c.dropSendOther.Add(uint64(n))
+	}
+}
+
+// snapshot lists the totals and fallbacks always, then the drop counters
+// that are not zero, sorted by name.
+func (c *counters) snapshot() []metrics.Counter {
+	out := []metrics.Counter{
+		{Name: "udp_rx_datagrams", Value: c.rxDatagrams.Load()},
+		{Name: "udp_rx_syscalls", Value: c.rxSyscalls.Load()},
+		{Name: "udp_rx_gro_messages", Value: c.rxGRO.Load()},
+		{Name: "udp_tx_datagrams", Value: c.txDatagrams.Load()},
+		{Name: "udp_tx_syscalls", Value: c.txSyscalls.Load()},
+		{Name: "udp_tx_gso_messages", Value: c.txGSO.Load()},
+		{Name: "udp_tx_waits", Value: c.txWaits.Load()},
+		{Name: "udp_gso_disabled", Value: c.gsoDisabled.Load()},
+		{Name: "udp_gro_disabled", Value: c.groDisabled.Load()},
+	}
+	var drops []metrics.Counter
+	add := func(name string, v uint64) {
+		if v != 0 {
+			drops = append(drops, metrics.Counter{Name: name, Value: v})
+		}
+	}
+	add("drop_udp_recv_truncated", c.dropRecvTruncated.Load())
+	add("drop_udp_send_closed", c.dropSendClosed.Load())
+	add("drop_udp_send_no_socket", c.dropSendNoSocket.Load())
+	add("drop_udp_send_other", c.dropSendOther.Load())
+	for e := range c.dropSendErrno {
+		add("drop_udp_send_"+errnoName(e), c.dropSendErrno[e].Load())
+	}
+	sort.Slice(drops, func(i, j int) bool { return drops[i].Name < drops[j].Name })
+	return append(out, drops...)
+}
+
+var _ metrics.Reporter = (*Transport)(nil)
+
+// Stats returns a snapshot of the transport's counters: datagrams and
+// syscalls in each direction (their ratio shows the batching), offload use
+// and fallbacks, and drops by reason (drop_udp_send_<errno> and others).
+// It is safe to call at any time.
+func (t *Transport) Stats() []metrics.Counter { return t.stats.snapshot() }

@@ -1,0 +1,238 @@
+// Package wg is the WireGuard protocol engine: peers, sessions, the
+// handshake and timers, cryptokey routing, and the run-to-completion data
+// path between a tun.Device and a transport.Transport.
+//
+// The data path has one goroutine per direction and socket: the TUN reader
+// reads a batch, routes each packet to its peer, encrypts in place and sends
+// the batch; each transport receiver reads a batch, decrypts in place,
+// checks it and writes the batch to the TUN. No packet is handed from one
+// goroutine to another on the way, so per-flow order is kept; every drop is
+// counted by reason.
+package wg
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"ptun/metrics"
+	"ptun/transport"
+	"ptun/tun"
+	"ptun/wg/allowedips"
+	"ptun/wg/noise"
+	"ptun/wg/wire"
+)
+
+// headroom is the space left before each packet read from the TUN, where
+// the transport header is written; the ciphertext then lands in place.
+const headroom = wire.TransportHeaderSize
+
+// bufSize is the size of every data-path buffer: the largest packet or
+// datagram, the headroom, and room for padding and the tag.
+const bufSize = headroom + tun.MaxSegmentSize + 64
+
+// Options configure a Device. The zero value is usable.
+type Options struct {
+	Logf   func(format string, args ...any) // nil: silent
+	Timers Timers                           // zero: DefaultTimers()
+}
+
+// Device is a WireGuard interface: a TUN device, a transport and the peers.
+type Device struct {
+	tun       tun.Device
+	transport transport.Transport
+	logf      func(format string, args ...any)
+	timers    Timers
+
+	configMu sync.Mutex // serialises Set, transport rebinding and Close
+
+	local   atomic.Pointer[noise.Local]         // nil until a private key is set
+	cookies atomic.Pointer[noise.CookieChecker] // follows local
+
+	peers struct {
+		sync.RWMutex // guards byKey
+		byKey        map[noise.PublicKey]*Peer
+	}
+	allowed allowedips.Table[*Peer]
+	indices indexTable
+
+	// transport state, guarded by configMu for writes
+	listenPort uint16
+	fwmark     uint32
+	recvDone   sync.WaitGroup // receive routines of the current binding
+
+	tunWriteMu sync.Mutex   // serialises TUN writes from the receive routines
+	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by the timer routine
+
+	handshakes chan handshakeMessage
+
+	counters counters
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	routines  sync.WaitGroup
+	closeErr  error
+}
+
+// New starts a device on t and tr. It binds the transport to a random port
+// (change it with Set) and starts the data path; packets flow once a private
+// key and peers are configured. Close stops it; Done reports when it stopped
+// by itself (the TUN went away).
+func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
+	d := &Device{
+		tun:        t,
+		transport:  tr,
+		logf:       opts.Logf,
+		timers:     opts.Timers,
+		handshakes: make(chan handshakeMessage, handshakeQueueLen),
+		closed:     make(chan struct{}),
+	}
+	if d.logf == nil {
+		d.logf = func(string, ...any) {}
+	}
+	if d.timers == (Timers{}) {
+		d.timers = DefaultTimers()
+	}
+	d.peers.byKey = make(map[noise.PublicKey]*Peer)
+	d.indices.m = make(map[uint32]indexEntry)
+
+	d.configMu.Lock()
+	err := d.bind(0)
+	d.configMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	d.routines.Add(3)
+	go d.routineReadFromTUN()
+	go d.routineHandshakes()
+	go d.routineTimers()
+	return d, nil
+}
+
+// bind opens the transport on port and starts a receive routine per socket.
+// configMu must be held and the transport closed.
+func (d *Device) bind(port uint16) error {
+	fns, actual, err := d.transport.Open(port)
+	if err != nil {
+		return err
+	}
+	if d.fwmark != 0 {
+		if err := d.transport.SetMark(d.fwmark); err != nil {
+			d.transport.Close()
+			return err
+		}
+	}
+	d.listenPort = actual
+	for _, fn := range fns {
+		d.recvDone.Add(1)
+		go d.routineReceive(fn)
+	}
+	return nil
+}
+
+// rebind moves the transport to port. On failure it restores the old port
+// and returns the error, leaving the device as it was.
+func (d *Device) rebind(port uint16) error {
+	old := d.listenPort
+	d.transport.Close()
+	d.recvDone.Wait()
+	if err := d.bind(port); err != nil {
+		if err2 := d.bind(old); err2 != nil {
+			d.logf("cannot restore listen port %d: %v", old, err2)
+		}
+		return err
+	}
+	return nil
+}
+
+// Done is closed when the device has stopped.
+func (d *Device) Done() <-chan struct{} { return d.closed }
+
+// Close stops the device, closes the transport and the TUN, and waits for
+// every routine to end.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		d.configMu.Lock()
+		err1 := d.transport.Close()
+		d.recvDone.Wait()
+		d.configMu.Unlock()
+		err2 := d.tun.Close()
+		d.routines.Wait()
+		d.closeErr = errors.Join(err1, err2)
+	})
+	return d.closeErr
+}
+
+// isClosed reports whether Close has begun.
+func (d *Device) isClosed() bool {
+	select {
+	case <-d.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Stats returns the device's counters followed by the TUN's and the
+// transport's, when they count.
+func (d *Device) Stats() []metrics.Counter {
+	out := d.counters.snapshot()
+	if r, ok := d.tun.(metrics.Reporter); ok {
+		out = append(out, r.Stats()...)
+	}
+	if r, ok := d.transport.(metrics.Reporter); ok {
+		out = append(out, r.Stats()...)
+	}
+	return out
+}
+
+// dropSession forgets kp's index. kp may be nil.
+func (d *Device) dropSession(kp *keypair) {
+	if kp != nil {
+		d.indices.remove(kp.localIndex)
+	}
+}
+
+// lookupPeer returns the peer with public key pk, or nil.
+func (d *Device) lookupPeer(pk noise.PublicKey) *Peer {
+	d.peers.RLock()
+	p := d.peers.byKey[pk]
+	d.peers.RUnlock()
+	return p
+}
+
+// sendTo sends bufs to p's endpoint, counting failures.
+func (d *Device) sendTo(p *Peer, bufs [][]byte) error {
+	ep, ok := p.Endpoint()
+	if !ok {
+		d.counters.dropN(dropNoEndpoint, len(bufs))
+		return errNoEndpoint
+	}
+	if err := d.transport.Send(bufs, ep); err != nil {
+		d.counters.dropN(dropTransportSend, len(bufs))
+		return err
+	}
+	return nil
+}
+
+var errNoEndpoint = errors.New("peer has no endpoint")
+
+// stop ends the device when its TUN goes away.
+func (d *Device) stopFromRoutine(reason error) {
+	if d.isClosed() {
+		return
+	}
+	d.logf("device stopping: %v", reason)
+	go d.Close()
+}
+
+// isClosedErr reports whether err means the TUN or socket is gone for good.
+func isClosedErr(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed)
+}
+
+func (d *Device) String() string { return fmt.Sprintf("device(%s)", d.tun.Name()) }

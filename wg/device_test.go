@@ -1,0 +1,338 @@
+package wg
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"ptun/transport/transporttest"
+	"ptun/tun/tuntest"
+	"ptun/uapi"
+	"ptun/wg/noise"
+)
+
+// testNode is one side of a test tunnel: a device on fakes.
+type testNode struct {
+	dev   *Device
+	tun   *tuntest.ChannelTUN
+	priv  noise.PrivateKey
+	addr  netip.Addr // tunnel address (IPv4)
+	addr6 netip.Addr
+}
+
+func mustKey(t testing.TB) noise.PrivateKey {
+	t.Helper()
+	k, err := noise.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// newTestPair builds two devices joined by an in-memory transport, each with
+// the other as its peer (allowed IPs: the other's /32 and /128).
+func newTestPair(t testing.TB, timers Timers) (a, b *testNode) {
+	t.Helper()
+	ta, tb := transporttest.NewPair()
+	a = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
+		addr: netip.MustParseAddr("100.64.0.1"), addr6: netip.MustParseAddr("2001:db8:100::1")}
+	b = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
+		addr: netip.MustParseAddr("100.64.0.2"), addr6: netip.MustParseAddr("2001:db8:100::2")}
+	var err error
+	opts := Options{Timers: timers, Logf: t.Logf}
+	if a.dev, err = New(a.tun, ta, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.dev.Close() })
+	if b.dev, err = New(b.tun, tb, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.dev.Close() })
+	configure(t, a, b, ta.LocalAddr(b.dev.listenPort))
+	configure(t, b, a, tb.LocalAddr(a.dev.listenPort))
+	return a, b
+}
+
+// configure makes peer a peer of n, reachable at ep.
+func configure(t testing.TB, n, peer *testNode, _ netip.AddrPort) {
+	t.Helper()
+	priv := n.priv
+	ep := peer.dev.endpointForTest()
+	if err := n.dev.Set(&uapi.DeviceConfig{
+		PrivateKey: &priv,
+		Peers: []uapi.PeerConfig{{
+			PublicKey: peer.priv.PublicKey(),
+			Endpoint:  &ep,
+			AddAllowedIPs: []netip.Prefix{
+				netip.PrefixFrom(peer.addr, 32), netip.PrefixFrom(peer.addr6, 128),
+			},
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ipv4Packet is a minimal UDP/IPv4 packet from src to dst with payload.
+func ipv4Packet(src, dst netip.Addr, payload []byte) []byte {
+	p := make([]byte, 28+len(payload))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	p[8] = 64
+	p[9] = 17
+	s, d := src.As4(), dst.As4()
+	copy(p[12:], s[:])
+	copy(p[16:], d[:])
+	binary.BigEndian.PutUint16(p[20:], 4000)
+	binary.BigEndian.PutUint16(p[22:], 5000)
+	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
+	copy(p[28:], payload)
+	return p
+}
+
+// ipv6Packet is a minimal UDP/IPv6 packet.
+func ipv6Packet(src, dst netip.Addr, payload []byte) []byte {
+	p := make([]byte, 48+len(payload))
+	p[0] = 0x60
+	binary.BigEndian.PutUint16(p[4:], uint16(8+len(payload)))
+	p[6] = 17
+	p[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(p[8:], s[:])
+	copy(p[24:], d[:])
+	binary.BigEndian.PutUint16(p[44:], uint16(8+len(payload)))
+	copy(p[48:], payload)
+	return p
+}
+
+// expectPacket waits (bounded) for want on n's TUN output.
+func expectPacket(t testing.TB, n *testNode, want []byte) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case got := <-n.tun.Outbound:
+			if bytes.Equal(got, want) {
+				return
+			}
+			t.Logf("skipping unexpected packet of %d bytes", len(got))
+		case <-deadline:
+			t.Fatalf("packet of %d bytes did not arrive within 5s; stats: %v", len(want), nonZero(n.dev))
+		}
+	}
+}
+
+func expectNoPacket(t *testing.T, n *testNode, d time.Duration) {
+	t.Helper()
+	select {
+	case got := <-n.tun.Outbound:
+		t.Fatalf("unexpected packet of %d bytes arrived", len(got))
+	case <-time.After(d):
+	}
+}
+
+func nonZero(d *Device) string {
+	var s []string
+	for _, c := range d.Stats() {
+		if c.Value != 0 {
+			s = append(s, c.Name+"="+strconv.FormatUint(c.Value, 10))
+		}
+	}
+	return strings.Join(s, " ")
+}
+
+func counter(d *Device, name string) uint64 {
+	for _, c := range d.Stats() {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	return 0
+}
+
+func TestTunnelBothWaysIPv4AndIPv6(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	for i := 0; i < 3; i++ {
+		p := ipv4Packet(a.addr, b.addr, []byte("hello from a"))
+		a.tun.Inbound <- p
+		expectPacket(t, b, p)
+		q := ipv4Packet(b.addr, a.addr, []byte("and back from b, a little longer"))
+		b.tun.Inbound <- q
+		expectPacket(t, a, q)
+	}
+	p6 := ipv6Packet(a.addr6, b.addr6, bytes.Repeat([]byte{7}, 1000))
+	a.tun.Inbound <- p6
+	expectPacket(t, b, p6)
+	q6 := ipv6Packet(b.addr6, a.addr6, bytes.Repeat([]byte{9}, 1300))
+	b.tun.Inbound <- q6
+	expectPacket(t, a, q6)
+
+	if got := counter(a.dev, "handshakes_completed") + counter(b.dev, "handshakes_completed"); got != 2 {
+		t.Errorf("handshakes completed on both sides = %d, want 2 (one handshake)", got)
+	}
+	st, err := b.dev.Get()
+	if err != nil || len(st.Peers) != 1 || st.Peers[0].LastHandshake.IsZero() || st.Peers[0].RxBytes == 0 {
+		t.Fatalf("b's state after traffic: %+v, %v", st, err)
+	}
+}
+
+func TestPacketsArriveInOrder(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	const n = 2000
+	go func() {
+		for i := 0; i < n; i++ {
+			var pl [8]byte
+			binary.BigEndian.PutUint64(pl[:], uint64(i))
+			a.tun.Inbound <- ipv4Packet(a.addr, b.addr, pl[:])
+		}
+	}()
+	deadline := time.After(20 * time.Second)
+	for want := 0; want < n; want++ {
+		select {
+		case got := <-b.tun.Outbound:
+			if seq := binary.BigEndian.Uint64(got[28:]); seq != uint64(want) {
+				t.Fatalf("packet %d arrived in place of %d", seq, want)
+			}
+		case <-deadline:
+			t.Fatalf("only %d of %d packets arrived; a: %s; b: %s", want, n, nonZero(a.dev), nonZero(b.dev))
+		}
+	}
+	if d := counter(a.dev, "drop_staged_queue_full"); d != 0 {
+		// The first packets wait for the handshake; the queue is bounded, so
+		// the sender must not outrun it in this test.
+		t.Logf("staged drops: %d", d)
+	}
+}
+
+func TestNoRouteIsCounted(t *testing.T) {
+	a, _ := newTestPair(t, Timers{})
+	a.tun.Inbound <- ipv4Packet(a.addr, netip.MustParseAddr("100.64.9.9"), []byte("x"))
+	waitFor(t, func() bool { return counter(a.dev, "drop_no_route") == 1 })
+}
+
+func TestSourceNotAllowedIsDropped(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	// a may send to b, but b only accepts a's /32 as source.
+	p := ipv4Packet(netip.MustParseAddr("100.64.0.9"), b.addr, []byte("spoofed"))
+	a.tun.Inbound <- p
+	expectNoPacket(t, b, 300*time.Millisecond)
+	waitFor(t, func() bool { return counter(b.dev, "drop_source_not_allowed") == 1 })
+	// and the tunnel still carries a's own packets
+	q := ipv4Packet(a.addr, b.addr, []byte("genuine"))
+	a.tun.Inbound <- q
+	expectPacket(t, b, q)
+}
+
+func TestRekeyKeepsTrafficFlowing(t *testing.T) {
+	timers := DefaultTimers()
+	timers.RekeyAfterTime = 300 * time.Millisecond
+	timers.RejectAfterTime = 2 * time.Second
+	a, b := newTestPair(t, timers)
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; counter(a.dev, "handshakes_completed")+counter(b.dev, "handshakes_completed") < 8; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than 4 handshakes in 10s: a: %s; b: %s", nonZero(a.dev), nonZero(b.dev))
+		}
+		p := ipv4Packet(a.addr, b.addr, []byte{byte(i)})
+		a.tun.Inbound <- p
+		expectPacket(t, b, p)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSetIsAllOrNothing(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	before, _ := a.dev.Get()
+	port := uint16(0)
+	bad := &uapi.DeviceConfig{
+		ListenPort: &port,
+		Peers: []uapi.PeerConfig{
+			{PublicKey: mustKey(t).PublicKey(), AddAllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.5.0/24")}},
+			{PublicKey: noise.PublicKey{}}, // zero key: invalid
+		},
+	}
+	if err := a.dev.Set(bad); err == nil {
+		t.Fatal("Set with a zero peer key succeeded")
+	}
+	after, _ := a.dev.Get()
+	if len(after.Peers) != len(before.Peers) || after.ListenPort != before.ListenPort {
+		t.Fatalf("failed Set changed the device: before %+v, after %+v", before, after)
+	}
+	// A peer with this device's own public key is refused too.
+	own := &uapi.DeviceConfig{Peers: []uapi.PeerConfig{{PublicKey: a.priv.PublicKey()}}}
+	if err := a.dev.Set(own); err == nil {
+		t.Fatal("Set with the device's own key as a peer succeeded")
+	}
+	_ = b
+}
+
+func TestRemovePeerStopsTraffic(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	p := ipv4Packet(a.addr, b.addr, []byte("one"))
+	a.tun.Inbound <- p
+	expectPacket(t, b, p)
+	if err := b.dev.Set(&uapi.DeviceConfig{Peers: []uapi.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	a.tun.Inbound <- ipv4Packet(a.addr, b.addr, []byte("two"))
+	expectNoPacket(t, b, 300*time.Millisecond)
+	if st, _ := b.dev.Get(); len(st.Peers) != 0 {
+		t.Fatalf("peer still listed after removal: %+v", st.Peers)
+	}
+}
+
+func TestPrivateKeyChangeNeedsNewHandshake(t *testing.T) {
+	a, b := newTestPair(t, Timers{})
+	p := ipv4Packet(a.addr, b.addr, []byte("before"))
+	a.tun.Inbound <- p
+	expectPacket(t, b, p)
+	// b takes a new key; a learns it.
+	b.priv = mustKey(t)
+	nb := b.priv
+	if err := b.dev.Set(&uapi.DeviceConfig{PrivateKey: &nb}); err != nil {
+		t.Fatal(err)
+	}
+	ep := b.dev.endpointForTest()
+	if err := a.dev.Set(&uapi.DeviceConfig{ReplacePeers: true, Peers: []uapi.PeerConfig{{
+		PublicKey: b.priv.PublicKey(), Endpoint: &ep,
+		AddAllowedIPs: []netip.Prefix{netip.PrefixFrom(b.addr, 32)},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	q := ipv4Packet(a.addr, b.addr, []byte("after"))
+	a.tun.Inbound <- q
+	expectPacket(t, b, q)
+	if got := counter(a.dev, "handshakes_completed"); got < 2 {
+		t.Fatalf("a completed %d handshakes, want a second one after the key change", got)
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		ta, _ := transporttest.NewPair()
+		d, err := New(tuntest.NewChannelTUN(1420), ta, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Close(); err != nil {
+			t.Logf("close: %v", err)
+		}
+	}()
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

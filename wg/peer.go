@@ -1,0 +1,152 @@
+package wg
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"ptun/wg/noise"
+)
+
+// maxStaged is how many packets a peer holds while it has no session; more
+// are dropped and counted (dropStagedQueueFull).
+const maxStaged = 256
+
+// Peer is one remote WireGuard peer.
+type Peer struct {
+	dev       *Device
+	publicKey noise.PublicKey
+	cookies   *noise.CookieGenerator
+
+	endpoint atomic.Pointer[netip.AddrPort] // nil until configured or learned; follows the latest authenticated packet
+
+	keypairs keypairs
+
+	handshake struct {
+		sync.Mutex      // guards every field below
+		psk             noise.PresharedKey
+		initiator       *noise.InitiatorState // non-nil while our initiation awaits its response
+		localIndex      uint32                // the index of that initiation
+		lastSent        time.Time             // when we last sent an initiation
+		attemptsStarted time.Time             // first initiation of the current attempt; zero when none
+		lastTimestamp   noise.Timestamp       // newest initiation timestamp accepted from the peer
+		lastConsumed    time.Time             // when we last accepted an initiation from the peer
+	}
+
+	// sendMu serialises sending to this peer so that staged packets and new
+	// ones leave in the order they were read (per-flow order).
+	sendMu sync.Mutex
+	staged [][]byte // guarded by sendMu; packets waiting for a session, with headroom
+
+	persistentKeepalive atomic.Uint32 // seconds; 0 = off
+
+	// Timer state: Unix nanoseconds, written on the data path once per
+	// batch, read by the device's ticker.
+	lastSent           atomic.Int64 // any authenticated packet sent
+	lastReceived       atomic.Int64 // any authenticated packet received
+	lastDataReceived   atomic.Int64 // a non-keepalive data packet received
+	awaitingReplySince atomic.Int64 // first data sent since the last receive; 0 when none
+	lastHandshake      atomic.Int64 // last completed handshake
+	rxBytes, txBytes   atomic.Uint64
+
+	removed atomic.Bool
+}
+
+func newPeer(d *Device, pk noise.PublicKey) *Peer {
+	return &Peer{dev: d, publicKey: pk, cookies: noise.NewCookieGenerator(pk)}
+}
+
+// Endpoint returns the peer's current endpoint, if any.
+func (p *Peer) Endpoint() (netip.AddrPort, bool) {
+	ep := p.endpoint.Load()
+	if ep == nil {
+		return netip.AddrPort{}, false
+	}
+	return *ep, true
+}
+
+// setEndpoint records the address of the latest authenticated packet.
+// It allocates only when the endpoint changes (roaming).
+func (p *Peer) setEndpoint(ep netip.AddrPort) {
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	if cur := p.endpoint.Load(); cur != nil && *cur == ep {
+		return
+	}
+	p.endpoint.Store(&ep)
+}
+
+// installSession makes kp this peer's session. An initiator's session is
+// usable at once; a responder's waits as next until the initiator's first
+// packet confirms it (whitepaper §5.4.6).
+func (p *Peer) installSession(kp *keypair) {
+	d := p.dev
+	kps := &p.keypairs
+	kps.Lock()
+	defer kps.Unlock()
+	cur := kps.current.Load()
+	if kp.initiator {
+		if kps.next != nil {
+			d.dropSession(kps.previous)
+			kps.previous = kps.next
+			kps.next = nil
+			d.dropSession(cur)
+		} else {
+			d.dropSession(kps.previous)
+			kps.previous = cur
+		}
+		kps.current.Store(kp)
+	} else {
+		d.dropSession(kps.next)
+		kps.next = kp
+		d.dropSession(kps.previous)
+		kps.previous = nil
+	}
+}
+
+// confirmNext promotes next to current when the initiator's first packet
+// arrives on it. It reports whether kp was next.
+func (p *Peer) confirmNext(kp *keypair) bool {
+	kps := &p.keypairs
+	kps.Lock()
+	defer kps.Unlock()
+	if kps.next != kp {
+		return false
+	}
+	p.dev.dropSession(kps.previous)
+	kps.previous = kps.current.Load()
+	kps.current.Store(kp)
+	kps.next = nil
+	return true
+}
+
+// clearSessions forgets every session and the pending handshake.
+func (p *Peer) clearSessions() {
+	d := p.dev
+	kps := &p.keypairs
+	kps.Lock()
+	d.dropSession(kps.previous)
+	d.dropSession(kps.current.Load())
+	d.dropSession(kps.next)
+	kps.previous, kps.next = nil, nil
+	kps.current.Store(nil)
+	kps.Unlock()
+
+	hs := &p.handshake
+	hs.Lock()
+	if hs.initiator != nil {
+		d.indices.removeHandshake(hs.localIndex, p)
+		hs.initiator = nil
+	}
+	hs.attemptsStarted = time.Time{}
+	hs.Unlock()
+}
+
+// sendableSession returns the current session if it may still encrypt.
+func (p *Peer) sendableSession(now time.Time) *keypair {
+	kp := p.keypairs.current.Load()
+	if kp == nil || kp.sendCounter.Load() >= rejectAfterMessages || now.Sub(kp.created) >= p.dev.timers.RejectAfterTime {
+		return nil
+	}
+	return kp
+}
