@@ -39,15 +39,7 @@ func startDaemon(ns *netns.NS, host, bin, ifname, sock string, env []string) (*d
 	d.cmd.Stdout = d.output
 	d.cmd.Stderr = d.output
 	d.cmd.WaitDelay = 2 * time.Second // bounds Wait if a child keeps the output pipe open
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{
-		// Its own process group, so a Ctrl-C meant for the demo reaches
-		// the demo, which then shuts the daemons down in order.
-		Setpgid: true,
-		// If the demo dies without cleaning up, its daemons die with it.
-		// (The signal follows the forking thread, which the Go runtime
-		// keeps for the life of the process.)
-		Pdeathsig: syscall.SIGKILL,
-	}
+	d.cmd.SysProcAttr = daemonProcAttr()
 	if err := ns.Start(d.cmd); err != nil {
 		return nil, fmt.Errorf("start %s in host %s: %w", bin, host, err)
 	}

@@ -113,8 +113,11 @@ func TestInteropWireguardGo(t *testing.T) {
 func TestRekey(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
+	// An initiator sends at most one (non-retry) initiation per
+	// REKEY_TIMEOUT, so that is shortened too; otherwise its 5 s would set
+	// the pace instead of REKEY_AFTER_TIME.
 	c, s := l.pair(pairOpts{client: ptun, server: wgGo, initiator: "client",
-		clientEnv: []string{"PTUN_REKEY_AFTER_TIME=3s"}})
+		clientEnv: []string{"PTUN_REKEY_AFTER_TIME=3s", "PTUN_REKEY_TIMEOUT=1s"}})
 	c.ping(t, serverTun4)
 	first := c.waitHandshake(t, s, 0)
 	firstServer := s.waitHandshake(t, c, 0)

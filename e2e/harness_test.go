@@ -801,13 +801,18 @@ func runIperf3(from, to *host, dst netip.Addr, args ...string) (iperfResult, err
 
 	argv := append([]string{"iperf3", "-c", dst.String(), "-p", port, "--json", "--connect-timeout", "5000"}, args...)
 	out, runErr := nsCommand(ctx, from.ns, argv...).Output()
-	if err := json.Unmarshal(out, &r); err != nil {
+	fail := func(format string, args ...any) (iperfResult, error) {
 		srv.Process.Kill()
-		return r, fmt.Errorf("%s: %v; output is not JSON (%v):\n%s", strings.Join(argv, " "), runErr, err, out)
+		<-srvDone
+		srvDone <- nil // for the deferred wait
+		return r, fmt.Errorf("%s (netns %s): %s\niperf3 server (netns %s) said:\n%s",
+			strings.Join(argv, " "), from.ns, fmt.Sprintf(format, args...), to.ns, srvOut.String())
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return fail("%v; output is not JSON (%v):\n%s", runErr, err, out)
 	}
 	if runErr != nil || r.Error != "" {
-		srv.Process.Kill()
-		return r, fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), runErr, r.Error)
+		return fail("%v: %s", runErr, r.Error)
 	}
 	return r, nil
 }

@@ -66,9 +66,9 @@ var (
 )
 
 // splitBuilt builds item k and splits the result back into packets.
-func splitBuilt(t *testing.T, c *coalescer, bufs [][]byte, k int) [][]byte {
+func splitBuilt(t *testing.T, c *coalescer, bufs [][]byte, offset, k int) [][]byte {
 	t.Helper()
-	wire := c.build(bufs, testOffset, k)
+	wire := c.build(bufs, offset, k)
 	if c.items[k].count == 1 {
 		if h := wire[:virtioNetHdrLen]; !bytes.Equal(h, make([]byte, virtioNetHdrLen)) {
 			t.Fatalf("lone packet with virtio header %x", h)
@@ -190,7 +190,7 @@ func TestCoalescePlan(t *testing.T) {
 			// gives back its packets.
 			var out [][]byte
 			for k := range c.items {
-				out = append(out, splitBuilt(t, &c, bufs, k)...)
+				out = append(out, splitBuilt(t, &c, bufs, testOffset, k)...)
 			}
 			var want [][]byte
 			for _, g := range got {
@@ -304,7 +304,7 @@ func TestCoalesceSplitRoundTrip(t *testing.T) {
 			lastOfFlow[i] = -1
 		}
 		for k, g := range groups {
-			out := splitBuilt(t, &c, bufs, k)
+			out := splitBuilt(t, &c, bufs, testOffset, k)
 			if len(out) != len(g) {
 				t.Fatalf("iter %d: item %d split into %d; has %d members", iter, k, len(out), len(g))
 			}

@@ -65,7 +65,7 @@ func SetRaw(sock string, body string) error {
 }
 
 func sendSet(sock, req string) error {
-	if len(req) > MaxRequestSize {
+	if len(req) > requestLimit {
 		return &Error{Errno: syscall.EMSGSIZE, Err: ErrTooLarge}
 	}
 	errno, err := exchange(sock, req, maxAnswerSize, parseStatus)

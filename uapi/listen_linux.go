@@ -19,7 +19,7 @@ import (
 func checkIfname(ifname string) error {
 	if ifname == "" || len(ifname) > 15 || ifname == "." || ifname == ".." ||
 		strings.ContainsAny(ifname, "/: \t\n\r\v\f\x00") {
-		return fmt.Errorf("ptun: %q is not a valid interface name", ifname)
+		return fmt.Errorf("%q is not a valid interface name", ifname)
 	}
 	return nil
 }
@@ -29,7 +29,7 @@ func checkIfname(ifname string) error {
 // is mode 0600: only root can configure the device, as with wireguard-go.
 //
 // If the socket file exists and a process answers on it, Listen fails
-// ("ptun: IFNAME is already served by another process"); a stale socket left
+// ("IFNAME is already served by another process"); a stale socket left
 // by a dead process is removed. The socket appears at its path with its final
 // mode already set, and never replaces a socket another process created
 // meanwhile. Closing the listener removes the socket file if it is still
@@ -40,7 +40,7 @@ func Listen(ifname string) (net.Listener, error) {
 	}
 	path := SocketPath(ifname)
 	if err := os.MkdirAll(SocketDir, 0o755); err != nil {
-		return nil, permissionHint(fmt.Errorf("ptun: creating UAPI directory %s: %w", SocketDir, err))
+		return nil, permissionHint(fmt.Errorf("creating UAPI directory %s: %w", SocketDir, err))
 	}
 	if err := clearStale(ifname, path); err != nil {
 		return nil, err
@@ -54,7 +54,7 @@ func Listen(ifname string) (net.Listener, error) {
 	tmp := filepath.Join(SocketDir, "."+ifname+"."+hex.EncodeToString(suffix[:])+".tmp")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
-		return nil, permissionHint(fmt.Errorf("ptun: creating UAPI socket %s: %w", path, err))
+		return nil, permissionHint(fmt.Errorf("creating UAPI socket %s: %w", path, err))
 	}
 	ln.SetUnlinkOnClose(false)
 	fail := func(err error) (net.Listener, error) {
@@ -63,18 +63,18 @@ func Listen(ifname string) (net.Listener, error) {
 		return nil, err
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fail(permissionHint(fmt.Errorf("ptun: setting mode of UAPI socket %s: %w", path, err)))
+		return fail(permissionHint(fmt.Errorf("setting mode of UAPI socket %s: %w", path, err)))
 	}
 	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return fail(fmt.Errorf("ptun: %s is already served by another process (socket %s)", ifname, path))
+			return fail(fmt.Errorf("%s is already served by another process (socket %s)", ifname, path))
 		}
-		return fail(permissionHint(fmt.Errorf("ptun: creating UAPI socket %s: %w", path, err)))
+		return fail(permissionHint(fmt.Errorf("creating UAPI socket %s: %w", path, err)))
 	}
 	os.Remove(tmp)
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return fail(fmt.Errorf("ptun: UAPI socket %s: %w", path, err))
+		return fail(fmt.Errorf("UAPI socket %s: %w", path, err))
 	}
 	return &listener{UnixListener: ln, path: path, fi: fi}, nil
 }
@@ -87,21 +87,21 @@ func clearStale(ifname, path string) error {
 		return nil
 	}
 	if err != nil {
-		return permissionHint(fmt.Errorf("ptun: checking UAPI socket %s: %w", path, err))
+		return permissionHint(fmt.Errorf("checking UAPI socket %s: %w", path, err))
 	}
 	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("ptun: %s exists and is not a socket; remove it if it is not needed", path)
+		return fmt.Errorf("%s exists and is not a socket; remove it if it is not needed", path)
 	}
 	c, err := net.DialTimeout("unix", path, 2*time.Second)
 	if err == nil {
 		c.Close()
-		return fmt.Errorf("ptun: %s is already served by another process (socket %s)", ifname, path)
+		return fmt.Errorf("%s is already served by another process (socket %s)", ifname, path)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return permissionHint(fmt.Errorf("ptun: checking UAPI socket %s: %w", path, err))
+		return permissionHint(fmt.Errorf("checking UAPI socket %s: %w", path, err))
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return permissionHint(fmt.Errorf("ptun: removing stale UAPI socket %s: %w", path, err))
+		return permissionHint(fmt.Errorf("removing stale UAPI socket %s: %w", path, err))
 	}
 	return nil
 }

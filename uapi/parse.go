@@ -170,7 +170,7 @@ func (p *setParser) fail(errno syscall.Errno, format string, args ...any) {
 // request over MaxRequestSize, EIO if the stream fails or ends early. Error
 // messages never contain key material.
 func ParseSet(r *bufio.Reader) (*DeviceConfig, error) {
-	lr := newLineReader(r, MaxRequestSize)
+	lr := newLineReader(r, requestLimit)
 	p := setParser{}
 	for {
 		line, err := lr.next()

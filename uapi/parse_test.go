@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -217,8 +218,11 @@ func TestParseSetConsumesFailedRequest(t *testing.T) {
 }
 
 func TestParseSetTooLarge(t *testing.T) {
+	old := requestLimit
+	requestLimit = 64 << 10
+	t.Cleanup(func() { requestLimit = old })
 	line := "allowed_ip=100.64.0.0/10\n"
-	body := "public_key=" + hexB + "\n" + strings.Repeat(line, MaxRequestSize/len(line)+1) + "\n"
+	body := "public_key=" + hexB + "\n" + strings.Repeat(line, requestLimit/len(line)+1) + "\n"
 	_, err := parseSetString(body)
 	if !errors.Is(err, ErrTooLarge) || !errors.Is(err, syscall.EMSGSIZE) {
 		t.Fatalf("err = %v, want ErrTooLarge/EMSGSIZE", err)
@@ -406,7 +410,7 @@ func bigSet() string {
 		k[0], k[1] = byte(i), byte(i>>8)
 		b.WriteString("public_key=" + noise.PublicKey(k).Hex() + "\nendpoint=198.18.0.2:51820\nreplace_allowed_ips=true\n")
 		a := netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
-		b.WriteString("allowed_ip=" + netip.PrefixFrom(a, 32).String() + "\nallowed_ip=2001:db8::" + strings.TrimPrefix(a.String(), "100.") + "/128\n")
+		b.WriteString("allowed_ip=" + netip.PrefixFrom(a, 32).String() + "\nallowed_ip=2001:db8::" + strconv.FormatUint(uint64(i), 16) + "/128\n")
 	}
 	b.WriteString("\n")
 	return b.String()

@@ -126,7 +126,7 @@ func (s *server) serveConn(c net.Conn) {
 // request reads and serves one request. It returns the answer to write and
 // whether the connection can carry another request.
 func (s *server) request(r *bufio.Reader) (answer []byte, keep bool) {
-	lr := newLineReader(r, MaxRequestSize)
+	lr := newLineReader(r, requestLimit)
 	op, err := lr.next()
 	switch {
 	case errors.Is(err, io.EOF):
@@ -144,11 +144,14 @@ func (s *server) request(r *bufio.Reader) (answer []byte, keep bool) {
 		s.handlerMu.Lock()
 		st, err := s.h.Get()
 		s.handlerMu.Unlock()
+		if err == nil && st == nil {
+			err = errors.New("handler returned no state")
+		}
 		if err != nil {
 			s.logf("uapi: get: %v", err)
 			return appendErrno(nil, errnoOf(err), false), true
 		}
-		b, err := appendGet(nil, st)
+		b, err := appendGet(make([]byte, 0, getSize(st)), st)
 		if err != nil {
 			s.logf("uapi: get: %v", err)
 			return appendErrno(nil, errnoOf(err), false), true

@@ -124,6 +124,9 @@ var ErrTooLarge = errors.New("uapi: message too large")
 // naming tens of thousands of peers still fits.
 const MaxRequestSize = 8 << 20
 
+// requestLimit is the limit in force: MaxRequestSize, lowered by tests.
+var requestLimit = MaxRequestSize
+
 // maxAnswerSize bounds one get=1 or stats=1 answer read by the client.
 const maxAnswerSize = 256 << 20
 

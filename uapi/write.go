@@ -35,12 +35,21 @@ func appendUintLine(b []byte, name string, v uint64) []byte {
 // answer. It checks st first and writes nothing if a prefix is invalid; the
 // lines go to w in one Write.
 func WriteGet(w io.Writer, st *DeviceState) error {
-	b, err := appendGet(nil, st)
+	b, err := appendGet(make([]byte, 0, getSize(st)), st)
 	if err != nil {
 		return err
 	}
 	_, err = w.Write(b)
 	return err
+}
+
+// getSize estimates the length of st's get answer, errno line included.
+func getSize(st *DeviceState) int {
+	size := 128
+	for i := range st.Peers {
+		size += 400 + 56*len(st.Peers[i].AllowedIPs)
+	}
+	return size
 }
 
 func appendGet(b []byte, st *DeviceState) ([]byte, error) {

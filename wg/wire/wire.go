@@ -90,8 +90,8 @@ type Initiation struct {
 }
 
 // Marshal writes the message, type header included, into b[:InitiationSize].
-// b must have len >= InitiationSize (it panics otherwise, like copy into a
-// short array would be a bug). It does not allocate.
+// b must have len >= InitiationSize; a shorter b is a programming error and
+// panics. It does not allocate.
 func (m *Initiation) Marshal(b []byte) {
 	b = b[:InitiationSize]
 	binary.LittleEndian.PutUint32(b[0:], TypeInitiation)
