@@ -32,8 +32,12 @@ type device struct {
 	name   string
 	vnet   bool
 	closed atomic.Bool
-	st     counters
-	w      batchWriter
+	// ctl is an AF_INET socket made in the namespace the interface was
+	// created in, for MTU ioctls: a socket made later on another thread
+	// might sit in another network namespace.
+	ctl int
+	st  counters
+	w   batchWriter
 
 	// Write syscall state for the RawConn callbacks, guarded by w.mu.
 	// The callbacks are method values made once so a write does not
@@ -77,13 +81,19 @@ func Create(name string, opts Options) (Device, error) {
 	}
 	d, err := setup(fd, name, opts)
 	if err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	return d, nil
 }
 
-func setup(fd int, name string, opts Options) (*device, error) {
+// setup configures the TUN file fd; it closes fd when it fails.
+func setup(fd int, name string, opts Options) (_ *device, err error) {
+	owned := false // fd belongs to an os.File
+	defer func() {
+		if err != nil && !owned {
+			unix.Close(fd)
+		}
+	}()
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return nil, fmt.Errorf("tun: create %q: %w", name, ErrInvalidName)
@@ -109,6 +119,9 @@ func setup(fd int, name string, opts Options) (*device, error) {
 	d.writeFn, d.retryFn = d.rawWrite, d.rawRetry
 
 	if d.vnet {
+		// No TUNSETVNETHDRSZ: the kernel's default header size is
+		// sizeof(struct virtio_net_hdr), the 10 bytes we use.
+		//
 		// The header is little-endian on little-endian hosts anyway;
 		// this makes it so on big-endian ones too.
 		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETLE, 1); err != nil && !hostLittleEndian() {
@@ -146,13 +159,20 @@ func setup(fd int, name string, opts Options) (*device, error) {
 		d.features = "none"
 	}
 
-	if err := setMTU(d.name, opts.MTU); err != nil {
+	d.ctl, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tun: create %q: control socket: %w", name, err)
+	}
+	if err := d.setMTU(opts.MTU); err != nil {
+		unix.Close(d.ctl)
 		return nil, fmt.Errorf("tun: create %q: set MTU %d: %w", name, opts.MTU, err)
 	}
 	// fd is non-blocking, so os.NewFile registers it with the netpoller.
 	d.file = os.NewFile(uintptr(fd), "/dev/net/tun")
+	owned = true
 	rc, err := d.file.SyscallConn()
 	if err != nil {
+		unix.Close(d.ctl)
 		d.file.Close()
 		return nil, fmt.Errorf("tun: create %q: %w", name, err)
 	}
@@ -188,32 +208,25 @@ func (d *device) log(format string, args ...any) {
 	}
 }
 
-// ifIoctl runs an interface ioctl on a throwaway AF_INET socket.
-func ifIoctl(name string, req uint, ifr *unix.Ifreq) error {
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(s)
-	return unix.IoctlIfreq(s, req, ifr)
-}
-
-func setMTU(name string, mtu int) error {
-	ifr, err := unix.NewIfreq(name)
+func (d *device) setMTU(mtu int) error {
+	ifr, err := unix.NewIfreq(d.name)
 	if err != nil {
 		return err
 	}
 	ifr.SetUint32(uint32(mtu))
-	return ifIoctl(name, unix.SIOCSIFMTU, ifr)
+	return unix.IoctlIfreq(d.ctl, unix.SIOCSIFMTU, ifr)
 }
 
-// MTU implements Device by asking the kernel.
+// MTU implements Device by asking the kernel. It fails after Close.
 func (d *device) MTU() (int, error) {
+	if d.closed.Load() {
+		return 0, os.ErrClosed
+	}
 	ifr, err := unix.NewIfreq(d.name)
 	if err != nil {
 		return 0, err
 	}
-	if err := ifIoctl(d.name, unix.SIOCGIFMTU, ifr); err != nil {
+	if err := unix.IoctlIfreq(d.ctl, unix.SIOCGIFMTU, ifr); err != nil {
 		return 0, fmt.Errorf("tun: %s: get MTU: %w", d.name, err)
 	}
 	return int(ifr.Uint32()), nil
@@ -239,6 +252,7 @@ func (d *device) Close() error {
 	if !d.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	unix.Close(d.ctl)
 	return d.file.Close()
 }
 

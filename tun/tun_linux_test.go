@@ -1,0 +1,619 @@
+//go:build linux
+
+package tun
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// requireRoot skips a test that needs root (and iproute2), except under
+// CI=true where that is a failure.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "needs root"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		why = "needs iproute2 (ip)"
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: not skipping)", why)
+	}
+	t.Skip(why)
+}
+
+// testNetns is a fresh network namespace owned by one locked OS thread.
+// Do runs functions on that thread, so sockets, TUN devices and `ip`
+// commands made there live in the namespace. Close ends the goroutine
+// without unlocking: the thread exits and the namespace goes away with the
+// last file that refers to it.
+type testNetns struct {
+	reqs chan func()
+	done chan struct{}
+}
+
+func newTestNetns(t *testing.T) *testNetns {
+	t.Helper()
+	requireRoot(t)
+	ns := &testNetns{reqs: make(chan func()), done: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		defer close(ns.done)
+		runtime.LockOSThread() // never unlocked: the thread dies with us
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		for f := range ns.reqs {
+			f()
+		}
+	}()
+	if err := <-started; err != nil {
+		t.Fatalf("unshare(CLONE_NEWNET): %v", err)
+	}
+	t.Cleanup(func() {
+		close(ns.reqs)
+		<-ns.done
+	})
+	if err := ns.Do(func() error { return ipCmd("link", "set", "lo", "up") }); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func (ns *testNetns) Do(f func() error) error {
+	errc := make(chan error, 1)
+	ns.reqs <- func() { errc <- f() }
+	return <-errc
+}
+
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+const testIfName = "ptuntest0"
+
+var (
+	tunAddr  = netip.MustParseAddr("198.18.77.1")
+	peerAddr = netip.MustParseAddr("198.18.77.2")
+)
+
+// upTUN creates the TUN in ns, gives it 198.18.77.1/24 and brings it up.
+func upTUN(t *testing.T, ns *testNetns, opts Options) *device {
+	t.Helper()
+	opts.Logf = t.Logf
+	var dev Device
+	err := ns.Do(func() error {
+		var err error
+		if dev, err = Create(testIfName, opts); err != nil {
+			return err
+		}
+		if err := ipCmd("addr", "add", "198.18.77.1/24", "dev", testIfName); err != nil {
+			return err
+		}
+		return ipCmd("link", "set", testIfName, "up")
+	})
+	if dev != nil {
+		t.Cleanup(func() { dev.Close() })
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev.(*device)
+}
+
+// listenUDP opens a UDP socket in ns.
+func listenUDP(t *testing.T, ns *testNetns, laddr string) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := ns.Do(func() error {
+		var err error
+		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(laddr)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// readMatching reads from dev until it has want packets that match, at
+// most 10 s and 1000 Reads. It returns copies of them and the packet count
+// of each Read that returned a match. On timeout it closes dev to free the
+// reader.
+func readMatching(t *testing.T, dev Device, want int, match func([]byte) bool) ([][]byte, []int) {
+	t.Helper()
+	type result struct {
+		pkts  [][]byte
+		calls []int
+		err   error
+	}
+	resc := make(chan result, 1)
+	go func() {
+		bufs, sizes := readBufs(dev.BatchSize(), testOffset)
+		var r result
+		for range 1000 {
+			n, err := dev.Read(bufs, sizes, testOffset)
+			if err != nil {
+				r.err = err
+				break
+			}
+			matched := 0
+			for i := range n {
+				p := bufs[i][testOffset : testOffset+sizes[i]]
+				if match(p) {
+					r.pkts = append(r.pkts, append([]byte(nil), p...))
+					matched++
+				}
+			}
+			if matched > 0 {
+				r.calls = append(r.calls, n)
+			}
+			if len(r.pkts) >= want {
+				break
+			}
+		}
+		resc <- r
+	}()
+	select {
+	case r := <-resc:
+		if r.err != nil || len(r.pkts) < want {
+			t.Fatalf("read %d of %d packets: %v", len(r.pkts), want, r.err)
+		}
+		return r.pkts, r.calls
+	case <-time.After(10 * time.Second):
+		dev.Close()
+		<-resc
+		t.Fatalf("timed out waiting for %d packets", want)
+	}
+	return nil, nil
+}
+
+func udpTo(port int) func([]byte) bool {
+	return func(p []byte) bool {
+		return len(p) >= 28 && p[0]>>4 == 4 && p[9] == ipProtoUDP &&
+			int(binary.BigEndian.Uint16(p[22:])) == port
+	}
+}
+
+func stat(d *device, name string) uint64 { return counter(d.Stats(), name) }
+
+func TestCreateInvalidName(t *testing.T) {
+	for _, name := range []string{"averyveryverylongname", "a/b", "a b", ".."} {
+		_, err := Create(name, Options{})
+		if !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Create(%q) = %v; want ErrInvalidName", name, err)
+		}
+	}
+}
+
+func TestOptionsFromEnv(t *testing.T) {
+	t.Setenv(EnvDisableOffload, "")
+	t.Setenv(EnvDisableUSO, "1")
+	t.Setenv(EnvDisableGRO, "0")
+	o := OptionsFromEnv(Options{MTU: 1280, DisableGRO: true})
+	if o.DisableOffload || !o.DisableUSO || !o.DisableGRO || o.MTU != 1280 {
+		t.Fatalf("OptionsFromEnv = %+v", o)
+	}
+	t.Setenv(EnvDisableOffload, "1")
+	if !OptionsFromEnv(Options{}).DisableOffload {
+		t.Fatal("PTUN_DISABLE_TUN_OFFLOAD=1 ignored")
+	}
+}
+
+func TestCreateMTUAndName(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{MTU: 1280})
+	if dev.Name() != testIfName {
+		t.Errorf("Name = %q", dev.Name())
+	}
+	if mtu, err := dev.MTU(); err != nil || mtu != 1280 {
+		t.Errorf("MTU = %d, %v", mtu, err)
+	}
+	if dev.BatchSize() != defaultBatchSize {
+		t.Errorf("BatchSize = %d", dev.BatchSize())
+	}
+}
+
+// (a) A UDP datagram written into the TUN reaches a socket; a junk packet
+// in the same batch is counted and does not stop the batch.
+func TestWriteUDPReachesSocket(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	port := sock.LocalAddr().(*net.UDPAddr).Port
+	f := flow4(40000, true)
+	f.dport = uint16(port)
+	pkt := f.packet(1, 0, 0, 0, []byte("hello through the tun"))
+	n, err := dev.Write(writeBufs(testOffset, []byte{0x00, 1, 2, 3}, pkt), testOffset)
+	if n != 1 || err == nil || !strings.Contains(err.Error(), "drop_tun_write_einval") {
+		t.Fatalf("Write = %d, %v; want 1 and an EINVAL drop", n, err)
+	}
+	if stat(dev, "drop_tun_write_einval") != 1 {
+		t.Errorf("drop_tun_write_einval = %d", stat(dev, "drop_tun_write_einval"))
+	}
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2000)
+	m, from, err := sock.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(buf[:m]) != "hello through the tun" || from != netip.AddrPortFrom(peerAddr, 40000) {
+		t.Fatalf("got %q from %v", buf[:m], from)
+	}
+}
+
+// With USO, 20 datagrams of one flow are written as one UDP GSO packet,
+// and the kernel delivers all 20 to the socket.
+func TestWriteUDPCoalesced(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if !dev.w.udpGRO {
+		t.Skip("kernel without USO: no UDP coalescing")
+	}
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	f := flow4(40000, true)
+	f.dport = uint16(sock.LocalAddr().(*net.UDPAddr).Port)
+	pkts := udpStream(f, 100, 20, 1000, 0)
+	if n, err := dev.Write(writeBufs(testOffset, pkts...), testOffset); n != 20 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if stat(dev, "tun_gro_coalesced") != 1 || stat(dev, "tun_writes") != 1 {
+		t.Fatalf("not coalesced: %v", dev.Stats())
+	}
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 70000)
+	for i, p := range pkts {
+		m, err := sock.Read(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:m], p[28:]) {
+			t.Fatalf("datagram %d: %d bytes, differs", i, m)
+		}
+	}
+}
+
+// A TCP stream written as coalesced super-packets is accepted by the
+// kernel and arrives intact at a real TCP socket (checks the virtio header
+// and partial checksum we produce).
+func TestWriteTCPCoalesced(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	var ln *net.TCPListener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(198, 18, 77, 1)})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	f := flow4(40001, false)
+	f.dport = uint16(port)
+
+	const isn = 1000
+	syn := f.packet(1, isn, 0, tcpFlagSYN, nil)
+	if _, err := dev.Write(writeBufs(testOffset, syn), testOffset); err != nil {
+		t.Fatal(err)
+	}
+	synAcks, _ := readMatching(t, dev, 1, func(p []byte) bool {
+		return len(p) >= 40 && p[9] == ipProtoTCP && int(binary.BigEndian.Uint16(p[20:])) == port &&
+			p[33]&(tcpFlagSYN|tcpFlagACK) == tcpFlagSYN|tcpFlagACK
+	})
+	srvSeq := binary.BigEndian.Uint32(synAcks[0][24:]) + 1
+	ack := f.packet(2, isn+1, srvSeq, tcpFlagACK, nil)
+	if _, err := dev.Write(writeBufs(testOffset, ack), testOffset); err != nil {
+		t.Fatal(err)
+	}
+	const segs, size = 40, 1000
+	var data []byte
+	var pkts [][]byte
+	for i := range segs {
+		p := payloadBytes(size, byte(i))
+		data = append(data, p...)
+		flags := uint8(tcpFlagACK)
+		if i == segs-1 {
+			flags |= tcpFlagPSH
+		}
+		pkts = append(pkts, f.packet(uint16(3+i), uint32(isn+1+i*size), srvSeq, flags, p))
+	}
+	if n, err := dev.Write(writeBufs(testOffset, pkts...), testOffset); n != segs || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if stat(dev, "tun_gro_coalesced") == 0 {
+		t.Fatalf("nothing coalesced: %v", dev.Stats())
+	}
+	ln.SetDeadline(time.Now().Add(5 * time.Second))
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 0, len(data))
+	buf := make([]byte, 65536)
+	for len(got) < len(data) {
+		m, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+		got = append(got, buf[:m]...)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("stream differs")
+	}
+}
+
+// (b) A datagram sent from a socket to 198.18.77.2 comes out of Read.
+func TestReadUDPFromSocket(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	if _, err := sock.WriteToUDPAddrPort([]byte("out of the tun"), netip.AddrPortFrom(peerAddr, 9999)); err != nil {
+		t.Fatal(err)
+	}
+	pkts, _ := readMatching(t, dev, 1, udpTo(9999))
+	p := pkts[0]
+	if string(p[28:]) != "out of the tun" || refSum(p[:20]) != 0xffff {
+		t.Fatalf("packet %x", p)
+	}
+	f := flow4(0, true)
+	f.src, f.dst = tunAddr, peerAddr
+	checkValid(t, f, p)
+}
+
+// sendSegmented sends 20 × 1000 bytes to 198.18.77.2:port with one
+// UDP_SEGMENT (GSO) send and returns the payload.
+func sendSegmented(t *testing.T, ns *testNetns, port int) []byte {
+	t.Helper()
+	var c *net.UDPConn
+	if err := ns.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(peerAddr, uint16(port))))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT, 1000)
+	}); err != nil || serr != nil {
+		t.Fatalf("UDP_SEGMENT: %v %v", err, serr)
+	}
+	data := payloadBytes(20*1000, 9)
+	if _, err := c.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func checkDatagrams(t *testing.T, pkts [][]byte, data []byte) {
+	t.Helper()
+	f := flow4(0, true)
+	f.src, f.dst = tunAddr, peerAddr
+	for i, p := range pkts {
+		if len(p) != 1028 || int(binary.BigEndian.Uint16(p[24:])) != 1008 {
+			t.Fatalf("datagram %d: %d bytes", i, len(p))
+		}
+		if !bytes.Equal(p[28:], data[i*1000:(i+1)*1000]) {
+			t.Fatalf("datagram %d: payload differs", i)
+		}
+		checkValid(t, f, p)
+		if i > 0 && binary.BigEndian.Uint16(p[4:]) != binary.BigEndian.Uint16(pkts[i-1][4:])+1 {
+			t.Errorf("datagram %d: IPv4 ID does not follow", i)
+		}
+	}
+}
+
+// (c) With USO, a UDP_SEGMENT send is read as one super-packet and split
+// into 20 correct datagrams by one Read.
+func TestReadUSOSplit(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if stat(dev, "tun_uso_unavailable") != 0 {
+		t.Skip("kernel without USO (Linux < 6.2)")
+	}
+	data := sendSegmented(t, ns, 9998)
+	pkts, calls := readMatching(t, dev, 20, udpTo(9998))
+	if len(calls) != 1 || calls[0] != 20 {
+		t.Fatalf("datagrams came in reads of %v; want one read of 20", calls)
+	}
+	checkDatagrams(t, pkts, data)
+	if stat(dev, "tun_gso_split") != 1 || stat(dev, "tun_gso_segments") != 20 {
+		t.Fatalf("stats %v", dev.Stats())
+	}
+}
+
+// (d) With offloads disabled, the same send arrives one datagram per Read.
+func TestReadNoOffload(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{DisableOffload: true})
+	if dev.BatchSize() != 1 {
+		t.Fatalf("BatchSize = %d; want 1", dev.BatchSize())
+	}
+	data := sendSegmented(t, ns, 9997)
+	pkts, calls := readMatching(t, dev, 20, udpTo(9997))
+	for _, n := range calls {
+		if n != 1 {
+			t.Fatalf("reads of %v; want 1 each", calls)
+		}
+	}
+	checkDatagrams(t, pkts, data)
+	if stat(dev, "tun_gso_split") != 0 {
+		t.Fatal("split without offloads")
+	}
+	// Writes go one by one, without a virtio header.
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	f := flow4(40000, true)
+	f.dport = uint16(sock.LocalAddr().(*net.UDPAddr).Port)
+	if n, err := dev.Write(writeBufs(testOffset, udpStream(f, 1, 3, 100, 0)...), testOffset); n != 3 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range 3 {
+		if _, err := sock.Read(make([]byte, 200)); err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+	}
+}
+
+// (e) Deleting the link makes a blocked Read return os.ErrClosed; so does
+// Close, and Write after it.
+func TestReadAfterLinkDeleted(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		bufs, sizes := readBufs(dev.BatchSize(), testOffset)
+		for range 1000 { // skip whatever the kernel sends (IPv6 chatter)
+			if _, err := dev.Read(bufs, sizes, testOffset); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- errors.New("Read never failed")
+	}()
+	time.Sleep(100 * time.Millisecond) // let Read park; not a timing assertion
+	if err := ns.Do(func() error { return ipCmd("link", "del", testIfName) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err != os.ErrClosed {
+			t.Fatalf("Read after link del = %v; want os.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		dev.Close()
+		<-errc
+		t.Fatal("Read still blocked after link del")
+	}
+	if _, err := dev.Write(writeBufs(testOffset, flow4(1, true).packet(1, 0, 0, 0, nil)), testOffset); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("Write after link del = %v; want os.ErrClosed", err)
+	}
+	dev.Close()
+	rb, rs := readBufs(1, testOffset)
+	if _, err := dev.Read(rb, rs, testOffset); err != os.ErrClosed {
+		t.Fatalf("Read after Close = %v", err)
+	}
+}
+
+func TestCloseUnblocksRead(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	errc := make(chan error, 1)
+	go func() {
+		bufs, sizes := readBufs(dev.BatchSize(), testOffset)
+		for range 1000 {
+			if _, err := dev.Read(bufs, sizes, testOffset); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	dev.Close()
+	select {
+	case err := <-errc:
+		if err != os.ErrClosed {
+			t.Fatalf("Read after Close = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked after Close")
+	}
+}
+
+// (f) A name taken by a non-TUN link, or by a TUN someone has open, gives
+// the clear error.
+func TestCreateNameInUse(t *testing.T) {
+	ns := newTestNetns(t)
+	upTUN(t, ns, Options{})
+	names := []string{"lo", testIfName}
+	if ns.Do(func() error { return ipCmd("link", "add", "ptdummy0", "type", "dummy") }) == nil {
+		names = append(names, "ptdummy0")
+	} else {
+		t.Log("no dummy links here; testing lo and a busy TUN only")
+	}
+	for _, name := range names {
+		var err error
+		ns.Do(func() error {
+			var d Device
+			d, err = Create(name, Options{})
+			if d != nil {
+				d.Close()
+			}
+			return nil
+		})
+		want := fmt.Sprintf("tun: create %q: interface already exists; choose another name or delete it", name)
+		if !errors.Is(err, ErrNameInUse) || !strings.HasPrefix(fmt.Sprint(err), want) || strings.Contains(fmt.Sprint(err), "\n") {
+			t.Errorf("Create(%q) = %v; want ErrNameInUse, %q", name, err, want)
+		}
+	}
+}
+
+// Read and Write on a real TUN allocate nothing in steady state.
+func TestZeroAllocs(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("allocation counts are only meaningful without -race")
+	}
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	f := flow4(40000, true)
+	f.dport = uint16(sock.LocalAddr().(*net.UDPAddr).Port)
+	pkts := udpStream(f, 1, 20, 1000, 0)
+	bufs := writeBufs(testOffset, pkts...)
+	const runs = 20
+	allocs := testing.AllocsPerRun(runs, func() {
+		copy(bufs[0][testOffset:], pkts[0]) // Write coalesced into it
+		if n, err := dev.Write(bufs, testOffset); n != len(pkts) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Write: %v allocs per call", allocs)
+	}
+
+	// Queue runs+1 datagrams for the tun, then read them.
+	for range runs + 1 {
+		if _, err := sock.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(peerAddr, 9996)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rb, rs := readBufs(dev.BatchSize(), testOffset)
+	allocs = testing.AllocsPerRun(runs, func() {
+		if _, err := dev.Read(rb, rs, testOffset); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Read: %v allocs per call", allocs)
+	}
+}
