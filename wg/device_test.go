@@ -23,6 +23,7 @@ type testNode struct {
 	priv  noise.PrivateKey
 	addr  netip.Addr // tunnel address (IPv4)
 	addr6 netip.Addr
+	ep    netip.AddrPort // where the other side reaches this node
 }
 
 func mustKey(t testing.TB) noise.PrivateKey {
@@ -53,16 +54,18 @@ func newTestPair(t testing.TB, timers Timers) (a, b *testNode) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.dev.Close() })
-	configure(t, a, b, ta.LocalAddr(b.dev.listenPort))
-	configure(t, b, a, tb.LocalAddr(a.dev.listenPort))
+	a.ep = ta.LocalAddr(a.dev.listenPort)
+	b.ep = tb.LocalAddr(b.dev.listenPort)
+	configure(t, a, b)
+	configure(t, b, a)
 	return a, b
 }
 
-// configure makes peer a peer of n, reachable at ep.
-func configure(t testing.TB, n, peer *testNode, _ netip.AddrPort) {
+// configure makes peer a peer of n, reachable at peer.ep.
+func configure(t testing.TB, n, peer *testNode) {
 	t.Helper()
 	priv := n.priv
-	ep := peer.dev.endpointForTest()
+	ep := peer.ep
 	if err := n.dev.Set(&uapi.DeviceConfig{
 		PrivateKey: &priv,
 		Peers: []uapi.PeerConfig{{
@@ -296,7 +299,7 @@ func TestPrivateKeyChangeNeedsNewHandshake(t *testing.T) {
 	if err := b.dev.Set(&uapi.DeviceConfig{PrivateKey: &nb}); err != nil {
 		t.Fatal(err)
 	}
-	ep := b.dev.endpointForTest()
+	ep := b.ep
 	if err := a.dev.Set(&uapi.DeviceConfig{ReplacePeers: true, Peers: []uapi.PeerConfig{{
 		PublicKey: b.priv.PublicKey(), Endpoint: &ep,
 		AddAllowedIPs: []netip.Prefix{netip.PrefixFrom(b.addr, 32)},

@@ -68,11 +68,25 @@ func (m rxMsg) segments() int {
 // len(msgs) <= len(bufs). Datagrams that do not fit go, in order, to stash
 // (which must be empty), to be handed out by the next calls.
 //
-// It works from the last message back: message j's datagrams land at or
-// after index j, in buffers whose messages have already moved, so no bytes
-// are overwritten before they are copied.
+// Dropped messages are squeezed out first (a rare copy), so that each
+// message holds at least one datagram. Then it works from the last message
+// back: message j's datagrams land at or after index j, in buffers whose
+// messages have already moved, so no bytes are overwritten before they are
+// copied. msgs is reordered in the process.
 func split(bufs [][]byte, sizes []int, eps []netip.AddrPort, msgs []rxMsg, stash *pending) int {
 	room := min(len(bufs), len(sizes), len(eps))
+	kept := 0
+	for j, m := range msgs {
+		if m.drop {
+			continue
+		}
+		if kept != j {
+			copy(bufs[kept], bufs[j][:m.n])
+			msgs[kept] = m
+		}
+		kept++
+	}
+	msgs = msgs[:kept]
 	total, last, keep := 0, len(msgs), 0
 	for j, m := range msgs {
 		k := m.segments()
@@ -87,9 +101,7 @@ func split(bufs [][]byte, sizes []int, eps []netip.AddrPort, msgs []rxMsg, stash
 		m := msgs[last]
 		stash.push(bufs[last][keep*m.seg:m.n], m.seg, m.ep)
 		for j := last + 1; j < len(msgs); j++ {
-			if m := msgs[j]; !m.drop {
-				stash.push(bufs[j][:m.n], m.seg, m.ep)
-			}
+			stash.push(bufs[j][:msgs[j].n], msgs[j].seg, msgs[j].ep)
 		}
 		total += keep
 	}

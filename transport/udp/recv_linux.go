@@ -102,7 +102,7 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 			return 0, closedErr(r.s, os.NewSyscallError("recvmmsg", r.errno))
 		}
 		st.rxSyscalls.Add(1)
-		m, segs := r.n, 0
+		m, segs, coalesced := r.n, 0, 0
 		for j := range m {
 			h := &r.hdrs[j]
 			msg := rxMsg{n: int(h.Len)}
@@ -115,10 +115,13 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 			}
 			k := msg.segments()
 			if k > 1 {
-				st.rxGRO.Add(1)
+				coalesced++
 			}
 			segs += k
 			r.msgs[j] = msg
+		}
+		if coalesced > 0 {
+			st.rxGRO.Add(uint64(coalesced))
 		}
 		n := split(bufs, sizes, eps, r.msgs[:m], &r.stash)
 		if gro && segs > 0 {

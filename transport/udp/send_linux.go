@@ -156,10 +156,14 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 		}
 		if n := tx.n; n > 0 {
 			t.stats.txDatagrams.Add(uint64(tx.first[start+n] - tx.first[start]))
+			segmented := 0
 			for i := start; i < start+n; i++ {
 				if tx.first[i+1]-tx.first[i] > 1 {
-					t.stats.txGSO.Add(1)
+					segmented++
 				}
+			}
+			if segmented > 0 {
+				t.stats.txGSO.Add(uint64(segmented))
 			}
 			start += n
 			if tx.wait {

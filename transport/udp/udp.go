@@ -144,7 +144,9 @@ func (c *counters) snapshot() []metrics.Counter {
 	add("drop_udp_send_no_socket", c.dropSendNoSocket.Load())
 	add("drop_udp_send_other", c.dropSendOther.Load())
 	for e := range c.dropSendErrno {
-		add("drop_udp_send_"+errnoName(e), c.dropSendErrno[e].Load())
+		if v := c.dropSendErrno[e].Load(); v != 0 {
+			add("drop_udp_send_"+errnoName(e), v)
+		}
 	}
 	sort.Slice(drops, func(i, j int) bool { return drops[i].Name < drops[j].Name })
 	return append(out, drops...)

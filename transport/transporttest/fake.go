@@ -1,0 +1,308 @@
+// Package transporttest is an in-memory transport.Transport for unit tests:
+// two Fakes joined like two hosts on one network, with bounded queues that
+// push back on the sender instead of dropping.
+package transporttest
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"ptun/metrics"
+	"ptun/transport"
+)
+
+const (
+	// BatchSize is the most datagrams a Fake's ReceiveFunc returns.
+	BatchSize = 128
+	// DefaultQueueLen is how many datagrams a Fake holds for its receiver
+	// before senders block.
+	DefaultQueueLen = 1024
+	// DefaultPort is the port a Fake reports when opened on port 0.
+	DefaultPort = 51820
+)
+
+// The fake addresses of the two sides of a pair.
+var (
+	AddrA = netip.MustParseAddr("198.18.0.1")
+	AddrB = netip.MustParseAddr("198.18.0.2")
+)
+
+// Fake is one side of an in-memory network of two hosts. Datagrams sent to
+// the other side's endpoint (its address and the port it is open on) land
+// in the other side's queue; datagrams to any other endpoint, or to a side
+// that is closed, are counted and dropped, as a network would. A full queue
+// blocks the sender until there is room or either side closes. All methods
+// are safe for concurrent use.
+type Fake struct {
+	ip       netip.Addr
+	peer     *Fake
+	queueLen int
+
+	mu     sync.Mutex // guards the fields below
+	sess   *session   // nil while closed
+	port   uint16     // port of the last Open
+	mark   uint32
+	onSend func(b []byte, to netip.AddrPort)
+
+	txDatagrams, rxDatagrams, sendWaits       atomic.Uint64
+	dropUnknownEndpoint, dropPeerClosed, drop atomic.Uint64
+}
+
+var (
+	_ transport.Transport = (*Fake)(nil)
+	_ metrics.Reporter    = (*Fake)(nil)
+)
+
+// session is one Open of a Fake: its receive queue, a free list of
+// datagram buffers, and done, closed by Close.
+type session struct {
+	f    *Fake
+	port uint16
+	q    chan datagram
+	free chan []byte
+	done chan struct{}
+}
+
+type datagram struct {
+	b    []byte
+	from netip.AddrPort
+}
+
+// NewPair returns two joined, closed Fakes at AddrA and AddrB with
+// DefaultQueueLen.
+func NewPair() (a, b *Fake) { return NewPairWithQueue(DefaultQueueLen) }
+
+// NewPairWithQueue is NewPair with each side's receive queue holding
+// queueLen datagrams (at least 1).
+func NewPairWithQueue(queueLen int) (a, b *Fake) {
+	queueLen = max(queueLen, 1)
+	a = &Fake{ip: AddrA, queueLen: queueLen}
+	b = &Fake{ip: AddrB, queueLen: queueLen}
+	a.peer, b.peer = b, a
+	return a, b
+}
+
+// LocalAddr is the endpoint this side receives at when open on port; port
+// 0 means the port it is (or was last) open on, DefaultPort if never.
+func (f *Fake) LocalAddr(port uint16) netip.AddrPort {
+	if port == 0 {
+		f.mu.Lock()
+		port = f.port
+		f.mu.Unlock()
+	}
+	if port == 0 {
+		port = DefaultPort
+	}
+	return netip.AddrPortFrom(f.ip, port)
+}
+
+// Mark returns the mark last set with SetMark.
+func (f *Fake) Mark() uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mark
+}
+
+// OnSend makes every datagram this side sends (delivered or not) visible
+// to fn, called in Send's goroutine before delivery. b is valid only during
+// the call. nil stops observing.
+func (f *Fake) OnSend(fn func(b []byte, to netip.AddrPort)) {
+	f.mu.Lock()
+	f.onSend = fn
+	f.mu.Unlock()
+}
+
+func (f *Fake) current() (*session, func([]byte, netip.AddrPort)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sess, f.onSend
+}
+
+// Open implements transport.Transport with a single ReceiveFunc. Port 0
+// means DefaultPort.
+func (f *Fake) Open(port uint16) ([]transport.ReceiveFunc, uint16, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sess != nil {
+		return nil, 0, transport.ErrAlreadyOpen
+	}
+	if port == 0 {
+		port = DefaultPort
+	}
+	s := &session{
+		f:    f,
+		port: port,
+		q:    make(chan datagram, f.queueLen),
+		free: make(chan []byte, f.queueLen),
+		done: make(chan struct{}),
+	}
+	f.sess, f.port = s, port
+	return []transport.ReceiveFunc{s.receive}, port, nil
+}
+
+// Close implements transport.Transport. Queued datagrams are discarded;
+// blocked receivers return net.ErrClosed and blocked senders return.
+func (f *Fake) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sess != nil {
+		close(f.sess.done)
+		f.sess = nil
+	}
+	return nil
+}
+
+// SetMark records mark; it has no other effect.
+func (f *Fake) SetMark(mark uint32) error {
+	f.mu.Lock()
+	f.mark = mark
+	f.mu.Unlock()
+	return nil
+}
+
+// BatchSize implements transport.Transport.
+func (f *Fake) BatchSize() int { return BatchSize }
+
+// Send implements transport.Transport. It copies each datagram into the
+// peer's queue, blocking while the queue is full. It returns net.ErrClosed
+// when this side is closed (before or while blocked); datagrams to an
+// unknown endpoint or a closed peer are counted and dropped without error.
+func (f *Fake) Send(bufs [][]byte, ep netip.AddrPort) error {
+	s, observe := f.current()
+	if s == nil {
+		f.drop.Add(uint64(len(bufs)))
+		return net.ErrClosed
+	}
+	if observe != nil {
+		for _, b := range bufs {
+			observe(b, ep)
+		}
+	}
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	if ep.Addr() != f.peer.ip {
+		f.dropUnknownEndpoint.Add(uint64(len(bufs)))
+		return nil
+	}
+	ps, _ := f.peer.current()
+	if ps == nil || ps.port != ep.Port() {
+		// The peer's host is there but nothing listens on that port.
+		f.dropPeerClosed.Add(uint64(len(bufs)))
+		return nil
+	}
+	from := netip.AddrPortFrom(f.ip, s.port)
+	for i, b := range bufs {
+		switch ps.deliver(b, from, s.done, &f.sendWaits) {
+		case errSenderClosed:
+			f.drop.Add(uint64(len(bufs) - i))
+			return net.ErrClosed
+		case errReceiverClosed:
+			f.dropPeerClosed.Add(uint64(len(bufs) - i))
+			return nil
+		}
+		f.txDatagrams.Add(1)
+	}
+	return nil
+}
+
+// Inject queues b on this side as if it came from from, blocking while the
+// queue is full. It returns net.ErrClosed if this side is closed.
+func (f *Fake) Inject(b []byte, from netip.AddrPort) error {
+	s, _ := f.current()
+	if s == nil {
+		return net.ErrClosed
+	}
+	if s.deliver(b, from, nil, &f.sendWaits) != nil {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+type deliverError int
+
+func (deliverError) Error() string { return "transporttest: closed" }
+
+const (
+	errSenderClosed deliverError = iota + 1
+	errReceiverClosed
+)
+
+// deliver copies b into s's queue, waiting for room (counted in waits)
+// until s or the sender's session (senderDone, may be nil) closes.
+func (s *session) deliver(b []byte, from netip.AddrPort, senderDone chan struct{}, waits *atomic.Uint64) error {
+	var buf []byte
+	select {
+	case buf = <-s.free:
+	default:
+	}
+	d := datagram{b: append(buf[:0], b...), from: from}
+	select {
+	case s.q <- d:
+		return nil
+	default:
+	}
+	waits.Add(1)
+	select {
+	case s.q <- d:
+		return nil
+	case <-s.done:
+		return errReceiverClosed
+	case <-senderDone:
+		return errSenderClosed
+	}
+}
+
+// receive is the session's ReceiveFunc: it waits for one datagram, then
+// takes whatever else is queued, up to a batch.
+func (s *session) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	room := min(len(bufs), len(sizes), len(eps), BatchSize)
+	if room == 0 {
+		return 0, io.ErrShortBuffer
+	}
+	select {
+	case <-s.done:
+		return 0, net.ErrClosed
+	default:
+	}
+	var d datagram
+	select {
+	case d = <-s.q:
+	case <-s.done:
+		return 0, net.ErrClosed
+	}
+	n := 0
+	for more := true; more; {
+		sizes[n] = copy(bufs[n], d.b)
+		eps[n] = d.from
+		n++
+		select {
+		case s.free <- d.b:
+		default:
+		}
+		more = false
+		if n < room {
+			select {
+			case d = <-s.q:
+				more = true
+			default:
+			}
+		}
+	}
+	s.f.rxDatagrams.Add(uint64(n))
+	return n, nil
+}
+
+// Stats returns the fake's counters: datagrams each way, how often a
+// sender had to wait for room, and drops by reason.
+func (f *Fake) Stats() []metrics.Counter {
+	return []metrics.Counter{
+		{Name: "fake_tx_datagrams", Value: f.txDatagrams.Load()},
+		{Name: "fake_rx_datagrams", Value: f.rxDatagrams.Load()},
+		{Name: "fake_send_waits", Value: f.sendWaits.Load()},
+		{Name: "drop_unknown_endpoint", Value: f.dropUnknownEndpoint.Load()},
+		{Name: "drop_peer_closed", Value: f.dropPeerClosed.Load()},
+		{Name: "drop_closed", Value: f.drop.Load()},
+	}
+}
