@@ -156,11 +156,13 @@ func (d *Device) Done() <-chan struct{} { return d.closed }
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.closed)
+		// The TUN closes first: a receive routine may be blocked writing
+		// to it (backpressure), and must be released before we wait.
+		err2 := d.tun.Close()
 		d.configMu.Lock()
 		err1 := d.transport.Close()
 		d.recvDone.Wait()
 		d.configMu.Unlock()
-		err2 := d.tun.Close()
 		d.routines.Wait()
 		d.closeErr = errors.Join(err1, err2)
 	})

@@ -73,7 +73,9 @@ func (p *Peer) setEndpoint(ep netip.AddrPort) {
 	if cur := p.endpoint.Load(); cur != nil && *cur == ep {
 		return
 	}
-	p.endpoint.Store(&ep)
+	changed := new(netip.AddrPort) // allocated here only, not on every call
+	*changed = ep
+	p.endpoint.Store(changed)
 }
 
 // installSession makes kp this peer's session. An initiator's session is
