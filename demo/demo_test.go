@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"ptun/internal/testenv"
 	"runtime"
 	"strconv"
 	"strings"
@@ -32,19 +33,6 @@ func TestMain(m *testing.M) {
 		os.Exit(runWireguardGo(os.Args[1:]))
 	}
 	os.Exit(m.Run())
-}
-
-// requireRoot skips t unless it runs as root; under CI=true it fails
-// instead, because CI runs as root and a skip would hide a broken test.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root, and CI=true: refusing to skip")
-	}
-	t.Skip("needs root (network namespaces, TUN devices)")
 }
 
 // testOptions gives each test its own namespace and interface names, so
@@ -105,7 +93,7 @@ func checkGone(t *testing.T, tb *Testbed) {
 }
 
 func TestUnderlayPingAndThroughput(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	tb := newTestbed(t, testOptions(t))
 	for _, a := range []struct {
 		name string
@@ -165,7 +153,7 @@ func fakeBinary(t *testing.T, script string) string {
 }
 
 func TestStartPtunDaemonExits(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	opts.PtunBinary = fakeBinary(t, `echo "starting $2" >&2; echo "fatal: cannot open the moon" >&2; exit 3`)
 	tb := newTestbed(t, opts)
@@ -184,7 +172,7 @@ func TestStartPtunDaemonExits(t *testing.T) {
 }
 
 func TestStartPtunNoSocket(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	opts.PtunBinary = fakeBinary(t, `exec sleep 60`)
 	opts.StartTimeout = 300 * time.Millisecond
@@ -210,7 +198,7 @@ func TestStartPtunNoSocket(t *testing.T) {
 }
 
 func TestStartPtunRefusesLiveSocket(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	first := newTestbed(t, opts)
 	if err := first.StartPtun(); err != nil {
@@ -230,7 +218,7 @@ func TestStartPtunRefusesLiveSocket(t *testing.T) {
 // in for ptun: the daemons start in the hosts, the UAPI configuration makes
 // them peers, and ping and TCP go through the tunnel.
 func TestTunnelWithWireguardGo(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	opts.IPv6Underlay = true
 	tb := newTestbed(t, opts)
@@ -276,7 +264,7 @@ func TestTunnelWithWireguardGo(t *testing.T) {
 // TestRunWithWireguardGo runs the demo end to end with wireguard-go standing
 // in for ptun, and checks what it prints.
 func TestRunWithWireguardGo(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	var out bytes.Buffer
 	err := Run(t.Context(), opts, &out)
@@ -301,7 +289,7 @@ func TestRunWithWireguardGo(t *testing.T) {
 // TestRunCancel cancels the demo in the middle of its transfers: it must
 // return promptly with the context's error and leave nothing behind.
 func TestRunCancel(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	opts := testOptions(t)
 	opts.Duration = time.Minute
 	ctx, cancel := context.WithCancel(t.Context())
@@ -333,7 +321,7 @@ func TestRunCancel(t *testing.T) {
 // TestRunDemoRealPtun builds ptun/cmd/ptun and runs the demo with it for 1s
 // per transfer.
 func TestRunDemoRealPtun(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	if testing.Short() {
 		t.Skip("builds ptun; skipped in -short mode")
 	}

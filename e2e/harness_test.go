@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"ptun/internal/testenv"
 	"regexp"
 	"strconv"
 	"strings"
@@ -88,15 +89,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func underCI() bool { return os.Getenv("CI") == "true" }
-
 // requireLab skips the test when the machine cannot run it (fails instead
 // under CI=true) and fails it when the binaries did not build.
 func requireLab(t *testing.T) {
 	t.Helper()
 	setupOnce.Do(setup)
 	if skipWhy != "" {
-		if underCI() {
+		if testenv.UnderCI() {
 			t.Fatalf("CI=true and %s", skipWhy)
 		}
 		t.Skip(skipWhy)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"ptun/internal/testenv"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,19 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// requireRoot skips t unless it runs as root; under CI=true it fails instead,
-// because CI runs as root and a skip there would hide a broken test.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root, and CI=true: refusing to skip")
-	}
-	t.Skip("needs root (network namespaces)")
-}
 
 // testPrefix is unique to this test process, so parallel runs never touch
 // each other's namespaces.
@@ -187,7 +175,7 @@ func tcpAcross(t *testing.T, from, to *NS, src, dst netip.Addr) {
 }
 
 func TestVethTCPv4(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p := newPair(t)
 	tcpAcross(t, p.a, p.b, p.a4, p.b4)
 	tcpAcross(t, p.b, p.a, p.b4, p.a4)
@@ -200,14 +188,14 @@ func TestVethTCPv4(t *testing.T) {
 }
 
 func TestVethTCPv6(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p := newPair(t)
 	tcpAcross(t, p.a, p.b, p.a6, p.b6)
 	tcpAcross(t, p.b, p.a, p.b6, p.a6)
 }
 
 func TestAddRoute(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p := newPair(t)
 	// b owns 198.18.2.1 on its loopback; a reaches it only through the route.
 	far := netip.MustParseAddr("198.18.2.1")
@@ -227,7 +215,7 @@ func TestAddRoute(t *testing.T) {
 }
 
 func TestSetMTUAndUp(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p := newPair(t)
 	if err := p.a.SetMTU(p.aLink, 1400); err != nil {
 		t.Fatal(err)
@@ -251,7 +239,7 @@ func TestSetMTUAndUp(t *testing.T) {
 }
 
 func TestStartRunsInNamespace(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	p := newPair(t)
 	want := statNS(t, p.a.Path())
 	if host := statNS(t, "/proc/self/ns/net"); host == want {
@@ -283,7 +271,7 @@ func TestStartRunsInNamespace(t *testing.T) {
 }
 
 func TestDoSwitchesAndRestores(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	n := newNS(t, "do")
 	want := statNS(t, n.Path())
 
@@ -322,7 +310,7 @@ func TestDoSwitchesAndRestores(t *testing.T) {
 }
 
 func TestDoConcurrent(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	nss := []*NS{newNS(t, "c"), newNS(t, "c")}
 	ids := []nsID{statNS(t, nss[0].Path()), statNS(t, nss[1].Path())}
 	var wg sync.WaitGroup
@@ -358,7 +346,7 @@ func TestDoConcurrent(t *testing.T) {
 }
 
 func TestWaitLink(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	a, b := newNS(t, "w"), newNS(t, "w")
 	if err := a.WaitLink("lo", time.Second); err != nil {
 		t.Fatal(err)
@@ -384,7 +372,7 @@ func TestWaitLink(t *testing.T) {
 }
 
 func TestCloseRemovesName(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	n, err := New(uniqueName("close"))
 	if err != nil {
 		t.Fatal(err)
@@ -420,7 +408,7 @@ func TestCloseRemovesName(t *testing.T) {
 }
 
 func TestCleanup(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	prefix := uniqueName("crashed") + "-"
 	var nss []*NS
 	for i := range 2 {
@@ -469,7 +457,7 @@ func TestCleanup(t *testing.T) {
 
 // BenchmarkDo measures one switch into a namespace and back.
 func BenchmarkDo(b *testing.B) {
-	requireRoot(b)
+	testenv.RequireRoot(b)
 	n := newNS(b, "bench")
 	fn := func() error { return nil }
 	b.ReportAllocs()

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"ptun/internal/testenv"
 	"runtime"
 	"strings"
 	"testing"
@@ -18,25 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// requireRoot skips a test that needs root (and iproute2), except under
-// CI=true where that is a failure.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "needs root"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2 (ip)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true: not skipping)", why)
-	}
-	t.Skip(why)
-}
 
 // testNetns is a fresh network namespace owned by one locked OS thread.
 // Do runs functions on that thread, so sockets, TUN devices and `ip`
@@ -50,7 +32,7 @@ type testNetns struct {
 
 func newTestNetns(t *testing.T) *testNetns {
 	t.Helper()
-	requireRoot(t)
+	requireRootAndIP(t)
 	ns := &testNetns{reqs: make(chan func()), done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
@@ -616,4 +598,11 @@ func TestZeroAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("Read: %v allocs per call", allocs)
 	}
+}
+
+// requireRootAndIP: these tests need root and iproute2.
+func requireRootAndIP(t *testing.T) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "ip", "iproute2")
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"ptun/internal/testenv"
 	"reflect"
 	"strings"
 	"syscall"
@@ -17,30 +18,11 @@ import (
 	"ptun/wg/noise"
 )
 
-// needRoot skips a test that needs root, except under CI=true where
-// skipping would hide a failure.
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test needs root, and CI runs as root")
-		}
-		t.Skip("needs root: the wg tool only looks in /var/run/wireguard")
-	}
-}
-
 // needWg returns the wg tool's path, skipping (or failing under CI=true) if
 // it is not installed.
 func needWg(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("wg")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("wg (wireguard-tools) is not installed")
-		}
-		t.Skip("wg (wireguard-tools) is not installed")
-	}
-	return path
+	return testenv.RequireTool(t, "wg", "wireguard-tools")
 }
 
 func b64(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:]) }
@@ -48,7 +30,7 @@ func b64(k [32]byte) string { return base64.StdEncoding.EncodeToString(k[:]) }
 // TestWgTool drives the real wg tool against Serve in the directory wg
 // uses, with an interface name no real device has.
 func TestWgTool(t *testing.T) {
-	needRoot(t)
+	testenv.RequireRoot(t)
 	wg := needWg(t)
 	if SocketDir != "/var/run/wireguard" {
 		t.Fatalf("SocketDir is %s", SocketDir)

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
+	"ptun/internal/testenv"
 	"sync"
 	"testing"
 	"time"
@@ -14,19 +14,6 @@ import (
 
 	"ptun/transport"
 )
-
-// requireRoot skips t unless it runs as root; under CI=true it fails
-// instead, because CI runs as root and a skip there would hide a test.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("needs root, and CI=true: refusing to skip")
-	}
-	t.Skip("needs root (CAP_NET_ADMIN)")
-}
 
 var (
 	lo4 = netip.MustParseAddr("127.0.0.1")
@@ -615,7 +602,7 @@ func TestSendInvalidEndpoint(t *testing.T) {
 }
 
 func TestSetMark(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	tr, _, _ := open(t, Options{})
 	check := func(want int) {
 		t.Helper()
@@ -645,7 +632,7 @@ func TestSetMark(t *testing.T) {
 }
 
 func TestSocketBuffers(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	tr, _, _ := open(t, Options{SocketBuffer: 3 << 20})
 	tr.socks.Load().each(func(s *socket) {
 		for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
