@@ -214,11 +214,9 @@ func (d *Device) sendTo(p *Peer, bufs [][]byte) error {
 		d.counters.dropN(dropNoEndpoint, len(bufs))
 		return errNoEndpoint
 	}
-	if err := d.transport.Send(bufs, ep); err != nil {
-		d.counters.dropN(dropTransportSend, len(bufs))
-		return err
-	}
-	return nil
+	// A failed Send is counted by the transport, which alone knows how
+	// many datagrams it dropped and why (drop_udp_send_<errno>).
+	return d.transport.Send(bufs, ep)
 }
 
 var errNoEndpoint = errors.New("peer has no endpoint")
