@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -444,7 +445,45 @@ func TestListen(t *testing.T) {
 
 func TestListenPermissionError(t *testing.T) {
 	if os.Geteuid() == 0 {
-		t.Skip("root ignores directory permissions")
+		// Root ignores directory permissions: run this test again as
+		// nobody, in a child process, so it runs in CI too.
+		exe, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := os.MkdirTemp("", "ptun-uapi-nobody-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// The build directory is root's only: run a copy from dir.
+		bin := filepath.Join(dir, "uapi.test")
+		data, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(bin, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "-test.run=^TestListenPermissionError$", "-test.v")
+		cmd.Dir = dir
+		tmp := filepath.Join(dir, "tmp") // the child's TMPDIR, nobody's own
+		if err := os.Mkdir(tmp, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(tmp, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "CI=")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestListenPermissionError") {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		}
+		return
 	}
 	old := SocketDir
 	dir := t.TempDir()
@@ -452,7 +491,7 @@ func TestListenPermissionError(t *testing.T) {
 	t.Cleanup(func() { os.Chmod(dir, 0o700); SocketDir = old })
 	SocketDir = filepath.Join(dir, "wireguard")
 	_, err := Listen("ptuntest6")
-	if !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "run as root") {
+	if !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "needs root") {
 		t.Fatalf("Listen in a read-only directory: %v", err)
 	}
 }
