@@ -134,14 +134,7 @@ func (p *Peer) clearSessions() {
 	kps.current.Store(nil)
 	kps.Unlock()
 
-	hs := &p.handshake
-	hs.Lock()
-	if hs.initiator != nil {
-		d.indices.removeHandshake(hs.localIndex, p)
-		hs.initiator = nil
-	}
-	hs.attemptsStarted = time.Time{}
-	hs.Unlock()
+	p.cancelHandshake()
 }
 
 // sendableSession returns the current session if it may still encrypt.
@@ -151,4 +144,17 @@ func (p *Peer) sendableSession(now time.Time) *keypair {
 		return nil
 	}
 	return kp
+}
+
+// cancelHandshake forgets the initiation we sent, if any, and ends the
+// current attempt.
+func (p *Peer) cancelHandshake() {
+	hs := &p.handshake
+	hs.Lock()
+	if hs.initiator != nil {
+		p.dev.indices.removeHandshake(hs.localIndex, p)
+		hs.initiator = nil
+	}
+	hs.attemptsStarted = time.Time{}
+	hs.Unlock()
 }

@@ -109,14 +109,7 @@ func (d *Device) peerTimers(p *Peer, now time.Time) {
 // giveUpHandshake ends a handshake attempt that got no answer and discards
 // the packets that waited for it (counted).
 func (d *Device) giveUpHandshake(p *Peer) {
-	hs := &p.handshake
-	hs.Lock()
-	if hs.initiator != nil {
-		d.indices.removeHandshake(hs.localIndex, p)
-		hs.initiator = nil
-	}
-	hs.attemptsStarted = time.Time{}
-	hs.Unlock()
+	p.cancelHandshake()
 	p.sendMu.Lock()
 	d.counters.dropN(dropHandshakeGiveUp, len(p.staged))
 	clear(p.staged)
