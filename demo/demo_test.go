@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"ptun/internal/testenv"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"ptun/internal/testenv"
 	"ptun/metrics"
 	"ptun/uapi"
 )

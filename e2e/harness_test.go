@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"ptun/internal/testenv"
 	"regexp"
 	"strconv"
 	"strings"
@@ -24,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"ptun/internal/testenv"
 )
 
 // Addresses. Every lab has its own pair of namespaces, so all labs use the

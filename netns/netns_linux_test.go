@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"ptun/internal/testenv"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"ptun/internal/testenv"
 )
 
 // testPrefix is unique to this test process, so parallel runs never touch

@@ -11,13 +11,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"ptun/internal/testenv"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"ptun/internal/testenv"
 )
 
 // testNetns is a fresh network namespace owned by one locked OS thread.

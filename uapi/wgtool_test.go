@@ -8,13 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"ptun/internal/testenv"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"ptun/internal/testenv"
 	"ptun/wg/noise"
 )
 

@@ -19,12 +19,7 @@ func (d *Device) Get() (*uapi.DeviceState, error) {
 	if l := d.local.Load(); l != nil {
 		st.PrivateKey = l.Private
 	}
-	d.peers.RLock()
-	peers := make([]*Peer, 0, len(d.peers.byKey))
-	for _, p := range d.peers.byKey {
-		peers = append(peers, p)
-	}
-	d.peers.RUnlock()
+	peers := d.peerList()
 	sort.Slice(peers, func(i, j int) bool {
 		a, b := peers[i].publicKey, peers[j].publicKey
 		return string(a[:]) < string(b[:])
@@ -212,12 +207,7 @@ func (d *Device) removePeer(p *Peer) {
 }
 
 func (d *Device) removeAllPeers() {
-	d.peers.RLock()
-	peers := make([]*Peer, 0, len(d.peers.byKey))
-	for _, p := range d.peers.byKey {
-		peers = append(peers, p)
-	}
-	d.peers.RUnlock()
+	peers := d.peerList()
 	for _, p := range peers {
 		d.removePeer(p)
 	}

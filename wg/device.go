@@ -199,6 +199,18 @@ func (d *Device) dropSession(kp *keypair) {
 	}
 }
 
+// peerList returns a snapshot of the peers, for work that must not hold
+// the peers lock (timers, removal, UAPI get).
+func (d *Device) peerList() []*Peer {
+	d.peers.RLock()
+	defer d.peers.RUnlock()
+	peers := make([]*Peer, 0, len(d.peers.byKey))
+	for _, p := range d.peers.byKey {
+		peers = append(peers, p)
+	}
+	return peers
+}
+
 // lookupPeer returns the peer with public key pk, or nil.
 func (d *Device) lookupPeer(pk noise.PublicKey) *Peer {
 	d.peers.RLock()

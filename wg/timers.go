@@ -30,12 +30,7 @@ func (d *Device) routineTimers() {
 			return
 		case now := <-tick.C:
 			d.refreshMTU()
-			d.peers.RLock()
-			peers := make([]*Peer, 0, len(d.peers.byKey))
-			for _, p := range d.peers.byKey {
-				peers = append(peers, p)
-			}
-			d.peers.RUnlock()
+			peers := d.peerList()
 			for _, p := range peers {
 				d.peerTimers(p, now)
 			}
