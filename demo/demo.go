@@ -8,7 +8,16 @@
 // any two namespaces.
 package demo
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"ptun/internal/probe"
+	"ptun/internal/tunnelproc"
+	"ptun/netns"
+)
 
 var (
 	// ErrNotRoot is returned when the process is not root: namespaces,
@@ -22,5 +31,12 @@ var (
 	// ErrDaemonExited is wrapped by the error returned when a ptun daemon
 	// exits while the testbed still needs it; the error's text ends with
 	// the last lines the daemon wrote.
-	ErrDaemonExited = errors.New("ptun daemon exited")
+	ErrDaemonExited = tunnelproc.ErrExited
 )
+
+// Ping sends count ICMP echoes from inside from to dst, one every 200ms,
+// each waiting at most 2s for its reply, and returns the round-trip times
+// of those answered (see probe.Ping).
+func Ping(from *netns.NS, dst netip.Addr, count int) ([]time.Duration, error) {
+	return probe.Ping(context.Background(), from, dst, count, 200*time.Millisecond, 2*time.Second)
+}

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"ptun/internal/probe"
 	"ptun/metrics"
 	"ptun/netns"
 	"ptun/uapi"
@@ -126,7 +127,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (err error) {
 			fam = "IPv6"
 		}
 		p.printf("  %-8s  %s  %-16s ", c.path, fam, c.dst)
-		rtts, err := ping(ctx, tb.A, c.dst, echoes, pingInterval, pingTimeout)
+		rtts, err := probe.Ping(ctx, tb.A, c.dst, echoes, 200*time.Millisecond, 2*time.Second)
 		if len(rtts) > 0 {
 			p.printf("%s / %s / %s", fmtDur(slices.Min(rtts)), fmtDur(median(rtts)), fmtDur(slices.Max(rtts)))
 			if len(rtts) < echoes {
@@ -199,7 +200,7 @@ func firstEcho(ctx context.Context, from *netns.NS, dst netip.Addr, tries int) (
 	start := time.Now()
 	var err error
 	for range tries {
-		if _, err = ping(ctx, from, dst, 1, 0, time.Second); err == nil {
+		if _, err = probe.Ping(ctx, from, dst, 1, 0, time.Second); err == nil {
 			return time.Since(start), nil
 		}
 		if ctx.Err() != nil {

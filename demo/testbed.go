@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"ptun/internal/tunnelproc"
 	"ptun/netns"
 	"ptun/uapi"
 	"ptun/wg/noise"
@@ -111,7 +112,7 @@ type Testbed struct {
 	opts Options
 
 	mu      sync.Mutex // guards daemons and closed, so Close may race StartPtun
-	daemons []*daemon
+	daemons []*tunnelproc.Process
 	closed  bool
 
 	closeOnce sync.Once
@@ -209,14 +210,14 @@ func (tb *Testbed) StartPtun() error {
 		ifname string
 		sock   string
 	}{{"a", tb.A, tb.TunA, tb.SockA}, {"b", tb.B, tb.TunB, tb.SockB}}
-	var ds []*daemon
+	var ds []*tunnelproc.Process
 	for _, h := range hosts {
 		tb.mu.Lock()
 		if tb.closed {
 			tb.mu.Unlock()
 			return errors.New("demo: testbed closed")
 		}
-		d, err := startDaemon(h.ns, h.name, bin, h.ifname, h.sock, tb.opts.Env)
+		d, err := tunnelproc.Start(h.ns, h.name, []string{bin, "-f", h.ifname}, h.ifname, h.sock, tb.opts.Env)
 		if err == nil {
 			tb.daemons = append(tb.daemons, d)
 		}
@@ -224,16 +225,16 @@ func (tb *Testbed) StartPtun() error {
 		if err != nil {
 			return err
 		}
-		tb.opts.Logf("started %s -f %s in host %s (pid %d)", bin, h.ifname, h.name, d.cmd.Process.Pid)
+		tb.opts.Logf("started %s -f %s in host %s (pid %d)", bin, h.ifname, h.name, d.Cmd.Process.Pid)
 		ds = append(ds, d)
 	}
 	for i, h := range hosts {
-		if err := ds[i].waitSocket(tb.opts.StartTimeout); err != nil {
+		if err := ds[i].WaitSocket(tb.opts.StartTimeout); err != nil {
 			return err
 		}
 		if err := h.ns.WaitLink(h.ifname, tb.opts.StartTimeout); err != nil {
-			if ds[i].exited() {
-				return ds[i].exitError()
+			if ds[i].Exited() {
+				return ds[i].ExitError()
 			}
 			return fmt.Errorf("ptun in host %s: %w", h.name, err)
 		}
@@ -315,8 +316,8 @@ func (tb *Testbed) DaemonError() error {
 	ds := tb.daemons
 	tb.mu.Unlock()
 	for _, d := range ds {
-		if d.exited() {
-			return d.exitError()
+		if d.Exited() {
+			return d.ExitError()
 		}
 	}
 	return nil
@@ -335,7 +336,7 @@ func (tb *Testbed) daemonDone() <-chan struct{} {
 	var once sync.Once
 	for _, d := range ds {
 		go func() {
-			<-d.done
+			<-d.Done()
 			once.Do(func() { close(ch) })
 		}()
 	}
@@ -362,7 +363,7 @@ func (tb *Testbed) close() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.stop(3 * time.Second)
+			errs[i] = d.Stop(3 * time.Second)
 		}()
 	}
 	wg.Wait()

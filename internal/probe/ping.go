@@ -1,4 +1,6 @@
-package demo
+// Package probe measures round-trip times from inside a network namespace
+// with ICMP echo, for `ptun demo`, `ptun bench` and their tests.
+package probe
 
 import (
 	"context"
@@ -17,20 +19,13 @@ import (
 	"ptun/netns"
 )
 
-const (
-	pingInterval = 200 * time.Millisecond
-	pingTimeout  = 2 * time.Second
-)
-
-// Ping sends count ICMP echo requests from inside from to dst, one every
-// 200ms, and returns the round-trip times of those answered, in order. Each
-// echo waits at most 2s for its reply. If fewer than count were answered it
-// returns the ones that were with an error. It needs root (raw ICMP socket).
-func Ping(from *netns.NS, dst netip.Addr, count int) ([]time.Duration, error) {
-	return ping(context.Background(), from, dst, count, pingInterval, pingTimeout)
-}
-
-func ping(ctx context.Context, from *netns.NS, dst netip.Addr, count int, interval, timeout time.Duration) ([]time.Duration, error) {
+// Ping sends count ICMP echo requests from inside from to dst, the next one
+// interval after the previous one was answered or timed out, and returns
+// the round-trip times of those answered, in order. Each echo waits at most
+// timeout for its reply. If fewer than count were answered it returns the
+// ones that were with an error. Cancelling ctx stops it at once. It needs
+// root (raw ICMP socket).
+func Ping(ctx context.Context, from *netns.NS, dst netip.Addr, count int, interval, timeout time.Duration) ([]time.Duration, error) {
 	dst = dst.Unmap()
 	network, laddr, proto := "ip4:icmp", "0.0.0.0", 1
 	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
@@ -53,7 +48,7 @@ func ping(ctx context.Context, from *netns.NS, dst netip.Addr, count int, interv
 	// identifier picks out ours.
 	id := rand.N(0xffff) + 1
 	peer := &net.IPAddr{IP: dst.AsSlice()}
-	payload := []byte("ptun demo ping.")
+	payload := []byte("ptun probe ping")
 	buf := make([]byte, 1500)
 	var rtts []time.Duration
 	for seq := 1; seq <= count; seq++ {
