@@ -47,6 +47,11 @@ func runInterface(args []string) int {
 		fmt.Fprintf(os.Stderr, "ptun: --mtu %d is out of range (576-65535)\n", *mtu)
 		return 1
 	}
+	// WG_PROCESS_FOREGROUND=1 is wireguard-go's way to ask the same, which
+	// tools written for it (wg-quick, benchmarks) use.
+	if os.Getenv("WG_PROCESS_FOREGROUND") == "1" {
+		*foreground = true
+	}
 	if !*foreground && os.Getenv(readyFDEnv) == "" {
 		return daemonize(args)
 	}

@@ -4,6 +4,7 @@
 //	ptun genkey | pubkey | genpsk  keys, compatible with wg(8)
 //	ptun show [IFNAME]             peers, handshakes, bytes and drop counters
 //	ptun demo                      two namespaced hosts, a tunnel, throughput vs the raw link
+//	ptun bench                     every direction, against the raw link and other implementations
 package main
 
 import (
@@ -24,10 +25,16 @@ const usage = `Usage:
   ptun demo [--duration D]
         as root: two namespaced hosts, a real tunnel between them, ping and
         TCP throughput in both directions next to the raw link
+  ptun bench [--rounds N] [--duration D] [--peer NAME=COMMAND]... [--ptun MODES]
+             [--json FILE] [--svg FILE]
+        as root: measure TCP and UDP up and down, RTT idle and under load, CPU
+        per GB and memory, of the raw link, ptun and each peer (such as
+        --peer wireguard-go=wireguard-go), interleaved, with medians and ratios;
+        see ptun bench -h
 
 Environment: PTUN_DISABLE_TUN_OFFLOAD, PTUN_DISABLE_TUN_USO, PTUN_DISABLE_TUN_GRO,
 PTUN_DISABLE_UDP_GSO, PTUN_DISABLE_UDP_GRO (=1 turns that offload off);
-LOG_LEVEL=verbose|error|silent.
+LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f.
 `
 
 func main() {
@@ -54,6 +61,8 @@ func run(args []string) int {
 		err = show(args[1:], os.Stdout)
 	case "demo":
 		err = runDemo(args[1:])
+	case "bench":
+		err = runBench(args[1:])
 	default:
 		return runInterface(args)
 	}

@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// userHZ is the unit of utime and stime in /proc/PID/stat: USER_HZ, which
+// Linux fixes at 100 on every architecture it exports it to userspace.
+const userHZ = 100
+
+// procStat is what the bench reads of a process in /proc.
+type procStat struct {
+	ppid     int
+	cpuTicks uint64 // utime + stime, of every thread, live or exited
+}
+
+// readProcStat parses /proc/PID/stat.
+func readProcStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseProcStat(b)
+}
+
+// parseProcStat parses the text of /proc/PID/stat. The command name, in
+// parentheses, may itself hold spaces and parentheses, so fields are
+// counted from the last ')'.
+func parseProcStat(b []byte) (procStat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("bench: malformed /proc stat %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+	if len(f) < 13 {
+		return procStat{}, fmt.Errorf("bench: short /proc stat %q", b)
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	ut, err2 := strconv.ParseUint(f[11], 10, 64)
+	st, err3 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return procStat{}, fmt.Errorf("bench: malformed /proc stat %q", b)
+	}
+	return procStat{ppid: ppid, cpuTicks: ut + st}, nil
+}
+
+// peakRSS returns VmHWM of process pid in bytes.
+func peakRSS(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseVmHWM(b)
+}
+
+func parseVmHWM(status []byte) (uint64, error) {
+	for _, line := range strings.Split(string(status), "\n") {
+		rest, ok := strings.CutPrefix(line, "VmHWM:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			break
+		}
+		kb, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			break
+		}
+		return kb << 10, nil
+	}
+	return 0, fmt.Errorf("bench: no VmHWM in /proc status")
+}
+
+// cpuSeconds returns the CPU time used so far by the processes pids (those
+// that still exist).
+func cpuSeconds(pids []int) float64 {
+	var ticks uint64
+	for _, pid := range pids {
+		if st, err := readProcStat(pid); err == nil {
+			ticks += st.cpuTicks
+		}
+	}
+	return float64(ticks) / userHZ
+}
+
+// tunnelProcesses returns the processes serving interface ifname: those in
+// the network namespace with device and inode nsDev/nsIno whose command
+// line holds ifname as an argument, and all their descendants. That finds
+// a foreground process, one that put itself in the background (its
+// re-executed child keeps the argument), and helper processes it started.
+func tunnelProcesses(nsDev, nsIno uint64, ifname string) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	self := os.Getpid()
+	children := map[int][]int{}
+	var roots []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		st, err := readProcStat(pid)
+		if err != nil {
+			continue // gone
+		}
+		children[st.ppid] = append(children[st.ppid], pid)
+		if !inNetNS(pid, nsDev, nsIno) {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if len(args) > 1 && slices.Contains(args[1:], ifname) {
+			roots = append(roots, pid)
+		}
+	}
+	seen := map[int]bool{}
+	var out []int
+	var walk func(int)
+	walk = func(pid int) {
+		if seen[pid] {
+			return
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		for _, c := range children[pid] {
+			walk(c)
+		}
+	}
+	for _, r := range roots {
+		walk(r)
+	}
+	slices.Sort(out)
+	return out, nil
+}
