@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -24,8 +25,8 @@ import (
 const writeFullWait = 100 * time.Millisecond
 
 // device is a Linux TUN interface. Read may run concurrently with Write;
-// concurrent Writes are serialized by batchWriter.mu, concurrent Reads by the
-// file's read lock.
+// concurrent Writes are serialized by batchWriter.mu, concurrent Reads by
+// readMu.
 type device struct {
 	file   *os.File
 	rc     syscall.RawConn
@@ -48,6 +49,16 @@ type device struct {
 	retryFn  func(fd uintptr) bool
 	logf     func(format string, args ...any)
 	features string
+
+	// Read state, guarded by readMu: the buffer and results of readFn,
+	// and a packet read but not yet returned because the batch had no
+	// room left for its segments.
+	readMu  sync.Mutex
+	rbuf    []byte
+	rn      int
+	rerr    error
+	readFn  func(fd uintptr) bool
+	pending []byte
 }
 
 var _ Device = (*device)(nil)
@@ -117,6 +128,7 @@ func setup(fd int, name string, opts Options) (_ *device, err error) {
 	d := &device{name: ifr.Name(), vnet: !opts.DisableOffload, logf: opts.Logf}
 	d.w = batchWriter{vnet: d.vnet, sys: d.sysWrite, st: &d.st, logf: opts.Logf}
 	d.writeFn, d.retryFn = d.rawWrite, d.rawRetry
+	d.readFn = d.rawRead
 
 	if d.vnet {
 		// No TUNSETVNETHDRSZ: the kernel's default header size is
@@ -235,14 +247,9 @@ func (d *device) MTU() (int, error) {
 // Name implements Device.
 func (d *device) Name() string { return d.name }
 
-// BatchSize implements Device: 128 with offloads (enough segments for a
-// 64 KiB super-packet at MSS >= 512), 1 without.
-func (d *device) BatchSize() int {
-	if d.vnet {
-		return defaultBatchSize
-	}
-	return 1
-}
+// BatchSize implements Device: 128 (enough segments for a 64 KiB
+// super-packet at MSS >= 512, or a burst of plain packets).
+func (d *device) BatchSize() int { return defaultBatchSize }
 
 // Stats implements metrics.Reporter.
 func (d *device) Stats() []metrics.Counter { return d.st.snapshot() }
@@ -267,39 +274,67 @@ func (d *device) closedErr(err error, read bool) error {
 	return err
 }
 
-// Read implements Device. It makes one read syscall per call (looping only
-// past packets it drops), straight into bufs[0], and splits a GSO
-// super-packet into bufs[0..].
+// Read implements Device. It waits (in the netpoller) for the first packet,
+// then goes on reading, without waiting, while the kernel has more queued
+// and bufs have room: one wakeup serves a whole burst. A GSO super-packet
+// is split into as many bufs as it has segments. A super-packet that does
+// not fit in the room left is kept, and is the first packet of the next
+// Read: nothing is dropped for want of buffers.
 func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < MinOffset || len(bufs) == 0 || len(sizes) == 0 || len(bufs[0]) <= offset {
 		return 0, errBadOffset
 	}
-	for {
-		buf := bufs[0][offset:]
+	d.readMu.Lock()
+	defer d.readMu.Unlock()
+	limit := min(len(bufs), len(sizes))
+	total := 0
+	for total < limit {
+		buf := bufs[total][offset:]
 		if d.vnet {
-			buf = bufs[0][offset-virtioNetHdrLen:]
+			buf = bufs[total][offset-virtioNetHdrLen:]
 		}
-		n, err := d.file.Read(buf)
+		var nr int
+		var err error
+		switch {
+		case total == 0 && len(d.pending) > 0:
+			nr = copy(buf, d.pending)
+			d.pending = d.pending[:0]
+		case total == 0:
+			nr, err = d.file.Read(buf)
+		default:
+			nr, err = d.readNow(buf)
+		}
 		if err != nil {
+			if total > 0 {
+				// EAGAIN ends the burst; another error will come
+				// back on the next Read, which has nothing to return.
+				return total, nil
+			}
 			return 0, d.closedErr(err, true)
 		}
 		d.st.reads.Add(1)
 		if !d.vnet {
-			sizes[0] = n
+			sizes[total] = nr
 			d.st.packetsIn.Add(1)
-			d.st.bytesIn.Add(uint64(n))
-			return 1, nil
+			d.st.bytesIn.Add(uint64(nr))
+			total++
+			continue
 		}
-		res, err := processRead(bufs, sizes, offset, n)
+		res, err := processRead(bufs[total:limit], sizes[total:limit], offset, nr)
+		if res.drop == dropReadTooManySegs && total > 0 {
+			// It may fit in a whole batch: keep it for the next Read.
+			d.pending = append(d.pending[:0], buf[:nr]...)
+			return total, nil
+		}
 		if res.drop != dropNone {
 			d.st.readDrops[res.drop].Add(1)
 			if err != nil {
-				return 0, err
+				return total, err
 			}
 			continue
 		}
 		if err != nil {
-			return 0, err
+			return total, err
 		}
 		if res.split {
 			d.st.gsoSplit.Add(1)
@@ -309,9 +344,30 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			d.st.csumCompleted.Add(1)
 		}
 		d.st.packetsIn.Add(uint64(res.n))
-		d.st.bytesIn.Add(uint64(n - virtioNetHdrLen))
-		return res.n, nil
+		d.st.bytesIn.Add(uint64(nr - virtioNetHdrLen))
+		total += res.n
 	}
+	return total, nil
+}
+
+// readNow makes one read syscall into b without waiting: unix.EAGAIN means
+// the kernel's queue is empty.
+func (d *device) readNow(b []byte) (int, error) {
+	d.rbuf = b
+	err := d.rc.Read(d.readFn)
+	d.rbuf = nil
+	if err != nil {
+		return 0, err
+	}
+	return d.rn, d.rerr
+}
+
+func (d *device) rawRead(fd uintptr) bool {
+	d.rn, d.rerr = unix.Read(int(fd), d.rbuf)
+	if d.rerr == nil && d.rn == 0 {
+		d.rerr = io.EOF
+	}
+	return true
 }
 
 // Write implements Device.

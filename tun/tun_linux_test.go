@@ -121,8 +121,8 @@ func listenUDP(t *testing.T, ns *testNetns, laddr string) *net.UDPConn {
 }
 
 // readMatching reads from dev until it has want packets that match, at
-// most 10 s and 1000 Reads. It returns copies of them and the packet count
-// of each Read that returned a match. On timeout it closes dev to free the
+// most 10 s and 1000 Reads. It returns copies of them and the count of
+// matching packets each Read returned (when it returned any). On timeout it closes dev to free the
 // reader.
 func readMatching(t *testing.T, dev Device, want int, match func([]byte) bool) ([][]byte, []int) {
 	t.Helper()
@@ -150,7 +150,7 @@ func readMatching(t *testing.T, dev Device, want int, match func([]byte) bool) (
 				}
 			}
 			if matched > 0 {
-				r.calls = append(r.calls, n)
+				r.calls = append(r.calls, matched)
 			}
 			if len(r.pkts) >= want {
 				break
@@ -434,23 +434,23 @@ func TestReadUSOSplit(t *testing.T) {
 	}
 }
 
-// (d) With offloads disabled, the same send arrives one datagram per Read.
+// (d) With offloads disabled, the same send arrives as 20 datagrams, one
+// read syscall each, batched by Read.
 func TestReadNoOffload(t *testing.T) {
 	ns := newTestNetns(t)
 	dev := upTUN(t, ns, Options{DisableOffload: true})
-	if dev.BatchSize() != 1 {
-		t.Fatalf("BatchSize = %d; want 1", dev.BatchSize())
+	if dev.BatchSize() != defaultBatchSize {
+		t.Fatalf("BatchSize = %d; want %d", dev.BatchSize(), defaultBatchSize)
 	}
 	data := sendSegmented(t, ns, 9997)
-	pkts, calls := readMatching(t, dev, 20, udpTo(9997))
-	for _, n := range calls {
-		if n != 1 {
-			t.Fatalf("reads of %v; want 1 each", calls)
-		}
-	}
+	reads0 := stat(dev, "tun_reads")
+	pkts, _ := readMatching(t, dev, 20, udpTo(9997))
 	checkDatagrams(t, pkts, data)
 	if stat(dev, "tun_gso_split") != 0 {
 		t.Fatal("split without offloads")
+	}
+	if got := stat(dev, "tun_reads") - reads0; got < 20 {
+		t.Fatalf("%d read syscalls for 20 datagrams without offloads", got)
 	}
 	// Writes go one by one, without a virtio header.
 	sock := listenUDP(t, ns, "198.18.77.1:0")
@@ -464,6 +464,77 @@ func TestReadNoOffload(t *testing.T) {
 		if _, err := sock.Read(make([]byte, 200)); err != nil {
 			t.Fatalf("datagram %d: %v", i, err)
 		}
+	}
+}
+
+// sendPlain sends n datagrams of size bytes to 198.18.77.2:port, one
+// send each, and returns their payloads.
+func sendPlain(t *testing.T, ns *testNetns, port, n, size int) [][]byte {
+	t.Helper()
+	sock := listenUDP(t, ns, "198.18.77.1:0")
+	var out [][]byte
+	for i := range n {
+		b := payloadBytes(size, byte(i))
+		if _, err := sock.WriteToUDPAddrPort(b, netip.AddrPortFrom(peerAddr, uint16(port))); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// A burst queued in the kernel comes back from one Read, in order: one
+// wakeup serves it all.
+func TestReadBurstInOneRead(t *testing.T) {
+	for _, opts := range []Options{{}, {DisableOffload: true}} {
+		ns := newTestNetns(t)
+		dev := upTUN(t, ns, opts)
+		sent := sendPlain(t, ns, 9996, 30, 1000)
+		pkts, calls := readMatching(t, dev, 30, udpTo(9996))
+		if len(calls) != 1 || calls[0] != 30 {
+			t.Fatalf("offloads off=%v: 30 queued datagrams came in reads of %v; want one read of 30", opts.DisableOffload, calls)
+		}
+		for i, p := range pkts {
+			if !bytes.Equal(p[28:], sent[i]) {
+				t.Fatalf("datagram %d out of order or changed", i)
+			}
+		}
+	}
+}
+
+// A super-packet read after others, with too few buffers left for its
+// segments, is kept for the next Read rather than dropped.
+func TestReadKeepsSuperPacketForNextRead(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if stat(dev, "tun_uso_unavailable") != 0 {
+		t.Skip("kernel without USO (Linux < 6.2)")
+	}
+	first := sendPlain(t, ns, 9995, 1, 500)
+	data := sendSegmented(t, ns, 9995)
+	bufs, sizes := readBufs(32, testOffset)
+	var got [][]byte
+	for i := 0; i < 10 && len(got) < 21; i++ {
+		b := bufs
+		if i == 0 {
+			b = bufs[:15] // room for the first datagram, not the 20 segments
+		}
+		n, err := dev.Read(b, sizes, testOffset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range n {
+			if p := bufs[j][testOffset : testOffset+sizes[j]]; udpTo(9995)(p) {
+				got = append(got, append([]byte(nil), p...))
+			}
+		}
+	}
+	if len(got) != 21 || !bytes.Equal(got[0][28:], first[0]) {
+		t.Fatalf("got %d datagrams; want the first and 20 segments", len(got))
+	}
+	checkDatagrams(t, got[1:], data)
+	if d := stat(dev, "drop_tun_read_too_many_segments"); d != 0 {
+		t.Fatalf("%d super-packets dropped", d)
 	}
 }
 
@@ -583,16 +654,17 @@ func TestZeroAllocs(t *testing.T) {
 		t.Errorf("Write: %v allocs per call", allocs)
 	}
 
-	// Queue runs+1 datagrams for the tun, then read them.
-	for range runs + 1 {
+	// Queue 3*(runs+1) datagrams for the tun, then read them three at a
+	// time: one read that waits and two that do not.
+	for range 3 * (runs + 1) {
 		if _, err := sock.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(peerAddr, 9996)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rb, rs := readBufs(dev.BatchSize(), testOffset)
+	rb, rs := readBufs(3, testOffset)
 	allocs = testing.AllocsPerRun(runs, func() {
-		if _, err := dev.Read(rb, rs, testOffset); err != nil {
-			t.Fatal(err)
+		if n, err := dev.Read(rb, rs, testOffset); n != 3 || err != nil {
+			t.Fatalf("Read = %d, %v", n, err)
 		}
 	})
 	if allocs != 0 {
