@@ -339,15 +339,17 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		var loadedRTTs chan []time.Duration
 		pingCtx, stopPing := context.WithCancel(ctx)
 		if t.loaded {
-			// Echoes from 1s into the download until shortly before its end.
-			n := max(1, int((d-1500*time.Millisecond)/echoInterval))
+			// Echoes from a while into the download (past TCP's slow
+			// start) until shortly before its end.
+			wait, margin := min(time.Second, d/4), min(500*time.Millisecond, d/4)
+			n := max(2, int((d-wait-margin)/echoInterval))
 			loadedRTTs = make(chan []time.Duration, 1)
 			go func() {
 				select {
 				case <-pingCtx.Done():
 					loadedRTTs <- nil
 					return
-				case <-time.After(min(time.Second, d/2)):
+				case <-time.After(wait):
 				}
 				r, _ := probe.Ping(pingCtx, m.tb.A, c.server, n, echoInterval, time.Second)
 				loadedRTTs <- r
@@ -356,11 +358,18 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		cpu0 := cpuSeconds(c.allPIDs())
 		r, err := runIperf(ctx, m.tb.A, m.tb.B, c.server, t.t)
 		cpu := cpuSeconds(c.allPIDs()) - cpu0
-		stopPing()
 		var loaded []time.Duration
 		if loadedRTTs != nil {
-			loaded = <-loadedRTTs
+			// An echo sent during the download may come back just
+			// after it: give the last one its time.
+			select {
+			case loaded = <-loadedRTTs:
+			case <-time.After(time.Second):
+				stopPing()
+				loaded = <-loadedRTTs
+			}
 		}
+		stopPing()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -123,7 +123,7 @@ func TestBenchInterrupt(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, ptun.bin, "bench", "--duration", "10s", "--peer", "wireguard-go="+wgGo.bin)
+	cmd := exec.CommandContext(ctx, ptun.bin, "bench", "--duration", "3s", "--peer", "wireguard-go="+wgGo.bin)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -141,14 +141,14 @@ func TestBenchInterrupt(t *testing.T) {
 		}
 		// The step line is printed as the measurement starts: it is now
 		// under way, with iperf3 and both tunnels running.
-		if ptunTCPUpRE.MatchString(sc.Text()) {
+		if rawTCPDownRE.MatchString(sc.Text()) {
 			break
 		}
 	}
 	if tag == "" {
 		cmd.Process.Kill()
 		cmd.Wait()
-		t.Fatalf("the bench never reached ptun's TCP up test:\n%s", seen.String())
+		t.Fatalf("the bench never reached the raw TCP down test:\n%s", seen.String())
 	}
 	defer requireBenchGone(t, tag)
 	time.Sleep(time.Second)
@@ -199,7 +199,7 @@ func TestBenchErrors(t *testing.T) {
 	}
 }
 
-var ptunTCPUpRE = regexp.MustCompile(`round 1/3\s+ptun\s+TCP up`)
+var rawTCPDownRE = regexp.MustCompile(`round 1/3\s+raw\s+TCP down`)
 
 var benchHostRE = regexp.MustCompile(`hosts ptun-bench-([0-9a-f]{4})-a-`)
 
