@@ -11,7 +11,7 @@ import (
 const sockaddrSize = unix.SizeofSockaddrInet6
 
 // oobSize is the control buffer of one received message: room for the GRO
-// segment size (an int) with space to spare.
+// segment size (an int) and a receive timestamp (a timespec).
 const oobSize = 64
 
 // gsoCmsgSpace is the control buffer of one segmented send: the
@@ -86,28 +86,59 @@ func cmsgHeader(b []byte) (length, level, typ int, ok bool) {
 // groSize returns the segment size from a UDP_GRO control message in oob,
 // or 0 when there is none (the message is one datagram).
 func groSize(oob []byte) int {
+	data := cmsgData(oob, unix.SOL_UDP, unix.UDP_GRO)
+	if len(data) < 4 {
+		return 0
+	}
+	if v := int32(binary.NativeEndian.Uint32(data)); v > 0 {
+		return int(v)
+	}
+	return 0
+}
+
+// rxTimestamp returns the kernel's receive time (Unix nanoseconds) from an
+// SCM_TIMESTAMPNS control message in oob.
+func rxTimestamp(oob []byte) (int64, bool) {
+	// The (old) timespec holds two words: time_t and long.
+	const w = unix.SizeofPtr
+	data := cmsgData(oob, unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS)
+	if len(data) < 2*w {
+		return 0, false
+	}
+	word := func(b []byte) int64 {
+		if w == 8 {
+			return int64(binary.NativeEndian.Uint64(b))
+		}
+		return int64(int32(binary.NativeEndian.Uint32(b)))
+	}
+	sec, nsec := word(data[0:w]), word(data[w:2*w])
+	if sec <= 0 || nsec < 0 || nsec >= 1e9 {
+		return 0, false
+	}
+	return sec*1e9 + nsec, true
+}
+
+// cmsgData returns the data of the first control message of the given
+// level and type in oob, or nil.
+func cmsgData(oob []byte, level, typ int) []byte {
 	for len(oob) >= unix.SizeofCmsghdr {
-		length, level, typ, ok := cmsgHeader(oob)
+		length, lvl, t, ok := cmsgHeader(oob)
 		if !ok {
-			return 0
+			return nil
 		}
-		var data []byte
-		if start := cmsgAlign(unix.SizeofCmsghdr); length > start {
-			data = oob[start:length]
-		}
-		if level == unix.SOL_UDP && typ == unix.UDP_GRO && len(data) >= 4 {
-			if v := int32(binary.NativeEndian.Uint32(data)); v > 0 {
-				return int(v)
+		if lvl == level && t == typ {
+			if start := cmsgAlign(unix.SizeofCmsghdr); length > start {
+				return oob[start:length]
 			}
-			return 0
+			return nil
 		}
 		next := cmsgAlign(length)
 		if next >= len(oob) {
-			return 0
+			return nil
 		}
 		oob = oob[next:]
 	}
-	return 0
+	return nil
 }
 
 // putGSOSize writes a UDP_SEGMENT control message for segments of seg bytes

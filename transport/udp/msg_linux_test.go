@@ -108,3 +108,41 @@ func FuzzSockaddr(f *testing.F) {
 		}
 	})
 }
+
+func TestRxTimestamp(t *testing.T) {
+	var b []byte
+	put := func(level, typ int32, data []byte) {
+		h := make([]byte, unix.CmsgSpace(len(data)))
+		if unix.SizeofPtr == 8 {
+			binary.NativeEndian.PutUint64(h, uint64(unix.CmsgLen(len(data))))
+		} else {
+			binary.NativeEndian.PutUint32(h, uint32(unix.CmsgLen(len(data))))
+		}
+		binary.NativeEndian.PutUint32(h[unix.SizeofPtr:], uint32(level))
+		binary.NativeEndian.PutUint32(h[unix.SizeofPtr+4:], uint32(typ))
+		copy(h[unix.CmsgLen(0):], data)
+		b = append(b, h...)
+	}
+	put(unix.SOL_UDP, unix.UDP_GRO, []byte{0x8c, 5, 0, 0})
+	ts := make([]byte, 2*unix.SizeofPtr)
+	if unix.SizeofPtr == 8 {
+		binary.NativeEndian.PutUint64(ts, 1_700_000_000)
+		binary.NativeEndian.PutUint64(ts[8:], 123_456_789)
+	} else {
+		binary.NativeEndian.PutUint32(ts, 1_700_000_000)
+		binary.NativeEndian.PutUint32(ts[4:], 123_456_789)
+	}
+	put(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts)
+	if got, ok := rxTimestamp(b); !ok || got != 1_700_000_000_123_456_789 {
+		t.Fatalf("rxTimestamp = %d, %v", got, ok)
+	}
+	if groSize(b) != 0x58c {
+		t.Fatalf("groSize beside a timestamp = %d", groSize(b))
+	}
+	if _, ok := rxTimestamp(groCmsg(1420, false)); ok {
+		t.Fatal("found a timestamp where there is none")
+	}
+	if _, ok := rxTimestamp(b[:len(b)-8]); ok {
+		t.Fatal("accepted a truncated timestamp")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,7 @@ type receiver struct {
 	oob   [BatchSize][oobSize]byte
 	msgs  [BatchSize]rxMsg
 	stash pending // datagrams of the last read that did not fit
+	aqm   *codel  // nil without receive timestamps
 
 	// vlen is how many messages the next read asks for. With GRO one
 	// message may hold up to 64 datagrams, so it follows the recent
@@ -40,12 +42,15 @@ type receiver struct {
 func newReceiver(s *socket) *receiver {
 	r := &receiver{s: s, vlen: BatchSize}
 	r.stash.ents = make([]pendingMsg, 0, BatchSize)
+	if s.stamp {
+		r.aqm = newCodel(s.t.opts.aqm())
+	}
 	for i := range r.hdrs {
 		h := &r.hdrs[i].Hdr
 		h.Name = &r.names[i][0]
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
-		if s.gro {
+		if s.gro || s.stamp {
 			h.Control = &r.oob[i][0]
 		}
 	}
@@ -78,7 +83,7 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 		st.rxDatagrams.Add(uint64(n))
 		return n, nil
 	}
-	gro := r.s.gro
+	gro, cmsgs := r.s.gro, r.s.gro || r.s.stamp
 	for {
 		vlen := room
 		if gro {
@@ -90,7 +95,7 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 			h.Len = 0
 			h.Hdr.Namelen = sockaddrSize
 			h.Hdr.Flags = 0
-			if gro {
+			if cmsgs {
 				h.Hdr.SetControllen(oobSize)
 			}
 		}
@@ -122,6 +127,14 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 		}
 		if coalesced > 0 {
 			st.rxGRO.Add(uint64(coalesced))
+		}
+		if r.aqm != nil && m > 0 {
+			if stamp, ok := rxTimestamp(r.oob[0][:min(int(r.hdrs[0].Hdr.Controllen), oobSize)]); ok {
+				now := time.Now().UnixNano()
+				if drops := r.aqm.dequeue(now, max(0, now-stamp)); drops > 0 {
+					st.dropAQM.Add(uint64(dropTail(r.msgs[:m], drops)))
+				}
+			}
 		}
 		n := split(bufs, sizes, eps, r.msgs[:m], &r.stash)
 		if gro && segs > 0 {

@@ -89,6 +89,7 @@ type socket struct {
 	port   uint16
 	gso    bool // the kernel supports UDP_SEGMENT and GSO is not switched off
 	gro    bool // UDP_GRO is on
+	stamp  bool // SO_TIMESTAMPNS is on, for the receive queue's AQM
 	closed atomic.Bool
 
 	sendMu sync.Mutex // guards tx and the connection's write deadline
@@ -249,6 +250,14 @@ func (t *Transport) setup(s *socket, fd int) error {
 			t.opts.logf("udp: UDP_GRO: %v; receiving without GRO", err)
 		} else {
 			s.gro = true
+		}
+	}
+	if !t.opts.DisableAQM {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			t.stats.aqmUnavailable.Add(1)
+			t.opts.logf("udp: SO_TIMESTAMPNS: %v; receiving without queue management", err)
+		} else {
+			s.stamp = true
 		}
 	}
 	return nil
