@@ -9,9 +9,10 @@ import (
 // less 80 bytes of WireGuard over IPv6 overhead.
 const DefaultMTU = 1420
 
-// defaultBatchSize is BatchSize with offloads: a 64 KiB super-packet splits
-// into at most 128 segments at an MSS of 512 or more.
-const defaultBatchSize = 128
+// defaultBatchSize is BatchSize, and the gso_max_segs Create sets so that a
+// super-packet always fits in one batch. 64 measured faster than 128 (in
+// ptun bench: TCP +4-9%, CPU per GB -4-7%) and halves the buffers' memory.
+const defaultBatchSize = 64
 
 // Options configure Create. The zero value turns every offload on.
 type Options struct {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"ptun/metrics"
@@ -155,6 +156,11 @@ func setup(fd int, name string, opts Options) (_ *device, err error) {
 				d.log("tun: %s: TUNSETOFFLOAD refused (%v); continuing without offloads", d.name, err)
 			}
 		}
+		// A super-packet must fit in one Read's batch: ask the kernel
+		// to segment bigger ones (small MSS) itself before the TUN.
+		if err := limitGSOSegments(d.name, defaultBatchSize); err != nil {
+			d.log("tun: %s: cannot limit GSO to %d segments (%v); super-packets with more are dropped as drop_tun_read_too_many_segments", d.name, defaultBatchSize, err)
+		}
 		d.w.tcpGRO = !opts.DisableGRO
 		d.w.udpGRO = !opts.DisableGRO && uso
 		d.features = "vnet_hdr csum tso4 tso6"
@@ -191,6 +197,15 @@ func setup(fd int, name string, opts Options) (_ *device, err error) {
 	d.rc = rc
 	d.log("tun: %s: created, mtu %d, offloads: %s", d.name, opts.MTU, d.features)
 	return d, nil
+}
+
+// limitGSOSegments sets the interface's gso_max_segs.
+func limitGSOSegments(name string, segs int) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetGSOMaxSegs(link, segs)
 }
 
 // validName applies the kernel's dev_valid_name rules so a bad name gets a
@@ -247,8 +262,8 @@ func (d *device) MTU() (int, error) {
 // Name implements Device.
 func (d *device) Name() string { return d.name }
 
-// BatchSize implements Device: 128 (enough segments for a 64 KiB
-// super-packet at MSS >= 512, or a burst of plain packets).
+// BatchSize implements Device: 64, the interface's gso_max_segs, so that a
+// super-packet always fits in one Read.
 func (d *device) BatchSize() int { return defaultBatchSize }
 
 // Stats implements metrics.Reporter.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"ptun/internal/testenv"
 )
@@ -677,4 +678,24 @@ func requireRootAndIP(t *testing.T) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "ip", "iproute2")
+}
+
+// With offloads, the interface's gso_max_segs is the batch size, so the
+// kernel never hands Read a super-packet with more segments than a batch.
+func TestGSOMaxSegsIsBatchSize(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	var segs uint32
+	if err := ns.Do(func() error {
+		l, err := netlink.LinkByName(dev.Name())
+		if err == nil {
+			segs = l.Attrs().GSOMaxSegs
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if segs != uint32(dev.BatchSize()) {
+		t.Fatalf("gso_max_segs = %d, want %d", segs, dev.BatchSize())
+	}
 }

@@ -63,6 +63,8 @@ type Device struct {
 	listenPort uint16
 	fwmark     uint32
 	recvDone   sync.WaitGroup // receive routines of the current binding
+	rxBufsMu   sync.Mutex
+	rxBufs     [][][]byte // receive buffer sets left by routines of earlier bindings
 
 	tunWriteMu sync.Mutex   // serialises TUN writes from the receive routines
 	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by the timer routine
@@ -131,6 +133,32 @@ func (d *Device) bind(port uint16) error {
 		go d.routineReceive(fn)
 	}
 	return nil
+}
+
+// takeRxBufs returns a set of n receive buffers: one a routine of an earlier
+// binding left, or a new one. Reusing them keeps a rebind from allocating
+// (and touching) another set of 64 KiB buffers per socket.
+func (d *Device) takeRxBufs(n int) [][]byte {
+	d.rxBufsMu.Lock()
+	defer d.rxBufsMu.Unlock()
+	for i, set := range d.rxBufs {
+		if len(set) >= n {
+			d.rxBufs = append(d.rxBufs[:i], d.rxBufs[i+1:]...)
+			return set
+		}
+	}
+	set := make([][]byte, n)
+	for i := range set {
+		set[i] = make([]byte, bufSize)
+	}
+	return set
+}
+
+// putRxBufs gives back a set taken with takeRxBufs.
+func (d *Device) putRxBufs(set [][]byte) {
+	d.rxBufsMu.Lock()
+	d.rxBufs = append(d.rxBufs, set)
+	d.rxBufsMu.Unlock()
 }
 
 // rebind moves the transport to port. On failure it restores the old port

@@ -16,10 +16,8 @@ import (
 func (d *Device) routineReceive(recv transport.ReceiveFunc) {
 	defer d.recvDone.Done()
 	batch := d.transport.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, bufSize)
-	}
+	bufs := d.takeRxBufs(batch)
+	defer d.putRxBufs(bufs)
 	sizes := make([]int, batch)
 	eps := make([]netip.AddrPort, batch)
 	toTUN := make([][]byte, 0, batch)

@@ -125,9 +125,10 @@ func (p *Peer) stageLocked(b []byte) {
 		p.dev.counters.drop(dropStagedQueueFull)
 		return
 	}
-	c := make([]byte, bufSize)
+	// Room for padding to 16 bytes and the tag, which seal adds in place.
+	c := make([]byte, len(b), len(b)+16+16)
 	copy(c, b)
-	p.staged = append(p.staged, c[:len(b)])
+	p.staged = append(p.staged, c)
 }
 
 // flushStagedLocked sends p's staged packets with kp. p.sendMu must be held.
@@ -217,7 +218,7 @@ func (d *Device) sendKeepalive(p *Peer) {
 		d.flushStagedLocked(p, kp, nil, nonceBuf[:], now)
 		return
 	}
-	buf := make([]byte, bufSize)
+	buf := make([]byte, headroom+16)
 	var nonceBuf [12]byte
 	b, ok := d.seal(p, kp, buf, 0, nonceBuf[:])
 	if !ok {

@@ -16,13 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"ptun/metrics"
 )
 
 // BatchSize is the most datagrams one ReceiveFunc call returns, and the
 // batch Send handles in one sendmmsg.
-const BatchSize = 128
+const BatchSize = 64
 
 // DefaultSocketBuffer is the SO_RCVBUF/SO_SNDBUF size asked for when
 // Options.SocketBuffer is 0: enough for a bulk flow's bandwidth-delay
@@ -41,6 +42,12 @@ type Options struct {
 	DisableGSO bool
 	// DisableGRO turns UDP generic receive offload off for receives.
 	DisableGRO bool
+	// DisableAQM turns off the CoDel management of the receive queue
+	// (see aqm.go), leaving the socket buffer to fill and drop its tail.
+	DisableAQM bool
+	// AQMTarget and AQMInterval are CoDel's parameters; 0 means
+	// DefaultAQMTarget and DefaultAQMInterval.
+	AQMTarget, AQMInterval time.Duration
 	// SocketBuffer is the receive and send buffer size in bytes; 0 means
 	// DefaultSocketBuffer and a negative value keeps the kernel's default.
 	SocketBuffer int
@@ -50,8 +57,10 @@ type Options struct {
 }
 
 // OptionsFromEnv returns o with the kill switches from the environment
-// applied: PTUN_DISABLE_UDP_GSO=1 sets DisableGSO and PTUN_DISABLE_UDP_GRO=1
-// sets DisableGRO. Other values leave o's setting alone.
+// applied: PTUN_DISABLE_UDP_GSO=1 sets DisableGSO, PTUN_DISABLE_UDP_GRO=1
+// DisableGRO and PTUN_DISABLE_AQM=1 DisableAQM; PTUN_AQM_TARGET and
+// PTUN_AQM_INTERVAL (Go durations such as 2ms) set CoDel's parameters.
+// Other values leave o's setting alone.
 func OptionsFromEnv(o Options) Options {
 	if envOn("PTUN_DISABLE_UDP_GSO") {
 		o.DisableGSO = true
@@ -59,7 +68,27 @@ func OptionsFromEnv(o Options) Options {
 	if envOn("PTUN_DISABLE_UDP_GRO") {
 		o.DisableGRO = true
 	}
+	if envOn("PTUN_DISABLE_AQM") {
+		o.DisableAQM = true
+	}
+	if d, err := time.ParseDuration(os.Getenv("PTUN_AQM_TARGET")); err == nil && d > 0 {
+		o.AQMTarget = d
+	}
+	if d, err := time.ParseDuration(os.Getenv("PTUN_AQM_INTERVAL")); err == nil && d > 0 {
+		o.AQMInterval = d
+	}
 	return o
+}
+
+func (o Options) aqm() (target, interval time.Duration) {
+	target, interval = o.AQMTarget, o.AQMInterval
+	if target <= 0 {
+		target = DefaultAQMTarget
+	}
+	if interval <= 0 {
+		interval = DefaultAQMInterval
+	}
+	return target, interval
 }
 
 func envOn(name string) bool {
@@ -98,6 +127,8 @@ type counters struct {
 	groDisabled atomic.Uint64 // sockets on which GRO was wanted but could not be enabled
 
 	dropRecvTruncated atomic.Uint64
+	dropAQM           atomic.Uint64 // datagrams dropped by the receive queue's CoDel
+	aqmUnavailable    atomic.Uint64 // sockets without receive timestamps, so without AQM
 	dropSendClosed    atomic.Uint64
 	dropSendNoSocket  atomic.Uint64
 	dropSendErrno     [maxErrno]atomic.Uint64 // indexed by errno
@@ -132,6 +163,8 @@ func (c *counters) snapshot() []metrics.Counter {
 		{Name: "udp_tx_waits", Value: c.txWaits.Load()},
 		{Name: "udp_gso_disabled", Value: c.gsoDisabled.Load()},
 		{Name: "udp_gro_disabled", Value: c.groDisabled.Load()},
+		{Name: "udp_aqm_unavailable", Value: c.aqmUnavailable.Load()},
+		{Name: "drop_udp_aqm", Value: c.dropAQM.Load()},
 	}
 	var drops []metrics.Counter
 	add := func(name string, v uint64) {
