@@ -290,11 +290,12 @@ func (d *device) closedErr(err error, read bool) error {
 }
 
 // Read implements Device. It waits (in the netpoller) for the first packet,
-// then goes on reading, without waiting, while the kernel has more queued
-// and bufs have room: one wakeup serves a whole burst. A GSO super-packet
-// is split into as many bufs as it has segments. A super-packet that does
-// not fit in the room left is kept, and is the first packet of the next
-// Read: nothing is dropped for want of buffers.
+// then goes on reading plain packets, without waiting, while the kernel has
+// more queued and bufs have room: one wakeup serves a whole burst. A GSO
+// super-packet is split into as many bufs as it has segments and ends the
+// batch. A super-packet read after plain packets that does not fit in the
+// room left is kept, and is the first packet of the next Read: nothing is
+// dropped for want of buffers.
 func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < MinOffset || len(bufs) == 0 || len(sizes) == 0 || len(bufs[0]) <= offset {
 		return 0, errBadOffset
@@ -361,6 +362,12 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		d.st.packetsIn.Add(uint64(res.n))
 		d.st.bytesIn.Add(uint64(nr - virtioNetHdrLen))
 		total += res.n
+		if res.split {
+			// A super-packet is a batch of its own; reading on would
+			// likely bring another that does not fit in the room left,
+			// and cost a copy to keep it.
+			return total, nil
+		}
 	}
 	return total, nil
 }

@@ -48,15 +48,17 @@ func newCodel(target, interval time.Duration) *codel {
 	return &codel{target: int64(target), interval: int64(interval)}
 }
 
-// dequeue is called for each batch read from the queue, with the time now
-// and how long the batch's first datagram waited (both in nanoseconds). It
-// returns how many datagrams of the batch to drop (0 when the queue is
-// fine), following RFC 8289's dequeue logic with a batch as the unit of
-// dequeue.
-func (c *codel) dequeue(now, sojourn int64) int {
+// dequeue is called for each batch read from the queue, with the time now,
+// how long the batch's first datagram waited (both in nanoseconds), and
+// whether the read emptied the queue. It returns how many datagrams of the
+// batch to drop (0 when the queue is fine), following RFC 8289's dequeue
+// logic with a batch as the unit of dequeue. A queue that was emptied is
+// not standing, however long its head waited (the reader was late, not
+// slow), so it resets the state as RFC 8289 does for a near-empty queue.
+func (c *codel) dequeue(now, sojourn int64, emptied bool) int {
 	okToDrop := false
 	switch {
-	case sojourn < c.target:
+	case sojourn < c.target || emptied:
 		c.firstAbove = 0
 	case c.firstAbove == 0:
 		c.firstAbove = now + c.interval

@@ -14,18 +14,18 @@ func TestCodelToleratesShortQueues(t *testing.T) {
 	c := newCodel(time.Millisecond, 10*time.Millisecond)
 	now := int64(1e12)
 	for i := range 1000 {
-		if d := c.dequeue(now+int64(i)*ms/10, ms/2); d != 0 {
+		if d := c.dequeue(now+int64(i)*ms/10, ms/2, false); d != 0 {
 			t.Fatalf("dropped %d with the sojourn under target", d)
 		}
 	}
 	// 9 ms above target, then back under: a burst.
 	start := now + 200*ms
 	for i := int64(0); i < 90; i++ {
-		if d := c.dequeue(start+i*ms/10, 5*ms); d != 0 {
+		if d := c.dequeue(start+i*ms/10, 5*ms, false); d != 0 {
 			t.Fatalf("dropped %d within the first interval above target", d)
 		}
 	}
-	if d := c.dequeue(start+9*ms, 0); d != 0 || c.firstAbove != 0 {
+	if d := c.dequeue(start+9*ms, 0, false); d != 0 || c.firstAbove != 0 {
 		t.Fatalf("a short queue left state: drops %d, firstAbove %d", d, c.firstAbove)
 	}
 }
@@ -39,7 +39,7 @@ func TestCodelDropsStandingQueue(t *testing.T) {
 	var dropTimes []int64
 	for i := int64(0); i <= 1000; i++ { // 100 ms, a batch every 0.1 ms
 		at := now + i*ms/10
-		for range c.dequeue(at, 3*ms) {
+		for range c.dequeue(at, 3*ms, false) {
 			dropTimes = append(dropTimes, at)
 		}
 	}
@@ -61,7 +61,7 @@ func TestCodelDropsStandingQueue(t *testing.T) {
 		}
 	}
 	end := now + 101*ms
-	if d := c.dequeue(end, 0); d != 0 || c.dropping {
+	if d := c.dequeue(end, 0, false); d != 0 || c.dropping {
 		t.Fatalf("still dropping (%d) with the queue gone", d)
 	}
 }
@@ -72,19 +72,41 @@ func TestCodelResumesRate(t *testing.T) {
 	now := int64(1e12)
 	i := int64(0)
 	for ; i <= 2000; i++ {
-		c.dequeue(now+i*ms/10, 3*ms)
+		c.dequeue(now+i*ms/10, 3*ms, false)
 	}
 	high := c.count
-	c.dequeue(now+i*ms/10, 0) // queue drained
+	c.dequeue(now+i*ms/10, 0, false) // queue under target
 	i++
 	for ; c.count < 2 || !c.dropping; i++ {
-		c.dequeue(now+i*ms/10, 3*ms)
+		c.dequeue(now+i*ms/10, 3*ms, false)
 		if i > 4000 {
 			t.Fatal("never resumed dropping")
 		}
 	}
 	if c.count <= 1 || c.count > high {
 		t.Fatalf("resumed at count %d after reaching %d", c.count, high)
+	}
+}
+
+// A reader that comes late to a queue and empties it sees a long wait but no
+// standing queue: nothing is dropped, however often it happens.
+func TestCodelIgnoresEmptiedQueue(t *testing.T) {
+	c := newCodel(time.Millisecond, 10*time.Millisecond)
+	now := int64(1e12)
+	for i := range int64(100) {
+		if d := c.dequeue(now+i*20*ms, 15*ms, true); d != 0 {
+			t.Fatalf("dropped %d from a queue each read emptied", d)
+		}
+	}
+	// A standing queue, then one read that empties it, ends dropping.
+	for i := int64(0); i < 300; i++ {
+		c.dequeue(now+3000*ms+i*ms/10, 3*ms, false)
+	}
+	if !c.dropping {
+		t.Fatal("not dropping after 30 ms of a standing queue")
+	}
+	if d := c.dequeue(now+3031*ms, 3*ms, true); d != 0 || c.dropping {
+		t.Fatalf("still dropping (%d) after the queue was emptied", d)
 	}
 }
 

@@ -131,7 +131,7 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 		if r.aqm != nil && m > 0 {
 			if stamp, ok := rxTimestamp(r.oob[0][:min(int(r.hdrs[0].Hdr.Controllen), oobSize)]); ok {
 				now := time.Now().UnixNano()
-				if drops := r.aqm.dequeue(now, max(0, now-stamp)); drops > 0 {
+				if drops := r.aqm.dequeue(now, max(0, now-stamp), m < vlen); drops > 0 {
 					st.dropAQM.Add(uint64(dropTail(r.msgs[:m], drops)))
 				}
 			}
