@@ -8,29 +8,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// cmsg builds one control message of the given level and type.
+func cmsg(level, typ int32, data []byte) []byte {
+	h := make([]byte, unix.CmsgSpace(len(data)))
+	if unix.SizeofPtr == 8 {
+		binary.NativeEndian.PutUint64(h, uint64(unix.CmsgLen(len(data))))
+	} else {
+		binary.NativeEndian.PutUint32(h, uint32(unix.CmsgLen(len(data))))
+	}
+	binary.NativeEndian.PutUint32(h[unix.SizeofPtr:], uint32(level))
+	binary.NativeEndian.PutUint32(h[unix.SizeofPtr+4:], uint32(typ))
+	copy(h[unix.CmsgLen(0):], data)
+	return h
+}
+
 // groCmsg builds a control buffer holding a UDP_GRO message of size seg,
 // after an unrelated one when extra is set.
 func groCmsg(seg int32, extra bool) []byte {
 	var b []byte
-	put := func(level, typ int32, data []byte) {
-		h := make([]byte, unix.CmsgSpace(len(data)))
-		if unix.SizeofPtr == 8 {
-			binary.NativeEndian.PutUint64(h, uint64(unix.CmsgLen(len(data))))
-		} else {
-			binary.NativeEndian.PutUint32(h, uint32(unix.CmsgLen(len(data))))
-		}
-		binary.NativeEndian.PutUint32(h[unix.SizeofPtr:], uint32(level))
-		binary.NativeEndian.PutUint32(h[unix.SizeofPtr+4:], uint32(typ))
-		copy(h[unix.CmsgLen(0):], data)
-		b = append(b, h...)
-	}
 	if extra {
-		put(unix.IPPROTO_IP, unix.IP_TTL, []byte{64, 0, 0, 0})
+		b = cmsg(unix.IPPROTO_IP, unix.IP_TTL, []byte{64, 0, 0, 0})
 	}
 	d := make([]byte, 4)
 	binary.NativeEndian.PutUint32(d, uint32(seg))
-	put(unix.SOL_UDP, unix.UDP_GRO, d)
-	return b
+	return append(b, cmsg(unix.SOL_UDP, unix.UDP_GRO, d)...)
 }
 
 func TestGROSizeParse(t *testing.T) {
@@ -110,20 +111,7 @@ func FuzzSockaddr(f *testing.F) {
 }
 
 func TestRxTimestamp(t *testing.T) {
-	var b []byte
-	put := func(level, typ int32, data []byte) {
-		h := make([]byte, unix.CmsgSpace(len(data)))
-		if unix.SizeofPtr == 8 {
-			binary.NativeEndian.PutUint64(h, uint64(unix.CmsgLen(len(data))))
-		} else {
-			binary.NativeEndian.PutUint32(h, uint32(unix.CmsgLen(len(data))))
-		}
-		binary.NativeEndian.PutUint32(h[unix.SizeofPtr:], uint32(level))
-		binary.NativeEndian.PutUint32(h[unix.SizeofPtr+4:], uint32(typ))
-		copy(h[unix.CmsgLen(0):], data)
-		b = append(b, h...)
-	}
-	put(unix.SOL_UDP, unix.UDP_GRO, []byte{0x8c, 5, 0, 0})
+	b := cmsg(unix.SOL_UDP, unix.UDP_GRO, []byte{0x8c, 5, 0, 0})
 	ts := make([]byte, 2*unix.SizeofPtr)
 	if unix.SizeofPtr == 8 {
 		binary.NativeEndian.PutUint64(ts, 1_700_000_000)
@@ -132,7 +120,7 @@ func TestRxTimestamp(t *testing.T) {
 		binary.NativeEndian.PutUint32(ts, 1_700_000_000)
 		binary.NativeEndian.PutUint32(ts[4:], 123_456_789)
 	}
-	put(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts)
+	b = append(b, cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts)...)
 	if got, ok := rxTimestamp(b); !ok || got != 1_700_000_000_123_456_789 {
 		t.Fatalf("rxTimestamp = %d, %v", got, ok)
 	}
