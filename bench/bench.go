@@ -102,7 +102,7 @@ func (o *Options) setDefaults() error {
 	names := map[string]bool{"raw": true}
 	for _, m := range o.PtunModes {
 		if modeByName(m) == nil {
-			return fmt.Errorf("bench: unknown ptun mode %q (known: %s)", m, strings.Join(modeNames(), ", "))
+			return fmt.Errorf("bench: unknown ptun mode %q (known: %s)", m, strings.Join(ModeNames(), ", "))
 		}
 		if names[m] {
 			return fmt.Errorf("bench: candidate %q given twice", m)
@@ -133,7 +133,8 @@ func modeByName(name string) *Mode {
 	return nil
 }
 
-func modeNames() []string {
+// ModeNames lists the names of Modes, in order.
+func ModeNames() []string {
 	var n []string
 	for _, m := range Modes {
 		n = append(n, m.Name)

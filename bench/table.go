@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -185,7 +186,7 @@ func fmtSummary(sums map[Metric]Summary, m Metric) string {
 
 // fmtValue prints v with three significant digits, without exponent.
 func fmtValue(v float64) string {
-	switch a := abs(v); {
+	switch a := math.Abs(v); {
 	case a == 0:
 		return "0"
 	case a >= 100:
@@ -197,13 +198,6 @@ func fmtValue(v float64) string {
 	default:
 		return strconv.FormatFloat(v, 'f', 3, 64)
 	}
-}
-
-func abs(v float64) float64 {
-	if v < 0 {
-		return -v
-	}
-	return v
 }
 
 // errWriter remembers the first write error, so report code need not check

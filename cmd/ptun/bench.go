@@ -27,7 +27,7 @@ func runBench(args []string) error {
 	streams := fs.Int("streams", 4, "TCP streams in the multi-stream tests")
 	udpRate := fs.String("udp-rate", "500M", "offered UDP rate in bit/s (suffixes K, M, G)")
 	udpSize := fs.Int("udp-size", 1300, "UDP datagram payload in bytes")
-	modes := fs.String("ptun", bench.Modes[0].Name, "comma-separated ptun modes to measure, \"all\" or \"none\" (modes: "+strings.Join(modeNames(), ", ")+")")
+	modes := fs.String("ptun", bench.Modes[0].Name, "comma-separated ptun modes to measure, \"all\" or \"none\" (modes: "+strings.Join(bench.ModeNames(), ", ")+")")
 	jsonPath := fs.String("json", "", "also write the full result as JSON to `FILE`")
 	svgPath := fs.String("svg", "", "also draw the result as an SVG chart in `FILE`")
 	var peers []bench.Peer
@@ -57,7 +57,7 @@ func runBench(args []string) error {
 	}
 	switch *modes {
 	case "all":
-		opts.PtunModes = modeNames()
+		opts.PtunModes = bench.ModeNames()
 	case "none", "":
 		opts.PtunModes = []string{}
 	default:
@@ -94,14 +94,6 @@ func runBench(args []string) error {
 		}
 	}
 	return nil
-}
-
-func modeNames() []string {
-	var n []string
-	for _, m := range bench.Modes {
-		n = append(n, m.Name)
-	}
-	return n
 }
 
 // parseRate reads "500M", "1.5G", "800k" or a plain number of bit/s.
