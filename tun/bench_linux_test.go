@@ -305,7 +305,7 @@ func benchRead(b *testing.B, t *benchTUN, n int, send func() error, port int) {
 		if err := send(); err != nil {
 			b.Fatal(err)
 		}
-		t.dev.file.SetReadDeadline(time.Now().Add(5 * time.Second))
+		t.dev.f.(*kernelFrames).file.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b.StartTimer()
 		got := 0
 		for calls := 0; got < n; calls++ {
@@ -328,7 +328,7 @@ func benchRead(b *testing.B, t *benchTUN, n int, send func() error, port int) {
 		}
 	}
 	b.StopTimer()
-	t.dev.file.SetReadDeadline(time.Time{})
+	t.dev.f.(*kernelFrames).file.SetReadDeadline(time.Time{})
 	reportPkts(b, n)
 	t.perOp(b, "tun_reads", reads, "reads/op")
 }

@@ -10,60 +10,58 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"ptun/metrics"
 )
 
 // writeFullWait bounds how long Write waits for a full kernel queue
 // (EAGAIN, ENOBUFS) before it drops the packet as drop_tun_write_full.
 const writeFullWait = 100 * time.Millisecond
 
-// device is a Linux TUN interface. Read may run concurrently with Write;
-// concurrent Writes are serialized by batchWriter.mu, concurrent Reads by
-// readMu.
-type device struct {
+// kernelFrames is the Frames of a Linux TUN file. Reads and writes go
+// through Go's netpoller; one ReadFrame and one WriteFrame may run at once.
+type kernelFrames struct {
 	file   *os.File
 	rc     syscall.RawConn
 	name   string
-	vnet   bool
 	closed atomic.Bool
 	// ctl is an AF_INET socket made in the namespace the interface was
 	// created in, for MTU ioctls: a socket made later on another thread
-	// might sit in another network namespace.
+	// might sit in another network namespace. -1 when mtu answers.
 	ctl int
-	st  counters
-	w   batchWriter
+	mtu func() (int, error)
 
-	// Write syscall state for the RawConn callbacks, guarded by w.mu.
-	// The callbacks are method values made once so a write does not
-	// allocate a closure.
-	wbuf     []byte
-	werr     error
-	writeFn  func(fd uintptr) bool
-	retryFn  func(fd uintptr) bool
-	logf     func(format string, args ...any)
-	features string
+	// Write syscall state for the RawConn callbacks, guarded by the
+	// single-writer rule. The callbacks are method values made once so a
+	// write does not allocate a closure.
+	wbuf    []byte
+	werr    error
+	writeFn func(fd uintptr) bool
+	retryFn func(fd uintptr) bool
 
-	// Read state, guarded by readMu: the buffer and results of readFn,
-	// and a packet read but not yet returned because the batch had no
-	// room left for its segments.
-	readMu  sync.Mutex
-	rbuf    []byte
-	rn      int
-	rerr    error
-	readFn  func(fd uintptr) bool
-	pending []byte
+	// Read state, guarded by the single-reader rule.
+	rbuf   []byte
+	rn     int
+	rerr   error
+	readFn func(fd uintptr) bool
 }
 
-var _ Device = (*device)(nil)
-var _ metrics.Reporter = (*device)(nil)
+var _ Frames = (*kernelFrames)(nil)
+
+func newKernelFrames(file *os.File, name string, ctl int, mtu func() (int, error)) (*kernelFrames, error) {
+	k := &kernelFrames{file: file, name: name, ctl: ctl, mtu: mtu}
+	k.writeFn, k.retryFn, k.readFn = k.rawWrite, k.rawRetry, k.rawRead
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	k.rc = rc
+	return k, nil
+}
 
 // Create creates (or attaches to an unused persistent) TUN interface named
 // name and sets its MTU. With offloads it opens /dev/net/tun with
@@ -91,15 +89,11 @@ func Create(name string, opts Options) (Device, error) {
 		}
 		return nil, fmt.Errorf("tun: create %q: open /dev/net/tun: %w", name, err)
 	}
-	d, err := setup(fd, name, opts)
-	if err != nil {
-		return nil, err
-	}
-	return d, nil
+	return setup(fd, name, opts)
 }
 
 // setup configures the TUN file fd; it closes fd when it fails.
-func setup(fd int, name string, opts Options) (_ *device, err error) {
+func setup(fd int, name string, opts Options) (_ Device, err error) {
 	owned := false // fd belongs to an os.File
 	defer func() {
 		if err != nil && !owned {
@@ -126,12 +120,15 @@ func setup(fd int, name string, opts Options) (_ *device, err error) {
 		}
 		return nil, fmt.Errorf("tun: create %q: TUNSETIFF: %w", name, err)
 	}
-	d := &device{name: ifr.Name(), vnet: !opts.DisableOffload, logf: opts.Logf}
-	d.w = batchWriter{vnet: d.vnet, sys: d.sysWrite, st: &d.st, logf: opts.Logf}
-	d.writeFn, d.retryFn = d.rawWrite, d.rawRetry
-	d.readFn = d.rawRead
-
-	if d.vnet {
+	ft := Format{Name: ifr.Name(), VnetHdr: !opts.DisableOffload}
+	log := func(format string, args ...any) {
+		if opts.Logf != nil {
+			opts.Logf(format, args...)
+		}
+	}
+	var usoUnavailable, offloadUnavailable bool
+	features := "none"
+	if ft.VnetHdr {
 		// No TUNSETVNETHDRSZ: the kernel's default header size is
 		// sizeof(struct virtio_net_hdr), the 10 bytes we use.
 		//
@@ -141,62 +138,104 @@ func setup(fd int, name string, opts Options) (_ *device, err error) {
 			return nil, fmt.Errorf("tun: create %q: TUNSETVNETLE: %w", name, err)
 		}
 		base := unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
-		uso := false
 		if !opts.DisableUSO {
 			if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, base|unix.TUN_F_USO4|unix.TUN_F_USO6); err == nil {
-				uso = true
+				ft.USO = true
 			} else {
-				d.st.usoUnavailable.Store(1)
-				d.log("tun: %s: kernel has no UDP segmentation offload (%v); continuing without USO", d.name, err)
+				usoUnavailable = true
+				log("tun: %s: kernel has no UDP segmentation offload (%v); continuing without USO", ft.Name, err)
 			}
 		}
-		if !uso {
+		if !ft.USO {
 			if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, base); err != nil {
-				d.st.offloadUnavailable.Store(1)
-				d.log("tun: %s: TUNSETOFFLOAD refused (%v); continuing without offloads", d.name, err)
+				offloadUnavailable = true
+				log("tun: %s: TUNSETOFFLOAD refused (%v); continuing without offloads", ft.Name, err)
 			}
 		}
 		// A super-packet must fit in one Read's batch: ask the kernel
 		// to segment bigger ones (small MSS) itself before the TUN.
-		if err := limitGSOSegments(d.name, defaultBatchSize); err != nil {
-			d.log("tun: %s: cannot limit GSO to %d segments (%v); super-packets with more are dropped as drop_tun_read_too_many_segments", d.name, defaultBatchSize, err)
+		if err := limitGSOSegments(ft.Name, defaultBatchSize); err != nil {
+			log("tun: %s: cannot limit GSO to %d segments (%v); super-packets with more are dropped as drop_tun_read_too_many_segments", ft.Name, defaultBatchSize, err)
 		}
-		d.w.tcpGRO = !opts.DisableGRO
-		d.w.udpGRO = !opts.DisableGRO && uso
-		d.features = "vnet_hdr csum tso4 tso6"
-		if uso {
-			d.features += " uso4 uso6"
+		ft.GRO = !opts.DisableGRO
+		features = "vnet_hdr csum tso4 tso6"
+		if ft.USO {
+			features += " uso4 uso6"
 		}
-		if d.w.tcpGRO {
-			d.features += " gro-tcp"
+		if ft.GRO {
+			features += " gro-tcp"
+			if ft.USO {
+				features += " gro-udp"
+			}
 		}
-		if d.w.udpGRO {
-			d.features += " gro-udp"
-		}
-	} else {
-		d.features = "none"
 	}
 
-	d.ctl, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	ctl, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("tun: create %q: control socket: %w", name, err)
 	}
-	if err := d.setMTU(opts.MTU); err != nil {
-		unix.Close(d.ctl)
+	if err := setMTU(ctl, ft.Name, opts.MTU); err != nil {
+		unix.Close(ctl)
 		return nil, fmt.Errorf("tun: create %q: set MTU %d: %w", name, opts.MTU, err)
 	}
 	// fd is non-blocking, so os.NewFile registers it with the netpoller.
-	d.file = os.NewFile(uintptr(fd), "/dev/net/tun")
+	file := os.NewFile(uintptr(fd), "/dev/net/tun")
 	owned = true
-	rc, err := d.file.SyscallConn()
+	k, err := newKernelFrames(file, ft.Name, ctl, nil)
 	if err != nil {
-		unix.Close(d.ctl)
-		d.file.Close()
+		unix.Close(ctl)
+		file.Close()
 		return nil, fmt.Errorf("tun: create %q: %w", name, err)
 	}
-	d.rc = rc
-	d.log("tun: %s: created, mtu %d, offloads: %s", d.name, opts.MTU, d.features)
+	d := NewDevice(k, ft, opts.Logf).(*device)
+	if usoUnavailable {
+		d.st.usoUnavailable.Store(1)
+	}
+	if offloadUnavailable {
+		d.st.offloadUnavailable.Store(1)
+	}
+	log("tun: %s: created, mtu %d, offloads: %s", ft.Name, opts.MTU, features)
 	return d, nil
+}
+
+// FromFD returns the Device over fd, a TUN file another process created
+// and configured in format ft (and handed over, as the front hands one to
+// an engine). The Device owns fd. mtu answers MTU, since the process
+// holding fd may sit where it cannot ask the kernel.
+func FromFD(fd int, ft Format, mtu func() (int, error), logf func(format string, args ...any)) (Device, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tun: %s: handed fd %d: %w", ft.Name, fd, err)
+	}
+	file := os.NewFile(uintptr(fd), "/dev/net/tun")
+	k, err := newKernelFrames(file, ft.Name, -1, mtu)
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("tun: %s: handed fd %d: %w", ft.Name, fd, err)
+	}
+	return NewDevice(k, ft, logf), nil
+}
+
+// DupFD returns a new file descriptor (close-on-exec) for the kernel TUN
+// file under d, to hand to another process. It fails when d's Frames are
+// not a kernel TUN file.
+func DupFD(d Device) (int, error) {
+	fr, ok := d.(Framed)
+	if !ok {
+		return -1, errors.New("tun: not a framed device")
+	}
+	k, ok := fr.Frames().(*kernelFrames)
+	if !ok {
+		return -1, errors.New("tun: not a kernel TUN device")
+	}
+	nfd := -1
+	var derr error
+	if err := k.rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
 }
 
 // limitGSOSegments sets the interface's gso_max_segs.
@@ -229,189 +268,118 @@ func hostLittleEndian() bool {
 	return binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 }
 
-func (d *device) log(format string, args ...any) {
-	if d.logf != nil {
-		d.logf(format, args...)
-	}
-}
-
-func (d *device) setMTU(mtu int) error {
-	ifr, err := unix.NewIfreq(d.name)
+func setMTU(ctl int, name string, mtu int) error {
+	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return err
 	}
 	ifr.SetUint32(uint32(mtu))
-	return unix.IoctlIfreq(d.ctl, unix.SIOCSIFMTU, ifr)
+	return unix.IoctlIfreq(ctl, unix.SIOCSIFMTU, ifr)
 }
 
-// MTU implements Device by asking the kernel. It fails after Close.
-func (d *device) MTU() (int, error) {
-	if d.closed.Load() {
+// MTU implements Frames by asking the kernel. It fails after Close.
+func (k *kernelFrames) MTU() (int, error) {
+	if k.closed.Load() {
 		return 0, os.ErrClosed
 	}
-	ifr, err := unix.NewIfreq(d.name)
+	if k.mtu != nil {
+		return k.mtu()
+	}
+	ifr, err := unix.NewIfreq(k.name)
 	if err != nil {
 		return 0, err
 	}
-	if err := unix.IoctlIfreq(d.ctl, unix.SIOCGIFMTU, ifr); err != nil {
-		return 0, fmt.Errorf("tun: %s: get MTU: %w", d.name, err)
+	if err := unix.IoctlIfreq(k.ctl, unix.SIOCGIFMTU, ifr); err != nil {
+		return 0, fmt.Errorf("tun: %s: get MTU: %w", k.name, err)
 	}
 	return int(ifr.Uint32()), nil
 }
 
-// Name implements Device.
-func (d *device) Name() string { return d.name }
-
-// BatchSize implements Device: 64, the interface's gso_max_segs, so that a
-// super-packet always fits in one Read.
-func (d *device) BatchSize() int { return defaultBatchSize }
-
-// Stats implements metrics.Reporter.
-func (d *device) Stats() []metrics.Counter { return d.st.snapshot() }
-
-// Close implements Device. It is safe to call more than once.
-func (d *device) Close() error {
-	if !d.closed.CompareAndSwap(false, true) {
+// Close implements Frames. It is safe to call more than once.
+func (k *kernelFrames) Close() error {
+	if !k.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	unix.Close(d.ctl)
-	return d.file.Close()
+	if k.ctl >= 0 {
+		unix.Close(k.ctl)
+	}
+	return k.file.Close()
 }
 
-// closedErr maps an error to os.ErrClosed when the device is closed or its
+// closedErr maps an error to os.ErrClosed when the file is closed or its
 // interface was deleted: the kernel then answers EBADFD (and reads on some
 // kernels EIO). Writes get EIO while the link is down, which is not closed.
-func (d *device) closedErr(err error, read bool) error {
-	if d.closed.Load() || errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD) ||
+func (k *kernelFrames) closedErr(err error, read bool) error {
+	if k.closed.Load() || errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD) ||
 		read && (errors.Is(err, unix.EIO) || err == io.EOF) {
 		return os.ErrClosed
 	}
 	return err
 }
 
-// Read implements Device. It waits (in the netpoller) for the first packet,
-// then goes on reading plain packets, without waiting, while the kernel has
-// more queued and bufs have room: one wakeup serves a whole burst. A GSO
-// super-packet is split into as many bufs as it has segments and ends the
-// batch. A super-packet read after plain packets that does not fit in the
-// room left is kept, and is the first packet of the next Read: nothing is
-// dropped for want of buffers.
-func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if offset < MinOffset || len(bufs) == 0 || len(sizes) == 0 || len(bufs[0]) <= offset {
-		return 0, errBadOffset
-	}
-	d.readMu.Lock()
-	defer d.readMu.Unlock()
-	limit := min(len(bufs), len(sizes))
-	total := 0
-	for total < limit {
-		buf := bufs[total][offset:]
-		if d.vnet {
-			buf = bufs[total][offset-virtioNetHdrLen:]
-		}
-		var nr int
-		var err error
-		switch {
-		case total == 0 && len(d.pending) > 0:
-			nr = copy(buf, d.pending)
-			d.pending = d.pending[:0]
-		case total == 0:
-			nr, err = d.file.Read(buf)
-		default:
-			nr, err = d.readNow(buf)
-		}
+// ReadFrame implements Frames: with wait, it parks in the netpoller until a
+// frame comes.
+func (k *kernelFrames) ReadFrame(b []byte, wait bool) (int, error) {
+	if wait {
+		n, err := k.file.Read(b)
 		if err != nil {
-			if total > 0 {
-				// EAGAIN ends the burst; another error will come
-				// back on the next Read, which has nothing to return.
-				return total, nil
-			}
-			return 0, d.closedErr(err, true)
+			return 0, k.closedErr(err, true)
 		}
-		d.st.reads.Add(1)
-		if !d.vnet {
-			sizes[total] = nr
-			d.st.packetsIn.Add(1)
-			d.st.bytesIn.Add(uint64(nr))
-			total++
-			continue
-		}
-		res, err := processRead(bufs[total:limit], sizes[total:limit], offset, nr)
-		if res.drop == dropReadTooManySegs && total > 0 {
-			// It may fit in a whole batch: keep it for the next Read.
-			d.pending = append(d.pending[:0], buf[:nr]...)
-			return total, nil
-		}
-		if res.drop != dropNone {
-			d.st.readDrops[res.drop].Add(1)
-			if err != nil {
-				return total, err
-			}
-			continue
-		}
-		if err != nil {
-			return total, err
-		}
-		if res.split {
-			d.st.gsoSplit.Add(1)
-			d.st.gsoSegments.Add(uint64(res.n))
-		}
-		if res.csumed {
-			d.st.csumCompleted.Add(1)
-		}
-		d.st.packetsIn.Add(uint64(res.n))
-		d.st.bytesIn.Add(uint64(nr - virtioNetHdrLen))
-		total += res.n
-		if res.split {
-			// A super-packet is a batch of its own; reading on would
-			// likely bring another that does not fit in the room left,
-			// and cost a copy to keep it.
-			return total, nil
-		}
+		return n, nil
 	}
-	return total, nil
+	n, err := k.readNow(b)
+	if err == unix.EAGAIN {
+		return 0, ErrWouldBlock
+	}
+	if err != nil {
+		return 0, k.closedErr(err, true)
+	}
+	return n, nil
 }
 
 // readNow makes one read syscall into b without waiting: unix.EAGAIN means
 // the kernel's queue is empty.
-func (d *device) readNow(b []byte) (int, error) {
-	d.rbuf = b
-	err := d.rc.Read(d.readFn)
-	d.rbuf = nil
+func (k *kernelFrames) readNow(b []byte) (int, error) {
+	k.rbuf = b
+	err := k.rc.Read(k.readFn)
+	k.rbuf = nil
 	if err != nil {
 		return 0, err
 	}
-	return d.rn, d.rerr
+	return k.rn, k.rerr
 }
 
-func (d *device) rawRead(fd uintptr) bool {
-	d.rn, d.rerr = unix.Read(int(fd), d.rbuf)
-	if d.rerr == nil && d.rn == 0 {
-		d.rerr = io.EOF
+func (k *kernelFrames) rawRead(fd uintptr) bool {
+	k.rn, k.rerr = unix.Read(int(fd), k.rbuf)
+	if k.rerr == nil && k.rn == 0 {
+		k.rerr = io.EOF
 	}
 	return true
 }
 
-// Write implements Device.
-func (d *device) Write(bufs [][]byte, offset int) (int, error) {
-	if d.closed.Load() {
-		return 0, os.ErrClosed
+// WriteFrame implements Frames: one write syscall (more only while the
+// kernel says its queue is full, for at most writeFullWait). It returns nil,
+// os.ErrClosed, or an error wrapping errKernelInvalid, errKernelFull,
+// errLinkDown or the errno.
+func (k *kernelFrames) WriteFrame(b []byte) error {
+	if k.closed.Load() {
+		return os.ErrClosed
 	}
-	return d.w.write(bufs, offset)
+	return k.sysWrite(b)
 }
 
 // rawWrite is the RawConn callback for the first attempt: it never asks the
 // poller to wait.
-func (d *device) rawWrite(fd uintptr) bool {
-	d.werr = writeAll(int(fd), d.wbuf)
+func (k *kernelFrames) rawWrite(fd uintptr) bool {
+	k.werr = writeAll(int(fd), k.wbuf)
 	return true
 }
 
 // rawRetry is the callback while the queue is full: on EAGAIN it lets the
 // poller wait for POLLOUT (bounded by the write deadline).
-func (d *device) rawRetry(fd uintptr) bool {
-	d.werr = writeAll(int(fd), d.wbuf)
-	return d.werr != unix.EAGAIN
+func (k *kernelFrames) rawRetry(fd uintptr) bool {
+	k.werr = writeAll(int(fd), k.wbuf)
+	return k.werr != unix.EAGAIN
 }
 
 func writeAll(fd int, b []byte) error {
@@ -423,24 +391,24 @@ func writeAll(fd int, b []byte) error {
 }
 
 // sysWrite writes b with one syscall (more only while the kernel says its
-// queue is full, for at most writeFullWait). Called with d.w.mu held.
-func (d *device) sysWrite(b []byte) error {
-	d.wbuf = b
-	err := d.rc.Write(d.writeFn)
-	d.wbuf = nil
+// queue is full, for at most writeFullWait). Called by one writer at a time.
+func (k *kernelFrames) sysWrite(b []byte) error {
+	k.wbuf = b
+	err := k.rc.Write(k.writeFn)
+	k.wbuf = nil
 	if err != nil {
-		return d.closedErr(err, false)
+		return k.closedErr(err, false)
 	}
-	if d.werr == nil {
+	if k.werr == nil {
 		return nil
 	}
-	if d.werr == unix.EAGAIN || d.werr == unix.ENOBUFS {
-		return d.waitWrite(b)
+	if k.werr == unix.EAGAIN || k.werr == unix.ENOBUFS {
+		return k.waitWrite(b)
 	}
-	return d.writeErr(d.werr)
+	return k.writeErr(k.werr)
 }
 
-func (d *device) writeErr(err error) error {
+func (k *kernelFrames) writeErr(err error) error {
 	switch {
 	case err == unix.EINVAL:
 		return fmt.Errorf("%w: %w", errKernelInvalid, err)
@@ -449,43 +417,43 @@ func (d *device) writeErr(err error) error {
 	case err == unix.EIO:
 		return fmt.Errorf("%w: %w", errLinkDown, err)
 	}
-	if e := d.closedErr(err, false); e == os.ErrClosed {
+	if e := k.closedErr(err, false); e == os.ErrClosed {
 		return e
 	}
-	return fmt.Errorf("tun: %s: write: %w", d.name, err)
+	return fmt.Errorf("tun: %s: write: %w", k.name, err)
 }
 
 // waitWrite retries a write the kernel found no room for: through the
 // netpoller for EAGAIN, with short sleeps for ENOBUFS (which poll does not
 // signal), until writeFullWait has passed.
-func (d *device) waitWrite(b []byte) error {
+func (k *kernelFrames) waitWrite(b []byte) error {
 	deadline := time.Now().Add(writeFullWait)
 	backoff := 50 * time.Microsecond
-	for d.werr == unix.EAGAIN || d.werr == unix.ENOBUFS {
+	for k.werr == unix.EAGAIN || k.werr == unix.ENOBUFS {
 		if !time.Now().Before(deadline) {
 			break
 		}
-		d.wbuf = b
+		k.wbuf = b
 		var err error
-		if d.werr == unix.EAGAIN {
-			d.file.SetWriteDeadline(deadline)
-			err = d.rc.Write(d.retryFn)
-			d.file.SetWriteDeadline(time.Time{})
+		if k.werr == unix.EAGAIN {
+			k.file.SetWriteDeadline(deadline)
+			err = k.rc.Write(k.retryFn)
+			k.file.SetWriteDeadline(time.Time{})
 		} else {
 			time.Sleep(backoff)
 			backoff = min(2*backoff, 5*time.Millisecond)
-			err = d.rc.Write(d.writeFn)
+			err = k.rc.Write(k.writeFn)
 		}
-		d.wbuf = nil
+		k.wbuf = nil
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			break
 		}
 		if err != nil {
-			return d.closedErr(err, false)
+			return k.closedErr(err, false)
 		}
 	}
-	if d.werr == nil {
+	if k.werr == nil {
 		return nil
 	}
-	return d.writeErr(d.werr)
+	return k.writeErr(k.werr)
 }
