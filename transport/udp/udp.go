@@ -54,6 +54,23 @@ type Options struct {
 	// Logf receives rare events (offload fallbacks, undersized buffers);
 	// nil is silent. It is never called per packet.
 	Logf func(format string, args ...any)
+	// Sockets, if not nil, opens the sockets and sets their mark: the
+	// privileged steps, which an engine without privileges asks its front
+	// to take. nil takes them in this process.
+	Sockets SocketOpener
+}
+
+// SocketOpener takes the privileged steps of a Transport's sockets for a
+// process that holds no privilege.
+type SocketOpener interface {
+	// Open returns a non-blocking UDP socket of one family (v6: IPv6
+	// only), bound to port (0: any) on the wildcard address, with SO_MARK
+	// mark and send and receive buffers of bufSize bytes (< 0: the
+	// kernel's default), set beyond the sysctl limits where needed. Errors
+	// keep their syscall.Errno (EADDRINUSE, EAFNOSUPPORT) in the chain.
+	Open(v6 bool, port uint16, mark uint32, bufSize int) (*os.File, error)
+	// SetMark sets SO_MARK on the socket f, which the caller keeps.
+	SetMark(f *os.File, mark uint32) error
 }
 
 // OptionsFromEnv returns o with the kill switches from the environment

@@ -1,11 +1,10 @@
 package udp
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,24 +188,35 @@ func familyUnavailable(err error) bool {
 
 // listen opens and configures one socket.
 func (t *Transport) listen(v6 bool, port uint16) (*socket, error) {
-	s := &socket{t: t, v6: v6}
-	var setupErr error
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		if err := c.Control(func(fd uintptr) { setupErr = t.setup(s, int(fd)) }); err != nil {
-			return err
+	var f *os.File
+	if t.opts.Sockets != nil {
+		var err error
+		if f, err = t.opts.Sockets.Open(v6, port, t.mark, t.opts.socketBuffer()); err != nil {
+			return nil, err
 		}
-		return setupErr
-	}}
-	network, addr := "udp4", netip.AddrPortFrom(netip.IPv4Unspecified(), port)
-	if v6 {
-		network, addr = "udp6", netip.AddrPortFrom(netip.IPv6Unspecified(), port)
+	} else {
+		fd, err := OpenSocket(v6, port, t.mark, t.opts.socketBuffer(), t.opts.Logf)
+		if err != nil {
+			return nil, err
+		}
+		f = os.NewFile(uintptr(fd), "udp")
 	}
-	pc, err := lc.ListenPacket(context.Background(), network, addr.String())
+	pc, err := net.FilePacketConn(f)
+	f.Close()
 	if err != nil {
+		return nil, fmt.Errorf("udp: %w", err)
+	}
+	s := &socket{t: t, v6: v6}
+	var ok bool
+	if s.conn, ok = pc.(*net.UDPConn); !ok {
+		pc.Close()
+		return nil, fmt.Errorf("udp: the socket handed over is not a UDP socket (%T)", pc)
+	}
+	if s.rc, err = s.conn.SyscallConn(); err != nil {
+		s.conn.Close()
 		return nil, err
 	}
-	s.conn = pc.(*net.UDPConn)
-	if s.rc, err = s.conn.SyscallConn(); err != nil {
+	if err := s.rc.Control(func(fd uintptr) { t.setup(s, int(fd)) }); err != nil {
 		s.conn.Close()
 		return nil, err
 	}
@@ -215,23 +225,48 @@ func (t *Transport) listen(v6 bool, port uint16) (*socket, error) {
 	return s, nil
 }
 
-// setup configures a new socket before it is bound: IPV6_V6ONLY, buffer
-// sizes, the mark, and the offloads the kernel and the options allow.
-func (t *Transport) setup(s *socket, fd int) error {
-	if s.v6 {
+// OpenSocket takes the privileged steps of opening a Transport's socket
+// (see SocketOpener.Open) and returns its file descriptor, non-blocking and
+// close-on-exec. logf hears of buffers smaller than asked for.
+func OpenSocket(v6 bool, port uint16, mark uint32, bufSize int, logf func(format string, args ...any)) (fd int, err error) {
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(port)}
+	if v6 {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(port)}
+	}
+	fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("udp: socket: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+		}
+	}()
+	if v6 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
-			return fmt.Errorf("udp: IPV6_V6ONLY: %w", err)
+			return -1, fmt.Errorf("udp: IPV6_V6ONLY: %w", err)
 		}
 	}
-	if size := t.opts.socketBuffer(); size > 0 {
-		t.setBuffer(fd, "receive", unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, size)
-		t.setBuffer(fd, "send", unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, size)
+	if bufSize > 0 {
+		setBuffer(fd, "receive", unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, bufSize, logf)
+		setBuffer(fd, "send", unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, bufSize, logf)
 	}
-	if t.mark != 0 {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(t.mark)); err != nil {
-			return fmt.Errorf("udp: SO_MARK: %w", err)
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark)); err != nil {
+			return -1, fmt.Errorf("udp: SO_MARK: %w", err)
 		}
 	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return -1, fmt.Errorf("udp: bind port %d: %w", port, err)
+	}
+	return fd, nil
+}
+
+// setup configures a new socket: the offloads the kernel and the options
+// allow, and receive timestamps. None of it needs a privilege.
+func (t *Transport) setup(s *socket, fd int) {
 	if !t.opts.DisableGSO {
 		_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
 		s.gso = err == nil
@@ -260,18 +295,17 @@ func (t *Transport) setup(s *socket, fd int) error {
 			s.stamp = true
 		}
 	}
-	return nil
 }
 
 // setBuffer sets a socket buffer to size, beyond the sysctl limit when the
 // process may (CAP_NET_ADMIN), and says so when the kernel gave less.
-func (t *Transport) setBuffer(fd int, what string, force, plain, size int) {
+func setBuffer(fd int, what string, force, plain, size int, logf func(format string, args ...any)) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, size) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, size)
 	}
 	// The kernel reports twice the size asked for (it adds bookkeeping room).
-	if got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, plain); err == nil && got/2 < size {
-		t.opts.logf("udp: %s buffer is %d bytes, wanted %d (raise net.core.%cmem_max or grant CAP_NET_ADMIN)",
+	if got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, plain); err == nil && got/2 < size && logf != nil {
+		logf("udp: %s buffer is %d bytes, wanted %d (raise net.core.%cmem_max or grant CAP_NET_ADMIN)",
 			what, got/2, size, what[0])
 	}
 }
@@ -318,7 +352,18 @@ func (t *Transport) SetMark(mark uint32) error {
 	p.each(func(s *socket) {
 		var serr error
 		if err := s.rc.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+			if t.opts.Sockets == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+				return
+			}
+			dup, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				serr = err
+				return
+			}
+			f := os.NewFile(uintptr(dup), "udp")
+			serr = t.opts.Sockets.SetMark(f, mark)
+			f.Close()
 		}); err != nil {
 			serr = err
 		}

@@ -3,8 +3,10 @@ package udp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -773,4 +775,94 @@ func benchSendReceive(bm *testing.B, opts Options, n int) {
 	bm.ReportMetric(float64(bm.N*n)/bm.Elapsed().Seconds(), "pkts/s")
 	bm.ReportMetric(float64(counter(a, "udp_tx_syscalls")-tx)/float64(bm.N), "txcalls/op")
 	bm.ReportMetric(float64(counter(b, "udp_rx_syscalls")-rx)/float64(bm.N), "rxcalls/op")
+}
+
+// recordingOpener is a SocketOpener that opens sockets here, as a front
+// would, and records what it was asked.
+type recordingOpener struct {
+	mu    sync.Mutex
+	opens []string
+	marks []uint32
+	fail  error
+}
+
+func (o *recordingOpener) Open(v6 bool, port uint16, mark uint32, bufSize int) (*os.File, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.opens = append(o.opens, fmt.Sprintf("v6=%v port=%d mark=%#x buf=%d", v6, port, mark, bufSize))
+	if o.fail != nil {
+		return nil, o.fail
+	}
+	fd, err := OpenSocket(v6, port, mark, bufSize, nil)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "udp"), nil
+}
+
+func (o *recordingOpener) SetMark(f *os.File, mark uint32) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.marks = append(o.marks, mark)
+	return unix.SetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+}
+
+// TestSocketOpener checks that a Transport with Options.Sockets takes no
+// privileged step itself: the opener opens both sockets on one port and
+// sets the mark, and the sockets it hands over carry traffic.
+func TestSocketOpener(t *testing.T) {
+	testenv.RequireRoot(t)
+	op := &recordingOpener{}
+	tr := New(Options{Sockets: op, SocketBuffer: 1 << 20})
+	if err := tr.SetMark(0x77); err != nil {
+		t.Fatal(err)
+	}
+	fns, port, err := tr.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	want := []string{
+		fmt.Sprintf("v6=false port=0 mark=0x77 buf=%d", 1<<20),
+		fmt.Sprintf("v6=true port=%d mark=0x77 buf=%d", port, 1<<20),
+	}
+	if fmt.Sprint(op.opens) != fmt.Sprint(want) {
+		t.Fatalf("opener calls %q, want %q", op.opens, want)
+	}
+	if err := tr.SetMark(0x78); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(op.marks) != "[120 120]" {
+		t.Fatalf("SetMark calls %v, want two of 0x78", op.marks)
+	}
+	tr.socks.Load().each(func(s *socket) {
+		var got int
+		s.rc.Control(func(fd uintptr) { got, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+		if got != 0x78 {
+			t.Fatalf("SO_MARK = %#x, want 0x78", got)
+		}
+	})
+	rx := collect(t, tr, fns)
+	if err := tr.Send([][]byte{[]byte("through handed sockets")}, netip.AddrPortFrom(lo4, port)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-rx:
+		if string(r.b) != "through handed sockets" {
+			t.Fatalf("received %q", r.b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing received through the handed sockets")
+	}
+
+	// A refusal reaches Open's caller with its errno, and nothing is left
+	// open.
+	op2 := &recordingOpener{fail: unix.EPERM}
+	tr2 := New(Options{Sockets: op2})
+	if _, _, err := tr2.Open(80); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("Open with a refusing opener: %v, want EPERM", err)
+	}
+	if tr2.socks.Load() != nil {
+		t.Fatal("a failed Open left sockets")
+	}
 }
