@@ -117,8 +117,15 @@ func (d *device) MTU() (int, error) {
 	return d.f.MTU()
 }
 
-// Stats implements metrics.Reporter.
-func (d *device) Stats() []metrics.Counter { return d.st.snapshot() }
+// Stats implements metrics.Reporter, with the Frames' counters if they
+// keep any.
+func (d *device) Stats() []metrics.Counter {
+	out := d.st.snapshot()
+	if r, ok := d.f.(metrics.Reporter); ok {
+		out = append(out, r.Stats()...)
+	}
+	return out
+}
 
 // Close implements Device. It is safe to call more than once.
 func (d *device) Close() error {

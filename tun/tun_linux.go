@@ -457,3 +457,8 @@ func (k *kernelFrames) waitWrite(b []byte) error {
 	}
 	return k.writeErr(k.werr)
 }
+
+// SetReadDeadline lets a relay interrupt a blocked ReadFrame (it then
+// returns os.ErrDeadlineExceeded) without closing the device; the zero
+// time clears it.
+func (k *kernelFrames) SetReadDeadline(t time.Time) error { return k.file.SetReadDeadline(t) }

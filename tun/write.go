@@ -181,3 +181,18 @@ func (w *batchWriter) writeAlone(b []byte, offset int, errs *writeErrs) (ok, clo
 	errs.add(err, 1, w.st)
 	return false, false
 }
+
+// WriteDropReason names the drop counter for a frame that Frames.WriteFrame
+// of the kernel's TUN refused with err, as the device's own counters name
+// it: for a relay that writes frames itself.
+func WriteDropReason(err error) string {
+	switch {
+	case errors.Is(err, errKernelInvalid):
+		return "drop_tun_write_einval"
+	case errors.Is(err, errKernelFull):
+		return "drop_tun_write_full"
+	case errors.Is(err, errLinkDown):
+		return "drop_tun_write_link_down"
+	}
+	return "drop_tun_write_error"
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,22 +13,22 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/transport/udp"
-	"ptun/tun"
-	"ptun/uapi"
-	"ptun/wg"
+	"ptun/engine"
+	"ptun/flow"
+	"ptun/front"
 )
 
 // readyFDEnv names the fd on which a daemonized child reports readiness
 // ("ok" or an error line) to the parent that started it.
 const readyFDEnv = "PTUN_READY_FD"
 
-// runInterface is `ptun [-f] [--mtu N] [--log FILE] IFNAME`.
+// runInterface is `ptun [-f] [--mtu N] [--ipc MODE] [--log FILE] IFNAME`.
 func runInterface(args []string) int {
 	fs := flag.NewFlagSet("ptun", flag.ContinueOnError)
 	foreground := fs.Bool("f", false, "stay in the foreground")
 	fs.BoolVar(foreground, "foreground", false, "stay in the foreground")
 	mtu := fs.Int("mtu", 1420, "interface MTU")
+	ipc := fs.String("ipc", os.Getenv(flow.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+flow.EnvIPC+")")
 	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with -f, none otherwise)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -45,6 +44,11 @@ func runInterface(args []string) int {
 	}
 	if *mtu < 576 || *mtu > 65535 {
 		fmt.Fprintf(os.Stderr, "ptun: --mtu %d is out of range (576-65535)\n", *mtu)
+		return 1
+	}
+	mode, err := flow.ParseMode(*ipc)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: --ipc: %v\n", err)
 		return 1
 	}
 	// WG_PROCESS_FOREGROUND=1 is wireguard-go's way to ask the same, which
@@ -63,8 +67,7 @@ func runInterface(args []string) int {
 	}
 	defer closeLog()
 	ready := readyReporter()
-	if err := serve(name, *mtu, logger, ready); err != nil {
-		ready(err)
+	if err := serve(name, *mtu, mode, logger, ready); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
@@ -72,8 +75,9 @@ func runInterface(args []string) int {
 }
 
 // serve runs interface name until a signal or the interface's deletion.
-// ready is called once with nil when the interface and socket are up.
-func serve(name string, mtu int, logger *log.Logger, ready func(error)) error {
+// ready is called once with nil when the interface and socket are up, or
+// with the error that kept them down.
+func serve(name string, mtu int, mode flow.Mode, logger *log.Logger, ready func(error)) error {
 	level := os.Getenv("LOG_LEVEL")
 	errorf := func(format string, args ...any) {
 		if level != "silent" {
@@ -85,51 +89,57 @@ func serve(name string, mtu int, logger *log.Logger, ready func(error)) error {
 			logger.Printf(format, args...)
 		}
 	}
-
-	timers, err := wg.TimersFromEnv(wg.DefaultTimers())
-	if err != nil {
-		return err
-	}
-	ln, err := uapi.Listen(name)
-	if err != nil {
-		return err
-	}
-	sock := uapi.SocketPath(name)
-	defer os.Remove(sock)
-	defer ln.Close()
-
-	dev, err := tun.Create(name, tun.OptionsFromEnv(tun.Options{MTU: mtu, Logf: verbosef}))
-	if err != nil {
-		return err
-	}
-	tr := udp.New(udp.OptionsFromEnv(udp.Options{Logf: verbosef}))
-	d, err := wg.New(dev, tr, wg.Options{Logf: errorf, Timers: timers})
-	if err != nil {
-		dev.Close()
-		return fmt.Errorf("starting the WireGuard device: %w", err)
-	}
-	defer d.Close()
-
-	served := make(chan error, 1)
-	go func() { served <- uapi.Serve(ln, d, verbosef) }()
-
+	stop := make(chan struct{})
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-
-	verbosef("interface %s is up (UAPI %s)", name, sock)
-	ready(nil)
-	select {
-	case s := <-sigs:
+	go func() {
+		s := <-sigs
 		verbosef("%v: shutting down", s)
-	case <-d.Done():
-		verbosef("interface %s went away: shutting down", name)
-	case err := <-served:
-		if err != nil && !errors.Is(err, os.ErrClosed) {
-			errorf("UAPI server stopped: %v", err)
-		}
+		close(stop)
+	}()
+	return front.Run(front.Config{
+		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef,
+		EngineCommand: func() *exec.Cmd { return engineCommand(name) },
+	}, stop, ready)
+}
+
+// engineRole is the first argument of an engine process: not a valid
+// interface name (a leading "-"), so no interface can be mistaken for it.
+const engineRole = "--engine-of"
+
+// engineCommand is the command that runs an engine for interface name:
+// this same binary, through /proc/self/exe so that it is the very file
+// running now.
+func engineCommand(name string) *exec.Cmd {
+	cmd := exec.Command("/proc/self/exe", engineRole, name)
+	cmd.Args[0] = os.Args[0]
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// runEngine is `ptun --engine-of IFNAME [--confined]`, started by a front
+// with its control channel on descriptor 3. The first stage gives up every
+// privilege and re-executes itself as the second, which runs the engine.
+func runEngine(args []string) int {
+	if len(args) < 2 || len(args) > 3 {
+		fmt.Fprintln(os.Stderr, "ptun: the engine role is started by a ptun front, not by hand")
+		return 2
 	}
-	return nil
+	if len(args) == 2 {
+		err := engine.Confine([]string{os.Args[0], engineRole, args[1], "--confined"})
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	if err := engine.CheckConfined(); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	if err := engine.Run(os.NewFile(3, "ctl")); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: engine for %s: %v\n", args[1], err)
+		return 1
+	}
+	return 0
 }
 
 func openLog(path string, foreground bool) (*log.Logger, func(), error) {

@@ -63,6 +63,8 @@ func run(args []string) int {
 		err = runDemo(args[1:])
 	case "bench":
 		err = runBench(args[1:])
+	case engineRole:
+		return runEngine(args)
 	default:
 		return runInterface(args)
 	}

@@ -201,6 +201,13 @@ func (c *Conn) Run() error {
 }
 
 func (c *Conn) serve(req *Msg) {
+	if req.ID == 0 {
+		// A notice (Send): handled, never answered.
+		if c.handler != nil {
+			c.handler(req)
+		}
+		return
+	}
 	var rep *Msg
 	if c.handler == nil {
 		rep = Fail(fmt.Errorf("ctl: %q: %w", req.Op, syscall.EOPNOTSUPP))
@@ -253,7 +260,7 @@ func (c *Conn) Call(ctx context.Context, req *Msg) (*Msg, error) {
 	}
 }
 
-// Send sends a request that expects no reply (a notice).
+// Send sends a notice: a request that gets no reply.
 func (c *Conn) Send(m *Msg) error {
 	out := *m
 	out.ID, out.Reply = 0, false
