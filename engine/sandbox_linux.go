@@ -51,10 +51,35 @@ func Confine(args []string) error {
 	if err := os.Chdir("/"); err != nil {
 		return fmt.Errorf("engine: chdir /: %w", err)
 	}
+	if err := closeOnExecAbove(3); err != nil {
+		return err
+	}
 	// /proc/self/exe reaches the binary even when its directory is closed
 	// to the new uid (go run builds into a root-only directory).
 	err := syscall.Exec("/proc/self/exe", args, os.Environ())
 	return fmt.Errorf("engine: re-executing as the confined engine: %w", err)
+}
+
+// closeOnExecAbove marks every descriptor above max close-on-exec, so the
+// confined engine keeps only stdin, stdout, stderr and the control channel
+// (3): a descriptor its front inherited without close-on-exec from whoever
+// started it must not reach the engine.
+func closeOnExecAbove(max int) error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("engine: listing descriptors: %w", err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= max {
+			continue
+		}
+		// The directory's own descriptor is gone by now: EBADF is fine.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return fmt.Errorf("engine: close-on-exec on fd %d: %w", fd, err)
+		}
+	}
+	return nil
 }
 
 // CheckConfined verifies what Confine promised, in the re-executed engine:

@@ -1,6 +1,7 @@
 package front
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,14 +128,32 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	}
 	cmd := s.cfg.EngineCommand()
 	cmd.ExtraFiles = []*os.File{b}
+	// The engine's stderr (a panic, a failure before its control channel
+	// is up) reaches the front's log through a pipe: the engine holds no
+	// file of the front's.
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		a.Close()
+		b.Close()
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		a.Close()
 		b.Close()
 		return nil, fmt.Errorf("front: starting the engine: %w", err)
 	}
 	b.Close()
+	logged := make(chan struct{})
+	go func() {
+		defer close(logged)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.cfg.Logf("engine %d: %s", cmd.Process.Pid, sc.Text())
+		}
+	}()
 	ep := &engineProc{cmd: cmd, exited: make(chan struct{}), started: time.Now()}
 	go func() {
+		<-logged // Wait closes the pipe: read it to the end first
 		cmd.Wait()
 		close(ep.exited)
 	}()

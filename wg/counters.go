@@ -41,7 +41,7 @@ var dropNames = [numDropReasons]string{
 	"drop_bad_inner_packet", "drop_source_not_allowed", "drop_staged_queue_full",
 	"drop_handshake_give_up", "drop_handshake_queue_full", "drop_handshake_mac1",
 	"drop_handshake_invalid", "drop_handshake_unknown_peer", "drop_handshake_replay",
-	"drop_handshake_flood", "drop_cookie_invalid", "drop_tun_write",
+	"drop_handshake_flood", "drop_cookie_invalid", "drop_tun_write", "drop_transport_send",
 }
 
 // counters are the device's event counts. Each is one atomic add on the

@@ -358,3 +358,15 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestDropNames: every drop reason has a unique, well-formed counter name
+// (an unnamed one would be skipped by the UAPI stats answer).
+func TestDropNames(t *testing.T) {
+	seen := map[string]bool{}
+	for r, name := range dropNames {
+		if !strings.HasPrefix(name, "drop_") || strings.ContainsAny(name, " =\n") || seen[name] {
+			t.Errorf("drop reason %d has name %q", r, name)
+		}
+		seen[name] = true
+	}
+}

@@ -114,7 +114,6 @@ const engineRole = "--engine-of"
 func engineCommand(name string) *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe", engineRole, name)
 	cmd.Args[0] = os.Args[0]
-	cmd.Stderr = os.Stderr
 	return cmd
 }
 

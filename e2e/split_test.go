@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The front/engine split: every IPC mode carries traffic, the engine holds
+// no privilege, it recovers from kill -9 while the front keeps running, and
+// it exits when the front dies.
+
+// TestIPCModes: a ptun pair in each mode carries pings and TCP both ways;
+// split modes run an engine process per interface, inproc runs none.
+func TestIPCModes(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"inproc", "fd", "shm", "seqpacket"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			env := []string{"PTUN_IPC=" + mode}
+			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			for _, n := range []*node{c, s} {
+				engines := enginePIDs(t, n)
+				if want := map[bool]int{true: 0, false: 1}[mode == "inproc"]; len(engines) != want {
+					t.Fatalf("%v in %s mode runs %d engine processes %v, want %d", n, mode, len(engines), engines, want)
+				}
+			}
+			pingBothWays(t, c, s)
+			tcpBothWays(t, c, s, "2")
+			for _, n := range []*node{c, s} {
+				st := n.stats(t)
+				if st["engine_restarts"] != 0 || st["engine_stats_unavailable"] != 0 {
+					t.Errorf("%v: engine_restarts=%d engine_stats_unavailable=%d", n, st["engine_restarts"], st["engine_stats_unavailable"])
+				}
+				if mode == "shm" && (st["flow_frames_to_engine"] == 0 || st["flow_frames_from_engine"] == 0) {
+					t.Errorf("%v: shm relay counted %d frames to and %d from the engine", n, st["flow_frames_to_engine"], st["flow_frames_from_engine"])
+				}
+				if mode == "seqpacket" && (st["flow_packets_to_engine"] == 0 || st["flow_packets_from_engine"] == 0) {
+					t.Errorf("%v: seqpacket relay counted %d packets to and %d from the engine", n, st["flow_packets_to_engine"], st["flow_packets_from_engine"])
+				}
+				logDrops(t, n)
+			}
+		})
+	}
+}
+
+// TestEngineConfined: the engine of each split mode has no capability in
+// any set, no_new_privs, a uid other than root, and no descriptor but
+// sockets, anonymous inodes (eventfd, epoll, memfd), pipes, /dev/null and
+// the TUN device.
+func TestEngineConfined(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"fd", "shm", "seqpacket"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			env := []string{"PTUN_IPC=" + mode}
+			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			c.ping(t, s.tun4)
+			pids := enginePIDs(t, c)
+			if len(pids) != 1 {
+				t.Fatalf("engines of %v: %v", c, pids)
+			}
+			pid := pids[0]
+			status := procStatus(t, pid)
+			for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapAmb"} {
+				v, err := strconv.ParseUint(status[k], 16, 64)
+				if err != nil || v != 0 {
+					t.Errorf("engine %d: %s = %q, want 0", pid, k, status[k])
+				}
+			}
+			if status["NoNewPrivs"] != "1" {
+				t.Errorf("engine %d: NoNewPrivs = %q, want 1", pid, status["NoNewPrivs"])
+			}
+			for _, k := range []string{"Uid", "Gid"} {
+				for _, id := range strings.Fields(status[k]) {
+					if id == "0" {
+						t.Errorf("engine %d: %s = %q: runs as root", pid, k, status[k])
+					}
+				}
+			}
+			if groups := strings.Fields(status["Groups"]); len(groups) != 0 {
+				t.Errorf("engine %d: supplementary groups %v, want none", pid, groups)
+			}
+			fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kinds []string
+			for _, fd := range fds {
+				target, _ := os.Readlink(filepath.Join(fmt.Sprintf("/proc/%d/fd", pid), fd.Name()))
+				kinds = append(kinds, target)
+				switch {
+				case strings.HasPrefix(target, "socket:"), strings.HasPrefix(target, "anon_inode:"),
+					strings.HasPrefix(target, "pipe:"), strings.HasPrefix(target, "/memfd:"),
+					target == "/dev/null", target == "/dev/net/tun" && mode == "fd":
+				default:
+					t.Errorf("engine %d holds fd %s -> %q, which it was not handed", pid, fd.Name(), target)
+				}
+			}
+			t.Logf("engine %d (%s): uid %s, fds %v", pid, mode, status["Uid"], kinds)
+		})
+	}
+}
+
+// TestEngineCrashRecovery kills the client's engine (kill -9) in the middle
+// of a TCP transfer: the front keeps running and keeps its interface, a
+// new engine takes over within a second with the keys and peers, the
+// restart is counted and logged, the transfer completes, and traffic flows
+// both ways afterwards.
+func TestEngineCrashRecovery(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"fd", "shm", "seqpacket"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			env := []string{"PTUN_IPC=" + mode}
+			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			c.ping(t, s.tun4)
+			front := c.d.cmd.Process.Pid
+			old := enginePIDs(t, c)
+			if len(old) != 1 {
+				t.Fatalf("engines of %v: %v", c, old)
+			}
+			before := c.show(t)
+
+			type result struct {
+				r   iperfResult
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				r, err := runIperf3(c.h, s.h, s.tun4, "-t", "6")
+				done <- result{r, err}
+			}()
+			// Kill once data is flowing.
+			waitFor(t, 15*time.Second, "the transfer to start", func() (bool, string) {
+				st := c.stats(t)
+				return st["tun_read_packets"] > 1000, fmt.Sprint(st["tun_read_packets"])
+			})
+			if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed := time.Now()
+			var next []int
+			waitFor(t, 5*time.Second, "a new engine", func() (bool, string) {
+				next = enginePIDs(t, c)
+				return len(next) == 1 && next[0] != old[0], fmt.Sprint(next)
+			})
+			t.Logf("engine %d killed; engine %d seen after %v", old[0], next[0], time.Since(killed).Round(time.Millisecond))
+
+			res := <-done
+			if res.err != nil {
+				t.Fatalf("the transfer across the engine's crash failed: %v", res.err)
+			}
+			if res.r.End.SumReceived.Bytes == 0 {
+				t.Fatal("the transfer across the crash moved no bytes")
+			}
+			// The last second moved data: the tunnel recovered, it did
+			// not just carry what was sent before the kill.
+			ivs := res.r.Intervals
+			if n := len(ivs); n < 2 || ivs[n-1].Sum.Bytes == 0 {
+				t.Errorf("the transfer's last second moved no bytes: the tunnel did not recover (%d intervals)", n)
+			}
+			t.Logf("TCP across the crash: %.0f Mbit/s on average", res.r.mbits())
+
+			if !processAlive(front) {
+				t.Fatalf("the front (pid %d) died with its engine", front)
+			}
+			st := c.stats(t)
+			if st["engine_restarts"] != 1 {
+				t.Errorf("engine_restarts = %d, want 1", st["engine_restarts"])
+			}
+			if us := st["engine_last_restart_us"]; us == 0 || us >= 1e6 {
+				t.Errorf("engine_last_restart_us = %d, want a restart under a second", us)
+			}
+			after := c.show(t)
+			if after.PublicKey != before.PublicKey || after.ListenPort != before.ListenPort || len(after.Peers) != len(before.Peers) {
+				t.Errorf("configuration after the restart: key %s port %d %d peers; before: key %s port %d %d peers",
+					after.PublicKey, after.ListenPort, len(after.Peers), before.PublicKey, before.ListenPort, len(before.Peers))
+			}
+			log, _ := os.ReadFile(c.d.logPath)
+			if !regexp.MustCompile(`engine exited \(signal: killed\).*took over in .*\(restart 1\)`).Match(log) {
+				t.Errorf("the front's log does not report the restart:\n%s", tail(c.d.logPath, 2000))
+			}
+			pingBothWays(t, c, s)
+		})
+	}
+}
+
+// TestFrontDeathEndsEngine: when the front is killed (kill -9, so it
+// cannot clean up), its engine exits by itself.
+func TestFrontDeathEndsEngine(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	c := l.client.start(ptun, startOpts{env: []string{"PTUN_IPC=shm"}})
+	engines := enginePIDs(t, c)
+	if len(engines) != 1 {
+		t.Fatalf("engines of %v: %v", c, engines)
+	}
+	// ip netns exec execs ptun, so the daemon's pid is the front's.
+	if err := c.d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c.d.done
+	waitFor(t, 5*time.Second, "the engine to exit after its front died", func() (bool, string) {
+		return !processAlive(engines[0]), fmt.Sprintf("engine %d still running", engines[0])
+	})
+}
+
+// enginePIDs lists n's engine processes: ptun processes in n's namespace
+// whose command line is the engine role for n's interface.
+func enginePIDs(t *testing.T, n *node) []int {
+	t.Helper()
+	var out []int
+	for _, pid := range ptunPIDs(t, n.h) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) >= 3 && args[1] == "--engine-of" && args[2] == n.ifname {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// procStatus returns /proc/PID/status as a map.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
