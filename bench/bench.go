@@ -44,6 +44,11 @@ type Mode struct {
 var Modes = []Mode{
 	{"ptun", nil},
 	{"ptun-no-offload", []string{"PTUN_DISABLE_TUN_OFFLOAD=1", "PTUN_DISABLE_UDP_GSO=1", "PTUN_DISABLE_UDP_GRO=1"}},
+	// The front/engine IPC modes (package flow); "ptun" is ptun-fd.
+	{"ptun-inproc", []string{"PTUN_IPC=inproc"}},
+	{"ptun-fd", []string{"PTUN_IPC=fd"}},
+	{"ptun-shm", []string{"PTUN_IPC=shm"}},
+	{"ptun-seqpacket", []string{"PTUN_IPC=seqpacket"}},
 }
 
 // Options configures Run. The zero value gives the defaults.

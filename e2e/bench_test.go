@@ -73,7 +73,7 @@ func TestBenchSmoke(t *testing.T) {
 	for _, c := range res.Candidates {
 		names = append(names, c.Name)
 	}
-	if got := strings.Join(names, " "); got != "raw ptun ptun-no-offload wireguard-go broken" {
+	if got := strings.Join(names, " "); got != "raw ptun ptun-no-offload ptun-inproc ptun-fd ptun-shm ptun-seqpacket wireguard-go broken" {
 		t.Fatalf("candidates %q", got)
 	}
 	if res.Machine.CPUs < 1 || res.Machine.Kernel == "" || res.Settings.Rounds != 1 || res.Date.IsZero() {

@@ -366,16 +366,19 @@ func (f *shmFrames) ReadFrame(b []byte, wait bool) (int, error) {
 	return n, nil
 }
 
-// WriteFrame implements tun.Frames: one copy into the ring, published at
-// once (one atomic store; a kick only if the front sleeps). A full ring
-// makes it wait.
+// WriteFrame implements tun.Frames: one copy into the ring. A full ring
+// makes it wait (after publishing what it holds). The frame is published
+// by Flush, which the Device calls once per Write.
 func (f *shmFrames) WriteFrame(b []byte) error {
 	if err := f.out.Push(b); err != nil {
 		return f.closedErr(err)
 	}
-	f.out.Flush()
 	return nil
 }
+
+// Flush implements tun.Flusher: one atomic store publishes every frame
+// written since the last Flush; the front is kicked only if it sleeps.
+func (f *shmFrames) Flush() { f.out.Flush() }
 
 func (f *shmFrames) closedErr(err error) error {
 	if f.closed.Load() || errors.Is(err, ring.ErrClosed) {

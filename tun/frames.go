@@ -40,6 +40,11 @@ type Frames interface {
 	Close() error
 }
 
+// Flusher is implemented by Frames that buffer written frames (a shared
+// memory ring): Flush publishes them. The Device calls it at the end of
+// every Write, so one Write's frames cross in one batch.
+type Flusher interface{ Flush() }
+
 // ErrWouldBlock is returned by Frames.ReadFrame(b, false) when no frame is
 // queued: read again with wait true.
 var ErrWouldBlock = errors.New("tun: no frame queued")
@@ -70,6 +75,9 @@ func NewDevice(f Frames, ft Format, logf func(format string, args ...any)) Devic
 	d := &device{f: f, ft: ft, logf: logf}
 	d.w = batchWriter{vnet: ft.VnetHdr, sys: d.writeFrame, st: &d.st, logf: logf,
 		tcpGRO: ft.VnetHdr && ft.GRO, udpGRO: ft.VnetHdr && ft.GRO && ft.USO}
+	if fl, ok := f.(Flusher); ok {
+		d.w.flush = fl.Flush
+	}
 	return d
 }
 

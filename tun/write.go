@@ -28,9 +28,12 @@ type batchWriter struct {
 	// sys writes b (virtio-net header included when vnet) with one
 	// syscall. It returns nil, os.ErrClosed, or an error wrapping
 	// errKernelInvalid, errKernelFull or the errno.
-	sys  func(b []byte) error
-	st   *counters
-	logf func(format string, args ...any)
+	sys func(b []byte) error
+	// flush, if not nil, ends every write: it publishes what sys wrote
+	// (see Flusher).
+	flush func()
+	st    *counters
+	logf  func(format string, args ...any)
 }
 
 // writeErrs tallies failed packets by reason for one Write call.
@@ -95,6 +98,9 @@ func (w *batchWriter) write(bufs [][]byte, offset int) (int, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.flush != nil {
+		defer w.flush()
+	}
 
 	var (
 		n    int
