@@ -13,11 +13,12 @@ import (
 )
 
 const usage = `Usage:
-  ptun [-f|--foreground] [--mtu N] [--log FILE] IFNAME
+  ptun [-f|--foreground] [--mtu N] [--ipc MODE] [--log FILE] IFNAME
         create the TUN interface IFNAME and serve the WireGuard userspace API
         on /var/run/wireguard/IFNAME.sock (configure it with wg(8) or wg-quick);
         without -f, return once the interface is ready and keep running in the
-        background
+        background. WireGuard runs in an unprivileged engine process fed by
+        --ipc fd (default), shm or seqpacket, or in-process with --ipc inproc
   ptun genkey            print a new private key (base64)
   ptun pubkey            read a private key on stdin, print its public key
   ptun genpsk            print a new preshared key
@@ -34,7 +35,8 @@ const usage = `Usage:
 
 Environment: PTUN_DISABLE_TUN_OFFLOAD, PTUN_DISABLE_TUN_USO, PTUN_DISABLE_TUN_GRO,
 PTUN_DISABLE_UDP_GSO, PTUN_DISABLE_UDP_GRO (=1 turns that offload off);
-LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f.
+PTUN_IPC=fd|shm|seqpacket|inproc acts as --ipc; PTUN_SHM_RING_SIZE (bytes) sizes
+the shm rings; LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f.
 `
 
 func main() {
