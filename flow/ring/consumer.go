@@ -42,11 +42,31 @@ type Consumer struct {
 // NewProducer. The consumer resumes from the indices in r and returns
 // ErrCorrupt if they are impossible.
 func NewConsumer(r *Region, dataReady, spaceReady int) (*Consumer, error) {
+	dr, err := newNotifier(dataReady, "dataReady")
+	if err != nil {
+		return nil, err
+	}
+	sr, err := newNotifier(spaceReady, "spaceReady")
+	if err != nil {
+		dr.close()
+		return nil, err
+	}
+	c, err := newConsumer(r, dr, sr)
+	if err != nil {
+		dr.close()
+		sr.close()
+	}
+	return c, err
+}
+
+// newConsumer is NewConsumer with the notifiers made; they are closed by
+// Close.
+func newConsumer(r *Region, dataReady, spaceReady *notifier) (*Consumer, error) {
 	tail, head := r.h.tail.Load(), r.h.head.Load()
 	if tail%RecordAlign != 0 || head%RecordAlign != 0 || tail-head > r.size {
 		return nil, fmt.Errorf("%w: consumer attach: tail %d, head %d, data size %d", ErrCorrupt, tail, head, r.size)
 	}
-	c := &Consumer{
+	return &Consumer{
 		r:          r,
 		data:       r.data,
 		size:       r.size,
@@ -56,16 +76,9 @@ func NewConsumer(r *Region, dataReady, spaceReady int) (*Consumer, error) {
 		readPos:    head,
 		published:  head,
 		tail:       tail,
-	}
-	var err error
-	if c.dataReady, err = newNotifier(dataReady, "dataReady"); err != nil {
-		return nil, err
-	}
-	if c.spaceReady, err = newNotifier(spaceReady, "spaceReady"); err != nil {
-		c.dataReady.close()
-		return nil, err
-	}
-	return c, nil
+		dataReady:  dataReady,
+		spaceReady: spaceReady,
+	}, nil
 }
 
 // Next returns the payload of the next record. The slice points into shared
@@ -98,8 +111,8 @@ func (c *Consumer) Next(wait bool) ([]byte, error) {
 				return b, err
 			}
 			// A padding record was skipped. The next record starts at
-			// offset 0, where parse refuses padding, so this repeats
-			// at most once per lap of published data.
+			// offset 0, where parse refuses padding, so Next skips at
+			// most one before it returns or sleeps.
 			continue
 		}
 		if c.r.h.closed.Load() != 0 {
@@ -125,7 +138,7 @@ func (c *Consumer) Next(wait bool) ([]byte, error) {
 // the last tail seen and at most one data region ahead of the published
 // head.
 func (c *Consumer) refreshTail() error {
-	t := plainLoad(c.r.h.tail)
+	t := c.r.h.tail.Load()
 	if t == c.tail {
 		return nil
 	}

@@ -26,6 +26,21 @@ var fuzzEventFDs = sync.OnceValues(func() ([2]int, error) {
 	return [2]int{a, b}, err
 })
 
+// fuzzNotifiers are made once per process so a fuzz call costs no
+// system calls; consumers made with them are never closed.
+var fuzzNotifiers = sync.OnceValues(func() ([2]*notifier, error) {
+	efds, err := fuzzEventFDs()
+	if err != nil {
+		return [2]*notifier{}, err
+	}
+	dr, err := newNotifier(efds[0], "dataReady")
+	if err != nil {
+		return [2]*notifier{}, err
+	}
+	sr, err := newNotifier(efds[1], "spaceReady")
+	return [2]*notifier{dr, sr}, err
+})
+
 // fuzzMem is the private region a fuzz worker reuses (calls are serial).
 var fuzzMem = make([]byte, HeaderSize+MinDataSize)
 
@@ -43,10 +58,9 @@ func loadFuzzRing(in []byte) (*Region, error) {
 	binary.NativeEndian.PutUint32(fuzzMem[offClosed:], uint32(flags>>1&1))
 	binary.NativeEndian.PutUint32(fuzzMem[offConsumerWaiting:], uint32(flags>>2&1))
 	data := fuzzMem[HeaderSize:]
-	mask := uint64(len(data) - 1)
-	for i, b := range in[fuzzHeaderLen:min(len(in), fuzzHeaderLen+len(data))] {
-		data[(head+uint64(i))&mask] = b
-	}
+	rest := in[fuzzHeaderLen:min(len(in), fuzzHeaderLen+len(data))]
+	n := copy(data[head&uint64(len(data)-1):], rest)
+	copy(data, rest[n:])
 	return newRegion(fuzzMem)
 }
 
@@ -57,19 +71,19 @@ func FuzzConsumer(f *testing.F) {
 	for _, s := range fuzzSeeds(f) {
 		f.Add(s.in)
 	}
-	efds, err := fuzzEventFDs()
+	nfs, err := fuzzNotifiers()
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		checkConsumer(t, efds, in)
+		checkConsumer(t, nfs, in)
 	})
 }
 
 // checkConsumer runs a consumer over the ring in the fuzz input in until it
 // stops, checking every record, and returns how many records it read and
 // the error it stopped with.
-func checkConsumer(t *testing.T, efds [2]int, in []byte) (int, error) {
+func checkConsumer(t *testing.T, nfs [2]*notifier, in []byte) (int, error) {
 	if len(in) < fuzzHeaderLen {
 		return 0, nil
 	}
@@ -77,14 +91,13 @@ func checkConsumer(t *testing.T, efds [2]int, in []byte) (int, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewConsumer(r, efds[0], efds[1])
+	c, err := newConsumer(r, nfs[0], nfs[1])
 	if err != nil {
 		if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("NewConsumer: %v", err)
 		}
 		return 0, err
 	}
-	defer c.Close()
 	releaseEvery := int(in[17]%8) + 1
 	max := r.MaxPayload()
 	// A lap holds at most size/8 records; more means a loop.
@@ -134,13 +147,13 @@ func checkConsumer(t *testing.T, efds [2]int, in []byte) (int, error) {
 // valid ones yield all their records, checked byte for byte, the corrupt
 // ones ErrCorrupt.
 func TestFuzzSeeds(t *testing.T) {
-	efds, err := fuzzEventFDs()
+	nfs, err := fuzzNotifiers()
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]int{"valid-empty": 0, "valid-small": 4, "valid-wrap": 3, "valid-closed-waiting": 2, "valid-many-wrap": 300, "valid-max-record": 1}
 	for _, s := range fuzzSeeds(t) {
-		n, err := checkConsumer(t, efds, s.in)
+		n, err := checkConsumer(t, nfs, s.in)
 		if strings.HasPrefix(s.name, "corrupt") {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Errorf("%s: %d records, %v; want ErrCorrupt", s.name, n, err)
@@ -166,11 +179,10 @@ func TestFuzzSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewConsumer(r, efds[0], efds[1])
+	c, err := newConsumer(r, nfs[0], nfs[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
 	for i := range 300 {
 		b, err := c.Next(false)
 		if err != nil {

@@ -30,7 +30,7 @@ type Producer struct {
 	published uint64 // the tail last stored to shared memory
 	head      uint64 // the last validated consumer head
 	reserved  int    // payload bytes of the open reservation; -1 when none
-	err       error  // sticky ErrCorrupt or ErrClosed
+	err       error  // sticky ErrCorrupt
 
 	// Counted on the hot path, added to stats at Flush.
 	pendingRecords, pendingBytes uint64
@@ -153,8 +153,9 @@ func (p *Producer) Push(b []byte) error {
 
 // Flush publishes every committed record with one atomic store of tail and,
 // only if the consumer armed consumerWaiting, writes the dataReady eventfd.
+// A poisoned producer (ErrCorrupt) publishes nothing more.
 func (p *Producer) Flush() {
-	if p.tail == p.published {
+	if p.tail == p.published || p.err != nil {
 		return
 	}
 	// Store tail, then load consumerWaiting; the consumer stores

@@ -48,5 +48,3 @@ func loadUint32(b []byte, off uint64) uint32 {
 func storeUint64(b []byte, off uint64, v uint64) {
 	*(*uint64)(unsafe.Pointer(&b[off:][:8][0])) = v
 }
-
-func plainLoad(p *atomic.Uint64) uint64 { return *(*uint64)(unsafe.Pointer(p)) }
