@@ -93,16 +93,35 @@ func TestParseProcStat(t *testing.T) {
 	}
 }
 
-func TestParseVmHWM(t *testing.T) {
-	status := "Name:\tptun\nVmPeak:\t  900 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n"
-	if v, err := parseVmHWM([]byte(status)); err != nil || v != 12345<<10 {
-		t.Fatalf("got %d, %v", v, err)
+func TestParseMemory(t *testing.T) {
+	status := "Name:\tptun\nVmPeak:\t  900 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\nRssAnon:\t 50 kB\nRssFile:\t 40 kB\nRssShmem:\t 10 kB\n"
+	if m, err := parseMemory([]byte(status)); err != nil || m.peak != 12345<<10 || m.shared != 50<<10 {
+		t.Fatalf("parseMemory = %+v, %v", m, err)
 	}
-	if _, err := parseVmHWM([]byte("VmHWM: lots\n")); err == nil {
+	if _, err := parseMemory([]byte("VmHWM: lots\n")); err == nil {
 		t.Fatal("accepted a malformed VmHWM")
 	}
-	if v, err := peakRSS(os.Getpid()); err != nil || v < 1<<20 {
-		t.Fatalf("own peak RSS %d, %v", v, err)
+	if _, err := parseMemory([]byte("RssFile: 3 kB\n")); err == nil {
+		t.Fatal("accepted a status without VmHWM")
+	}
+	if m, err := processMemory(os.Getpid()); err != nil || m.peak < 1<<20 || m.shared == 0 {
+		t.Fatalf("processMemory(self) = %+v, %v", m, err)
+	}
+}
+
+// TestEndpointPeak: a front and its engine (one executable) count their
+// shared pages once; different programs, or one process, are summed.
+func TestEndpointPeak(t *testing.T) {
+	front := memory{peak: 8 << 20, shared: 6 << 20}
+	engine := memory{peak: 30 << 20, shared: 7 << 20}
+	if got, want := endpointPeak([]memory{front, engine}, true), uint64((8-6)+(30-7)+7)<<20; got != want {
+		t.Errorf("same executable: %d MiB, want %d MiB", got>>20, want>>20)
+	}
+	if got := endpointPeak([]memory{front, engine}, false); got != 38<<20 {
+		t.Errorf("different executables: %d MiB, want 38", got>>20)
+	}
+	if got := endpointPeak([]memory{engine}, true); got != 30<<20 {
+		t.Errorf("one process: %d MiB, want its VmHWM 30", got>>20)
 	}
 }
 

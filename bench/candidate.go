@@ -190,20 +190,23 @@ func (c *candidate) configure(tb *demo.Testbed) error {
 	return nil
 }
 
-// peakRSSMiB returns the larger endpoint's peak resident memory: the sum
-// of VmHWM over its processes.
+// peakRSSMiB returns the larger endpoint's peak resident memory (see
+// endpointPeak).
 func (c *candidate) peakRSSMiB() (float64, error) {
 	var most uint64
 	for _, pids := range c.pids {
-		var sum uint64
+		var mems []memory
+		exes := map[string]bool{}
 		for _, pid := range pids {
-			v, err := peakRSS(pid)
+			m, err := processMemory(pid)
 			if err != nil {
 				return 0, fmt.Errorf("reading the peak RSS of pid %d: %w", pid, err)
 			}
-			sum += v
+			mems = append(mems, m)
+			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+			exes[exe] = true
 		}
-		most = max(most, sum)
+		most = max(most, endpointPeak(mems, len(exes) == 1 && !exes[""]))
 	}
 	return float64(most) / (1 << 20), nil
 }

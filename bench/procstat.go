@@ -50,32 +50,68 @@ func parseProcStat(b []byte) (procStat, error) {
 	return procStat{ppid: ppid, cpuTicks: ut + st}, nil
 }
 
-// peakRSS returns VmHWM of process pid in bytes.
-func peakRSS(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	return parseVmHWM(b)
+// memory is what /proc/PID/status says of a process's resident memory.
+type memory struct {
+	peak   uint64 // VmHWM: the most resident memory it had, in bytes
+	shared uint64 // RssFile + RssShmem now: pages other processes may share
 }
 
-func parseVmHWM(status []byte) (uint64, error) {
+// processMemory reads process pid's memory figures.
+func processMemory(pid int) (memory, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memory{}, err
+	}
+	return parseMemory(b)
+}
+
+func parseMemory(status []byte) (memory, error) {
+	var m memory
+	found := false
 	for _, line := range strings.Split(string(status), "\n") {
-		rest, ok := strings.CutPrefix(line, "VmHWM:")
-		if !ok {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || name != "VmHWM" && name != "RssFile" && name != "RssShmem" {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			break
+			return memory{}, fmt.Errorf("bench: malformed %s in /proc status: %q", name, rest)
 		}
 		kb, err := strconv.ParseUint(f[0], 10, 64)
 		if err != nil {
-			break
+			return memory{}, fmt.Errorf("bench: malformed %s in /proc status: %q", name, rest)
 		}
-		return kb << 10, nil
+		switch name {
+		case "VmHWM":
+			m.peak, found = kb<<10, true
+		default:
+			m.shared += kb << 10
+		}
 	}
-	return 0, fmt.Errorf("bench: no VmHWM in /proc status")
+	if !found {
+		return memory{}, fmt.Errorf("bench: no VmHWM in /proc status")
+	}
+	return m, nil
+}
+
+// endpointPeak is the peak resident memory of an endpoint's processes:
+// the sum of their peaks, except that when they all run one executable (a
+// front and its engine) the pages they share, the binary's and shared
+// memory rings, are counted once (the largest process's), not once per
+// process.
+func endpointPeak(mems []memory, sameExe bool) uint64 {
+	var sum, most uint64
+	for _, m := range mems {
+		sum += m.peak
+		most = max(most, m.shared)
+	}
+	if !sameExe || len(mems) < 2 {
+		return sum
+	}
+	for _, m := range mems {
+		sum -= min(m.shared, m.peak)
+	}
+	return sum + most
 }
 
 // cpuSeconds returns the CPU time used so far by the processes pids (those

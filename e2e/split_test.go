@@ -248,3 +248,33 @@ func procStatus(t *testing.T, pid int) map[string]string {
 	}
 	return m
 }
+
+// TestInterfaceDeletedStops: deleting the interface stops the front and
+// its engine in every split mode, whether the engine (fd) or the front's
+// relay (shm, seqpacket) finds the TUN gone.
+func TestInterfaceDeletedStops(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"fd", "shm", "seqpacket"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			l := newLab(t)
+			c := l.client.start(ptun, startOpts{env: []string{"PTUN_IPC=" + mode}})
+			engines := enginePIDs(t, c)
+			if len(engines) != 1 {
+				t.Fatalf("engines of %v: %v", c, engines)
+			}
+			mustRun(t, c.h.ns, "ip", "link", "del", c.ifname)
+			select {
+			case <-c.d.done:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("the front did not exit within 5 s of the interface's deletion:\n%s", tail(c.d.logPath, 2000))
+			}
+			waitFor(t, 5*time.Second, "the engine to exit", func() (bool, string) {
+				return !processAlive(engines[0]), fmt.Sprintf("engine %d still running", engines[0])
+			})
+			if _, err := os.Stat(socketPath(c.ifname)); err == nil {
+				t.Errorf("%s still exists", socketPath(c.ifname))
+			}
+		})
+	}
+}

@@ -33,6 +33,9 @@ func (l *fdLink) Start()                   {}
 func (l *fdLink) Close() error             { return l.file.Close() }
 func (l *fdLink) Stats() []metrics.Counter { return nil }
 
+// TUNClosed implements Link: the engine, which reads the TUN, sees it.
+func (l *fdLink) TUNClosed() <-chan struct{} { return nil }
+
 func openFD(s Setup, files []*os.File, mtu func() (int, error), logf func(string, ...any)) (tun.Device, error) {
 	if err := wantFiles(FD, files, 1); err != nil {
 		return nil, err

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"ptun/metrics"
 	"ptun/tun"
@@ -90,6 +91,10 @@ type Link interface {
 	// releases the front's ends. The TUN device stays open, and packets
 	// not yet relayed stay queued in it.
 	Close() error
+	// TUNClosed is closed when a relay found the TUN device closed (the
+	// interface was deleted). In fd mode the engine sees that instead,
+	// and exits.
+	TUNClosed() <-chan struct{}
 	metrics.Reporter
 }
 
@@ -136,6 +141,19 @@ func closeAll(files []*os.File) {
 		}
 	}
 }
+
+// tunGone is the TUNClosed signal of a relaying link.
+type tunGone struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newTUNGone() tunGone { return tunGone{ch: make(chan struct{})} }
+
+func (g *tunGone) TUNClosed() <-chan struct{} { return g.ch }
+
+// closedTUN records that the relay found the TUN closed.
+func (g *tunGone) closedTUN() { g.once.Do(func() { close(g.ch) }) }
 
 // wantFiles checks that the front handed n files.
 func wantFiles(m Mode, files []*os.File, n int) error {

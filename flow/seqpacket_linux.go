@@ -121,6 +121,7 @@ type seqpacketLink struct {
 
 	stopping atomic.Bool
 	wg       sync.WaitGroup
+	tunGone
 
 	toEngine, fromEngine atomic.Uint64
 }
@@ -140,7 +141,7 @@ func newSeqpacketLink(dev tun.Device, logf func(string, ...any)) (*seqpacketLink
 		unix.Close(fds[1])
 		return nil, err
 	}
-	return &seqpacketLink{dev: dev, logf: logf, front: front, engine: os.NewFile(uintptr(fds[1]), "seqpacket")}, nil
+	return &seqpacketLink{dev: dev, logf: logf, front: front, engine: os.NewFile(uintptr(fds[1]), "seqpacket"), tunGone: newTUNGone()}, nil
 }
 
 func (l *seqpacketLink) Setup() Setup {
@@ -170,6 +171,9 @@ func (l *seqpacketLink) up() {
 		l.toEngine.Add(uint64(n))
 		if err != nil && !errors.Is(err, tun.ErrTooManySegments) {
 			l.stopped("reading the TUN", err)
+			if errors.Is(err, os.ErrClosed) && !l.stopping.Load() {
+				l.closedTUN()
+			}
 			return
 		}
 	}
@@ -197,6 +201,9 @@ func (l *seqpacketLink) down() {
 		l.fromEngine.Add(uint64(len(batch)))
 		if _, err := l.dev.Write(batch, relayOffset); errors.Is(err, os.ErrClosed) {
 			l.stopped("writing the TUN", err)
+			if errors.Is(err, os.ErrClosed) && !l.stopping.Load() {
+				l.closedTUN()
+			}
 			return
 		}
 		// Other write errors are drops the device counted by reason.

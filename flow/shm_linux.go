@@ -102,6 +102,7 @@ type shmLink struct {
 
 	stopping atomic.Bool
 	wg       sync.WaitGroup
+	tunGone
 
 	framesToEngine, framesFromEngine atomic.Uint64
 	drops                            sync.Map // reason string -> *atomic.Uint64
@@ -116,7 +117,7 @@ func newShmLink(dev tun.Device, logf func(string, ...any)) (_ *shmLink, err erro
 	if err != nil {
 		return nil, err
 	}
-	l := &shmLink{dev: dev, frames: fr.Frames(), ft: fr.Format(), logf: logf, size: size}
+	l := &shmLink{dev: dev, frames: fr.Frames(), ft: fr.Format(), logf: logf, size: size, tunGone: newTUNGone()}
 	defer func() {
 		if err != nil {
 			l.release()
@@ -174,6 +175,9 @@ func (l *shmLink) up() {
 		}
 		if err != nil {
 			l.stopped("reading the TUN", err)
+			if errors.Is(err, os.ErrClosed) && !l.stopping.Load() {
+				l.closedTUN()
+			}
 			return
 		}
 		l.prod.Commit(n)
@@ -204,6 +208,9 @@ func (l *shmLink) down() {
 		if err := l.frames.WriteFrame(rec); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				l.stopped("writing the TUN", err)
+				if errors.Is(err, os.ErrClosed) && !l.stopping.Load() {
+					l.closedTUN()
+				}
 				return
 			}
 			l.drop(tun.WriteDropReason(err))

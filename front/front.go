@@ -95,6 +95,13 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 		defer d.Close()
 		handler, gone = d, d.Done()
 	} else {
+		if cfg.Mode == flow.FD {
+			// The engine reads and writes the device; the front must
+			// not be woken by its traffic.
+			if err := tun.Park(dev); err != nil {
+				return err
+			}
+		}
 		s := newSupervisor(cfg, dev)
 		if err := s.start(); err != nil {
 			return err

@@ -240,6 +240,7 @@ func (s *supervisor) loop(ep *engineProc) {
 			continue
 		case <-ep.exited:
 		case <-ep.conn.Done():
+		case <-ep.link.TUNClosed():
 		}
 		// The engine died, or broke its control channel (then it is
 		// killed: a confused engine is treated as a dead one).

@@ -34,6 +34,10 @@ type kernelFrames struct {
 	// might sit in another network namespace. -1 when mtu answers.
 	ctl int
 	mtu func() (int, error)
+	// parked is a descriptor that keeps the device open after Park closed
+	// file (and so took it out of Go's netpoller); -1 when not parked.
+	// Set once, before the Device is shared.
+	parked int
 
 	// Write syscall state for the RawConn callbacks, guarded by the
 	// single-writer rule. The callbacks are method values made once so a
@@ -53,7 +57,7 @@ type kernelFrames struct {
 var _ Frames = (*kernelFrames)(nil)
 
 func newKernelFrames(file *os.File, name string, ctl int, mtu func() (int, error)) (*kernelFrames, error) {
-	k := &kernelFrames{file: file, name: name, ctl: ctl, mtu: mtu}
+	k := &kernelFrames{file: file, name: name, ctl: ctl, mtu: mtu, parked: -1}
 	k.writeFn, k.retryFn, k.readFn = k.rawWrite, k.rawRetry, k.rawRead
 	rc, err := file.SyscallConn()
 	if err != nil {
@@ -228,6 +232,9 @@ func DupFD(d Device) (int, error) {
 	if !ok {
 		return -1, errors.New("tun: not a kernel TUN device")
 	}
+	if k.parked >= 0 {
+		return unix.FcntlInt(uintptr(k.parked), unix.F_DUPFD_CLOEXEC, 0)
+	}
 	nfd := -1
 	var derr error
 	if err := k.rc.Control(func(fd uintptr) {
@@ -302,6 +309,9 @@ func (k *kernelFrames) Close() error {
 	}
 	if k.ctl >= 0 {
 		unix.Close(k.ctl)
+	}
+	if k.parked >= 0 {
+		return unix.Close(k.parked)
 	}
 	return k.file.Close()
 }
@@ -456,6 +466,31 @@ func (k *kernelFrames) waitWrite(b []byte) error {
 		return nil
 	}
 	return k.writeErr(k.werr)
+}
+
+// Park keeps the kernel TUN device under d open in this process without
+// watching it: d's descriptor leaves Go's netpoller. A front that hands the
+// device to an engine (and reads and writes nothing itself) parks it, or
+// every packet through the device would also wake the front. Afterwards
+// Read and Write fail with os.ErrClosed; MTU, DupFD and Close work.
+func Park(d Device) error {
+	fr, ok := d.(Framed)
+	if !ok {
+		return errors.New("tun: not a framed device")
+	}
+	k, ok := fr.Frames().(*kernelFrames)
+	if !ok {
+		return errors.New("tun: not a kernel TUN device")
+	}
+	if k.parked >= 0 {
+		return nil
+	}
+	fd, err := DupFD(d)
+	if err != nil {
+		return fmt.Errorf("tun: %s: park: %w", k.name, err)
+	}
+	k.parked = fd
+	return k.file.Close()
 }
 
 // SetReadDeadline lets a relay interrupt a blocked ReadFrame (it then

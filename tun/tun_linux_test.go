@@ -699,3 +699,72 @@ func TestGSOMaxSegsIsBatchSize(t *testing.T) {
 		t.Fatalf("gso_max_segs = %d, want %d", segs, dev.BatchSize())
 	}
 }
+
+// TestParkAndFromFD: a parked device keeps its interface but no longer
+// reads; a descriptor duplicated from it, wrapped by FromFD (as an engine
+// does), carries the traffic; the interface lives while the parked device
+// is open, after the handed descriptor is closed.
+func TestParkAndFromFD(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if err := Park(dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := Park(dev); err != nil {
+		t.Fatalf("second Park: %v", err)
+	}
+	bufs, sizes := readBufs(dev.BatchSize(), testOffset)
+	if _, err := dev.Read(bufs, sizes, testOffset); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("Read on a parked device: %v, want os.ErrClosed", err)
+	}
+	if mtu, err := dev.MTU(); err != nil || mtu != DefaultMTU {
+		t.Fatalf("MTU of a parked device: %d, %v", mtu, err)
+	}
+	fd, err := DupFD(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handed, err := FromFD(fd, dev.Format(), func() (int, error) { return 1234, nil }, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mtu, _ := handed.MTU(); mtu != 1234 {
+		t.Errorf("FromFD's MTU = %d, want what the mtu function says", mtu)
+	}
+	// A datagram sent to the tunnel's peer address comes out of the
+	// handed descriptor.
+	c := listenUDP(t, ns, "198.18.77.1:0")
+	var sendErr error
+	ns.Do(func() error {
+		_, sendErr = c.WriteToUDPAddrPort([]byte("via the handed fd"), netip.AddrPortFrom(peerAddr, 9))
+		return nil
+	})
+	if sendErr != nil {
+		t.Fatal(sendErr)
+	}
+	handed.(*device).f.(*kernelFrames).file.SetReadDeadline(time.Now().Add(5 * time.Second))
+	found := false
+	for range 20 {
+		n, err := handed.Read(bufs, sizes, testOffset)
+		if err != nil {
+			t.Fatalf("Read on the handed device: %v", err)
+		}
+		for i := range n {
+			if bytes.Contains(bufs[i][testOffset:testOffset+sizes[i]], []byte("via the handed fd")) {
+				found = true
+			}
+		}
+		if found {
+			break
+		}
+	}
+	if !found {
+		t.Fatal("the datagram did not come out of the handed descriptor")
+	}
+	handed.Close()
+	var exists bool
+	ns.Do(func() error { exists = linkExists(testIfName); return nil })
+	if !exists {
+		t.Fatal("the interface went away with the handed descriptor while the parked device is open")
+	}
+}
