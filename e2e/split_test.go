@@ -23,9 +23,7 @@ func TestIPCModes(t *testing.T) {
 	for _, mode := range []string{"inproc", "fd", "shm", "seqpacket"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			l := newLab(t)
-			env := []string{"PTUN_IPC=" + mode}
-			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			c, s := modePair(t, mode)
 			for _, n := range []*node{c, s} {
 				engines := enginePIDs(t, n)
 				if want := map[bool]int{true: 0, false: 1}[mode == "inproc"]; len(engines) != want {
@@ -60,15 +58,9 @@ func TestEngineConfined(t *testing.T) {
 	for _, mode := range []string{"fd", "shm", "seqpacket"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			l := newLab(t)
-			env := []string{"PTUN_IPC=" + mode}
-			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			c, s := modePair(t, mode)
 			c.ping(t, s.tun4)
-			pids := enginePIDs(t, c)
-			if len(pids) != 1 {
-				t.Fatalf("engines of %v: %v", c, pids)
-			}
-			pid := pids[0]
+			pid := oneEngine(t, c)
 			status := procStatus(t, pid)
 			for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapAmb"} {
 				v, err := strconv.ParseUint(status[k], 16, 64)
@@ -120,15 +112,10 @@ func TestEngineCrashRecovery(t *testing.T) {
 	for _, mode := range []string{"fd", "shm", "seqpacket"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			l := newLab(t)
-			env := []string{"PTUN_IPC=" + mode}
-			c, s := l.pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+			c, s := modePair(t, mode)
 			c.ping(t, s.tun4)
 			front := c.d.cmd.Process.Pid
-			old := enginePIDs(t, c)
-			if len(old) != 1 {
-				t.Fatalf("engines of %v: %v", c, old)
-			}
+			old := oneEngine(t, c)
 			before := c.show(t)
 
 			type result struct {
@@ -145,16 +132,16 @@ func TestEngineCrashRecovery(t *testing.T) {
 				st := c.stats(t)
 				return st["tun_read_packets"] > 1000, fmt.Sprint(st["tun_read_packets"])
 			})
-			if err := syscall.Kill(old[0], syscall.SIGKILL); err != nil {
+			if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			killed := time.Now()
 			var next []int
 			waitFor(t, 5*time.Second, "a new engine", func() (bool, string) {
 				next = enginePIDs(t, c)
-				return len(next) == 1 && next[0] != old[0], fmt.Sprint(next)
+				return len(next) == 1 && next[0] != old, fmt.Sprint(next)
 			})
-			t.Logf("engine %d killed; engine %d seen after %v", old[0], next[0], time.Since(killed).Round(time.Millisecond))
+			t.Logf("engine %d killed; engine %d seen after %v", old, next[0], time.Since(killed).Round(time.Millisecond))
 
 			res := <-done
 			if res.err != nil {
@@ -201,18 +188,34 @@ func TestFrontDeathEndsEngine(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	c := l.client.start(ptun, startOpts{env: []string{"PTUN_IPC=shm"}})
-	engines := enginePIDs(t, c)
-	if len(engines) != 1 {
-		t.Fatalf("engines of %v: %v", c, engines)
-	}
+	engine := oneEngine(t, c)
 	// ip netns exec execs ptun, so the daemon's pid is the front's.
 	if err := c.d.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-c.d.done
 	waitFor(t, 5*time.Second, "the engine to exit after its front died", func() (bool, string) {
-		return !processAlive(engines[0]), fmt.Sprintf("engine %d still running", engines[0])
+		return !processAlive(engine), fmt.Sprintf("engine %d still running", engine)
 	})
+}
+
+// modePair starts a ptun client and server, each other's peers, in IPC
+// mode.
+func modePair(t *testing.T, mode string) (c, s *node) {
+	t.Helper()
+	env := []string{"PTUN_IPC=" + mode}
+	return newLab(t).pair(pairOpts{client: ptun, server: ptun, clientEnv: env, serverEnv: env})
+}
+
+// oneEngine returns the pid of n's engine, failing unless there is exactly
+// one.
+func oneEngine(t *testing.T, n *node) int {
+	t.Helper()
+	pids := enginePIDs(t, n)
+	if len(pids) != 1 {
+		t.Fatalf("engines of %v: %v, want one", n, pids)
+	}
+	return pids[0]
 }
 
 // enginePIDs lists n's engine processes: ptun processes in n's namespace
@@ -259,10 +262,7 @@ func TestInterfaceDeletedStops(t *testing.T) {
 			t.Parallel()
 			l := newLab(t)
 			c := l.client.start(ptun, startOpts{env: []string{"PTUN_IPC=" + mode}})
-			engines := enginePIDs(t, c)
-			if len(engines) != 1 {
-				t.Fatalf("engines of %v: %v", c, engines)
-			}
+			engine := oneEngine(t, c)
 			mustRun(t, c.h.ns, "ip", "link", "del", c.ifname)
 			select {
 			case <-c.d.done:
@@ -270,7 +270,7 @@ func TestInterfaceDeletedStops(t *testing.T) {
 				t.Fatalf("the front did not exit within 5 s of the interface's deletion:\n%s", tail(c.d.logPath, 2000))
 			}
 			waitFor(t, 5*time.Second, "the engine to exit", func() (bool, string) {
-				return !processAlive(engines[0]), fmt.Sprintf("engine %d still running", engines[0])
+				return !processAlive(engine), fmt.Sprintf("engine %d still running", engine)
 			})
 			if _, err := os.Stat(socketPath(c.ifname)); err == nil {
 				t.Errorf("%s still exists", socketPath(c.ifname))

@@ -274,16 +274,9 @@ func (l *shmLink) Stats() []metrics.Counter {
 		out = append(out, metrics.Counter{Name: k.(string), Value: v.(*atomic.Uint64).Load()})
 		return true
 	})
-	out = append(out, prefixed("flow_to_engine_", l.prod.Stats())...)
-	out = append(out, prefixed("flow_to_front_", l.cons.Stats())...)
+	out = append(out, metrics.Prefixed("flow_to_engine_", l.prod.Stats())...)
+	out = append(out, metrics.Prefixed("flow_to_front_", l.cons.Stats())...)
 	return out
-}
-
-func prefixed(p string, cs []metrics.Counter) []metrics.Counter {
-	for i := range cs {
-		cs[i].Name = p + cs[i].Name
-	}
-	return cs
 }
 
 // shmFrames is the engine's tun.Frames in shm mode: it reads frames from
@@ -415,10 +408,10 @@ func (f *shmFrames) Close() error {
 func (f *shmFrames) Stats() []metrics.Counter {
 	var out []metrics.Counter
 	if f.in != nil {
-		out = append(out, prefixed("flow_to_engine_", f.in.Stats())...)
+		out = append(out, metrics.Prefixed("flow_to_engine_", f.in.Stats())...)
 	}
 	if f.out != nil {
-		out = append(out, prefixed("flow_to_front_", f.out.Stats())...)
+		out = append(out, metrics.Prefixed("flow_to_front_", f.out.Stats())...)
 	}
 	return out
 }

@@ -127,7 +127,7 @@ func (s *supervisor) Stats() []metrics.Counter {
 	if s.cfg.Mode == "seqpacket" {
 		// The front reads and writes the TUN itself.
 		if r, ok := s.dev.(metrics.Reporter); ok {
-			out = append(out, prefixed("front_", r.Stats())...)
+			out = append(out, metrics.Prefixed("front_", r.Stats())...)
 		}
 	}
 	rep, err := s.call(&ctl.Msg{Op: engine.OpStats})
@@ -139,13 +139,6 @@ func (s *supervisor) Stats() []metrics.Counter {
 		return append(out, metrics.Counter{Name: "engine_stats_unavailable", Value: 1})
 	}
 	return append(out, cs...)
-}
-
-func prefixed(p string, cs []metrics.Counter) []metrics.Counter {
-	for i := range cs {
-		cs[i].Name = p + cs[i].Name
-	}
-	return cs
 }
 
 // handleEngine answers an engine's requests: the privileged steps it may

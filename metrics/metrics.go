@@ -15,3 +15,12 @@ type Counter struct {
 type Reporter interface {
 	Stats() []Counter
 }
+
+// Prefixed renames cs in place to prefix+name and returns it: for a
+// component that reports the counters of its parts under its own names.
+func Prefixed(prefix string, cs []Counter) []Counter {
+	for i := range cs {
+		cs[i].Name = prefix + cs[i].Name
+	}
+	return cs
+}
