@@ -16,6 +16,7 @@ import (
 	"ptun/engine"
 	"ptun/flow"
 	"ptun/front"
+	"ptun/internal/procs"
 )
 
 // readyFDEnv names the fd on which a daemonized child reports readiness
@@ -67,6 +68,7 @@ func runInterface(args []string) int {
 	}
 	defer closeLog()
 	ready := readyReporter()
+	procs.Apply()
 	if err := serve(name, *mtu, mode, logger, ready); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
@@ -134,6 +136,7 @@ func runEngine(args []string) int {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
+	procs.Apply()
 	if err := engine.Run(os.NewFile(3, "ctl")); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: engine for %s: %v\n", args[1], err)
 		return 1

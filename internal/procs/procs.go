@@ -1,0 +1,40 @@
+// Package procs chooses how many Go processors (GOMAXPROCS) a ptun
+// process uses.
+//
+// On a machine with one or two CPUs a tunnel endpoint shares them with the
+// applications whose traffic it carries, and the Go scheduler's second
+// processor costs more than it brings: each time a goroutine becomes
+// runnable the runtime wakes another thread to look for work, and on a
+// virtual machine every such wakeup is expensive. Measured with `ptun bench`
+// on a 2-vCPU VM (docs/performance.md): one processor carried 9–16% more
+// TCP at 13–20% less CPU per byte than two, and lowered the RTT under load.
+// Blocking syscalls (TUN and socket I/O) still run beside the one processor:
+// the runtime hands the processor on when a syscall blocks.
+//
+// With more CPUs the Go default stays: it has not been measured to hurt.
+package procs
+
+import (
+	"os"
+	"runtime"
+)
+
+// For returns the GOMAXPROCS a ptun process should use where the runtime's
+// default is def (the CPUs it may run on).
+func For(def int) int {
+	if def <= 2 {
+		return 1
+	}
+	return def
+}
+
+// Apply sets GOMAXPROCS to For(the runtime's default), unless the
+// GOMAXPROCS environment variable chose it. It returns the value in force.
+func Apply() int {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return runtime.GOMAXPROCS(0)
+	}
+	n := For(runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(n)
+	return n
+}
