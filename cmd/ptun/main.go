@@ -36,7 +36,8 @@ const usage = `Usage:
 Environment: PTUN_DISABLE_TUN_OFFLOAD, PTUN_DISABLE_TUN_USO, PTUN_DISABLE_TUN_GRO,
 PTUN_DISABLE_UDP_GSO, PTUN_DISABLE_UDP_GRO (=1 turns that offload off);
 PTUN_IPC=fd|shm|seqpacket|inproc acts as --ipc; PTUN_SHM_RING_SIZE (bytes) sizes
-the shm rings; LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f.
+the shm rings; LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f;
+GOMAXPROCS overrides ptun's choice of Go processors (1 on machines with 1-2 CPUs).
 `
 
 func main() {
