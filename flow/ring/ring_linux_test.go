@@ -320,6 +320,24 @@ func TestFullRingBlocksProducer(t *testing.T) {
 	}
 }
 
+// closeAndExpect closes closer's side of tr and checks that the call
+// blocked in op ends with ErrClosed within bound.
+func closeAndExpect(t *testing.T, tr *testRing, closer, op string, done <-chan error, bound time.Duration) {
+	t.Helper()
+	if closer == "producer" {
+		tr.p.Close()
+	} else {
+		tr.c.Close()
+	}
+	err, ok := errWithin(done, bound)
+	if !ok {
+		t.Fatalf("%s still blocked %v after %s.Close", op, bound, closer)
+	}
+	if err != ErrClosed {
+		t.Fatalf("%s: %v, want ErrClosed", op, err)
+	}
+}
+
 // TestCloseAborts checks that Close, from another goroutine and from
 // either side, ends a Reserve blocked on a full ring and a Next blocked on
 // an empty one with ErrClosed, promptly.
@@ -334,18 +352,7 @@ func TestCloseAborts(t *testing.T) {
 				t.Fatalf("Reserve returned %v on a full ring", err)
 			}
 			start := time.Now()
-			if closer == "producer" {
-				tr.p.Close()
-			} else {
-				tr.c.Close()
-			}
-			err, ok := errWithin(done, bound)
-			if !ok {
-				t.Fatalf("Reserve still blocked %v after %s.Close", bound, closer)
-			}
-			if err != ErrClosed {
-				t.Fatalf("Reserve: %v, want ErrClosed", err)
-			}
+			closeAndExpect(t, tr, closer, "Reserve", done, bound)
 			t.Logf("Reserve returned %v after Close", time.Since(start))
 			if _, err := tr.p.Reserve(1); err != ErrClosed {
 				t.Errorf("Reserve after Close: %v", err)
@@ -364,18 +371,7 @@ func TestCloseAborts(t *testing.T) {
 			if err, ok := errWithin(done, 20*time.Millisecond); ok {
 				t.Fatalf("Next(true) returned %v on an empty ring", err)
 			}
-			if closer == "producer" {
-				tr.p.Close()
-			} else {
-				tr.c.Close()
-			}
-			err, ok := errWithin(done, bound)
-			if !ok {
-				t.Fatalf("Next still blocked %v after %s.Close", bound, closer)
-			}
-			if err != ErrClosed {
-				t.Fatalf("Next: %v, want ErrClosed", err)
-			}
+			closeAndExpect(t, tr, closer, "Next", done, bound)
 		})
 	}
 	t.Run("drain", func(t *testing.T) {
