@@ -1,4 +1,4 @@
-module ptun
+module github.com/ptun-vpn/ptun
 
 go 1.26.8
 

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/bench"
+	"github.com/ptun-vpn/ptun/internal/bench"
 )
 
 // TestBenchSmoke runs `ptun bench` with short tests against every ptun

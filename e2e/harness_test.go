@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/internal/testenv"
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // Addresses. Every lab has its own pair of namespaces, so all labs use the
@@ -153,7 +153,7 @@ func setup() {
 		}
 		return
 	}
-	setupErr = build(ptun.bin, "ptun/cmd/ptun")
+	setupErr = build(ptun.bin, "github.com/ptun-vpn/ptun/cmd/ptun")
 }
 
 // ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ptun/internal/testenv"
-	"ptun/netns"
+	"github.com/ptun-vpn/ptun/internal/netns"
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // The real-TUN benchmarks run in a namespace of their own, named with this

@@ -6,14 +6,14 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // A Device is two layers: Frames, which moves whole frames (one virtio-net
 // header and one packet or GSO super-packet) to and from the kernel, and the
 // offload layer NewDevice builds on it, which splits super-packets on Read
 // and coalesces packets on Write. The kernel's TUN file is one Frames; the
-// front/engine flow (package flow) supplies others, so an engine in another
+// front/engine flow (package internal/ipc) supplies others, so an engine in another
 // process runs the same offload code over a shared-memory ring.
 
 // Frames moves whole frames between the kernel (or a process that owns the

@@ -3,7 +3,7 @@ package tun
 import (
 	"sync/atomic"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // counters are a device's event counts. Read-side and write-side counters

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // fakeSys records what batchWriter writes and fails writes on demand.

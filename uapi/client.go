@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // clientTimeout bounds a whole client exchange, so a hung device cannot hang

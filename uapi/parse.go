@@ -12,8 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/metrics"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // errLineTooLong marks a line longer than maxLineLen. The line was read to

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // Fixed keys, so tables stay readable.

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"ptun/metrics"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // fakeHandler records set requests and answers get with a fixed state.

@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/metrics"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // DeviceConfig is one parsed set=1 request: the changes it asks for, fully

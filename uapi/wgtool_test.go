@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"ptun/internal/testenv"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/internal/testenv"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // needWg returns the wg tool's path, skipping (or failing under CI=true) if

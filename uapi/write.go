@@ -9,7 +9,7 @@ import (
 	"strings"
 	"syscall"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 func appendKeyLine(b []byte, name string, k *[32]byte) []byte {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // benchBatches are the batch sizes of the per-batch data path benchmarks:

@@ -7,8 +7,8 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/uapi"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // Get returns the device's configuration and peer state (uapi get=1).

@@ -3,7 +3,7 @@ package wg
 import (
 	"sync/atomic"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // dropReason says why the device dropped a packet. Every drop inside the

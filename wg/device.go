@@ -18,12 +18,12 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"ptun/metrics"
-	"ptun/transport"
-	"ptun/tun"
-	"ptun/wg/allowedips"
-	"ptun/wg/noise"
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/tun"
+	"github.com/ptun-vpn/ptun/wg/allowedips"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // headroom is the space left before each packet read from the TUN, where

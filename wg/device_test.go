@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"ptun/transport/transporttest"
-	"ptun/tun/tuntest"
-	"ptun/uapi"
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/transport/transporttest"
+	"github.com/ptun-vpn/ptun/tun/tuntest"
+	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // testNode is one side of a test tunnel: a device on fakes.

@@ -4,8 +4,8 @@ import (
 	"net/netip"
 	"time"
 
-	"ptun/wg/noise"
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // handshakeQueueLen bounds the handshake messages waiting for the handshake

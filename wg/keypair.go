@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 
-	"ptun/wg/noise"
-	"ptun/wg/replay"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/replay"
 )
 
 // keypair is one session: the two AEADs a completed handshake produced.

@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // maxStaged is how many packets a peer holds while it has no session; more

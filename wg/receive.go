@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"time"
 
-	"ptun/transport"
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // routineReceive is the inbound data path for one socket: read a batch,

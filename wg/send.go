@@ -4,8 +4,8 @@ import (
 	"errors"
 	"time"
 
-	"ptun/tun"
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/tun"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // peerBatch is the part of one TUN read that goes to one peer, in read order.

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ptun/bench"
+	"github.com/ptun-vpn/ptun/internal/bench"
 )
 
 // runBench is `ptun bench`: every candidate, every direction, side by side.

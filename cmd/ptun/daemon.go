@@ -13,10 +13,10 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/engine"
-	"ptun/flow"
-	"ptun/front"
-	"ptun/internal/procs"
+	"github.com/ptun-vpn/ptun/internal/engine"
+	"github.com/ptun-vpn/ptun/internal/front"
+	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
+	"github.com/ptun-vpn/ptun/internal/ipc"
 )
 
 // readyFDEnv names the fd on which a daemonized child reports readiness
@@ -29,7 +29,7 @@ func runInterface(args []string) int {
 	foreground := fs.Bool("f", false, "stay in the foreground")
 	fs.BoolVar(foreground, "foreground", false, "stay in the foreground")
 	mtu := fs.Int("mtu", 1420, "interface MTU")
-	ipc := fs.String("ipc", os.Getenv(flow.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+flow.EnvIPC+")")
+	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+ipc.EnvIPC+")")
 	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with -f, none otherwise)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -47,7 +47,7 @@ func runInterface(args []string) int {
 		fmt.Fprintf(os.Stderr, "ptun: --mtu %d is out of range (576-65535)\n", *mtu)
 		return 1
 	}
-	mode, err := flow.ParseMode(*ipc)
+	mode, err := ipc.ParseMode(*ipcFlag)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: --ipc: %v\n", err)
 		return 1
@@ -68,7 +68,7 @@ func runInterface(args []string) int {
 	}
 	defer closeLog()
 	ready := readyReporter()
-	procs.Apply()
+	gomaxprocs.Apply()
 	if err := serve(name, *mtu, mode, logger, ready); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
@@ -79,7 +79,7 @@ func runInterface(args []string) int {
 // serve runs interface name until a signal or the interface's deletion.
 // ready is called once with nil when the interface and socket are up, or
 // with the error that kept them down.
-func serve(name string, mtu int, mode flow.Mode, logger *log.Logger, ready func(error)) error {
+func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(error)) error {
 	level := os.Getenv("LOG_LEVEL")
 	errorf := func(format string, args ...any) {
 		if level != "silent" {
@@ -136,7 +136,7 @@ func runEngine(args []string) int {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
-	procs.Apply()
+	gomaxprocs.Apply()
 	if err := engine.Run(os.NewFile(3, "ctl")); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: engine for %s: %v\n", args[1], err)
 		return 1

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/demo"
+	"github.com/ptun-vpn/ptun/internal/demo"
 )
 
 // runDemo is `ptun demo`: two namespaced hosts and a real tunnel.

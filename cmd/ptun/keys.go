@@ -7,7 +7,7 @@ import (
 	"io"
 	"strings"
 
-	"ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 func genKey(w io.Writer) error {

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"ptun/metrics"
-	"ptun/uapi"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/uapi"
 )
 
 // show prints each interface's peers and counters: what `wg show` prints,

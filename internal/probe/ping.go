@@ -16,7 +16,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
-	"ptun/netns"
+	"github.com/ptun-vpn/ptun/internal/netns"
 )
 
 // Ping sends count ICMP echo requests from inside from to dst, the next one

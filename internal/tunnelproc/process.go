@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"ptun/netns"
+	"github.com/ptun-vpn/ptun/internal/netns"
 )
 
 // ErrExited is wrapped by the error a Process gives once it has exited

@@ -10,8 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"ptun/metrics"
-	"ptun/transport"
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 const (

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/transport"
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 func openT(t *testing.T, f *Fake, port uint16) transport.ReceiveFunc {

@@ -18,7 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"ptun/metrics"
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // BatchSize is the most datagrams one ReceiveFunc call returns, and the

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ptun/transport"
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 func init() {

@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"ptun/internal/testenv"
-	"ptun/transport"
+	"github.com/ptun-vpn/ptun/internal/testenv"
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 var (

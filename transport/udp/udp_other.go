@@ -6,7 +6,7 @@ import (
 	"errors"
 	"net/netip"
 
-	"ptun/transport"
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 // errUnsupported is returned by Open on systems other than Linux.

@@ -6,7 +6,7 @@ import (
 	"os"
 	"sync"
 
-	"ptun/tun"
+	"github.com/ptun-vpn/ptun/tun"
 )
 
 // BatchSize is the most packets one ChannelTUN.Read returns.

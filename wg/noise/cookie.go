@@ -13,7 +13,7 @@ import (
 	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // CookieLifetime is how long a cookie is good for: the CookieChecker's

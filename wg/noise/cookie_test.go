@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 var (

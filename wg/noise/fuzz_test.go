@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // The fuzz targets make fresh random identities in every process, so inputs

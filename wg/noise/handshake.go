@@ -1,7 +1,7 @@
 package noise
 
 import (
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // Keys are the session keys a completed handshake yields. The device builds

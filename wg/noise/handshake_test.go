@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // handshake runs a full exchange between initiator i and responder r and

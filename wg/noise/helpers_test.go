@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 // fakeClock is a settable time source for the cookie code.

@@ -21,8 +21,8 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
-	"ptun/wg/noise"
-	"ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
 var (
