@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // testNetns is a fresh network namespace owned by one locked OS thread.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // clientTimeout bounds a whole client exchange, so a hung device cannot hang
@@ -33,14 +34,14 @@ func exchange[T any](sock, request string, limit int, read func(*lineReader) (T,
 }
 
 // Get asks the device behind socket sock for its state (get=1). A device
-// error is an *Error carrying the device's errno.
-func Get(sock string) (*DeviceState, error) {
+// error is an *wgcfg.Error carrying the device's errno.
+func Get(sock string) (*wgcfg.DeviceState, error) {
 	return exchange(sock, "get=1\n\n", maxAnswerSize, parseGet)
 }
 
 // Set sends cfg to the device behind socket sock as one set=1 request. A
-// refusal is an *Error carrying the device's errno.
-func Set(sock string, cfg *DeviceConfig) error {
+// refusal is an *wgcfg.Error carrying the device's errno.
+func Set(sock string, cfg *wgcfg.DeviceConfig) error {
 	b := []byte("set=1\n")
 	b, err := appendSet(b, cfg)
 	if err != nil {
@@ -55,7 +56,7 @@ func Set(sock string, cfg *DeviceConfig) error {
 func SetRaw(sock string, body string) error {
 	body = strings.TrimRight(body, "\n")
 	if strings.Contains(body, "\n\n") || strings.HasPrefix(body, "\n") {
-		return &Error{Errno: syscall.EINVAL, Err: errors.New("uapi: set body contains a blank line")}
+		return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("uapi: set body contains a blank line")}
 	}
 	req := "set=1\n"
 	if body != "" {
@@ -66,14 +67,14 @@ func SetRaw(sock string, body string) error {
 
 func sendSet(sock, req string) error {
 	if len(req) > requestLimit {
-		return &Error{Errno: syscall.EMSGSIZE, Err: ErrTooLarge}
+		return &wgcfg.Error{Errno: syscall.EMSGSIZE, Err: ErrTooLarge}
 	}
 	errno, err := exchange(sock, req, maxAnswerSize, parseStatus)
 	if err != nil {
 		return err
 	}
 	if errno != 0 {
-		return &Error{Errno: errno, Err: errors.New("uapi: set refused by the device")}
+		return &wgcfg.Error{Errno: errno, Err: errors.New("uapi: set refused by the device")}
 	}
 	return nil
 }

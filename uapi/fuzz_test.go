@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // requestEnd returns the offset just past the blank line that ends the first
@@ -45,9 +47,9 @@ func FuzzParseSet(f *testing.F) {
 		end := requestEnd(data)
 
 		if err != nil {
-			var ue *Error
+			var ue *wgcfg.Error
 			if !errors.As(err, &ue) {
-				t.Fatalf("error %v is not *Error", err)
+				t.Fatalf("error %v is not *wgcfg.Error", err)
 			}
 			switch ue.Errno {
 			case syscall.EINVAL, syscall.EPROTO:
@@ -100,7 +102,7 @@ func FuzzParseSet(f *testing.F) {
 }
 
 // normalise makes empty and nil lists compare equal.
-func normalise(cfg *DeviceConfig) *DeviceConfig {
+func normalise(cfg *wgcfg.DeviceConfig) *wgcfg.DeviceConfig {
 	c := *cfg
 	c.Peers = nil
 	for _, p := range cfg.Peers {
@@ -128,9 +130,9 @@ func FuzzParseGet(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		st, err := ParseGet(bufio.NewReader(bytes.NewReader(data)))
 		if err != nil {
-			var ue *Error
+			var ue *wgcfg.Error
 			if !errors.As(err, &ue) || ue.Errno == 0 {
-				t.Fatalf("error %v is not an *Error with an errno", err)
+				t.Fatalf("error %v is not an *wgcfg.Error with an errno", err)
 			}
 			return
 		}

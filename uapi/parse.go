@@ -14,6 +14,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // errLineTooLong marks a line longer than maxLineLen. The line was read to
@@ -91,16 +92,16 @@ func (lr *lineReader) skipToEnd() error {
 	}
 }
 
-// readError turns a failure to read a message into the *Error a parser
+// readError turns a failure to read a message into the *wgcfg.Error a parser
 // returns.
-func readError(err error) *Error {
+func readError(err error) *wgcfg.Error {
 	switch {
 	case errors.Is(err, ErrTooLarge):
-		return &Error{Errno: syscall.EMSGSIZE, Err: ErrTooLarge}
+		return &wgcfg.Error{Errno: syscall.EMSGSIZE, Err: ErrTooLarge}
 	case errors.Is(err, io.EOF):
-		return &Error{Errno: syscall.EIO, Err: fmt.Errorf("uapi: message cut short: %w", io.ErrUnexpectedEOF)}
+		return &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("uapi: message cut short: %w", io.ErrUnexpectedEOF)}
 	default:
-		return &Error{Errno: syscall.EIO, Err: fmt.Errorf("uapi: reading message: %w", err)}
+		return &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("uapi: reading message: %w", err)}
 	}
 }
 
@@ -132,9 +133,9 @@ func parseUint(v []byte, bitSize int) (uint64, bool) {
 
 // setParser holds the state of one set=1 request being parsed.
 type setParser struct {
-	cfg  DeviceConfig
-	peer *PeerConfig // the peer being configured; nil before the first public_key
-	err  *Error      // the first error; later lines are read but ignored
+	cfg  wgcfg.DeviceConfig
+	peer *wgcfg.PeerConfig // the peer being configured; nil before the first public_key
+	err  *wgcfg.Error      // the first error; later lines are read but ignored
 
 	// allowed_ip lines of the current peer in request order, resolved in
 	// endPeer.
@@ -149,7 +150,7 @@ type allowedIPLine struct {
 
 func (p *setParser) fail(errno syscall.Errno, format string, args ...any) {
 	if p.err == nil {
-		p.err = &Error{Errno: errno, Err: fmt.Errorf("uapi: "+format, args...)}
+		p.err = &wgcfg.Error{Errno: errno, Err: fmt.Errorf("uapi: "+format, args...)}
 	}
 }
 
@@ -164,12 +165,12 @@ func (p *setParser) fail(errno syscall.Errno, format string, args ...any) {
 // leading '-' to remove the prefix — and protocol_version, which must be 1).
 //
 // On error it still reads to the end of the request when it can, so the
-// connection can carry the next one, and returns an *Error: EINVAL for a bad
+// connection can carry the next one, and returns an *wgcfg.Error: EINVAL for a bad
 // line, unknown key, bad value or key out of order, EPROTO for a
 // protocol_version other than 1, EMSGSIZE (wrapping ErrTooLarge) for a
 // request over MaxRequestSize, EIO if the stream fails or ends early. Error
 // messages never contain key material.
-func ParseSet(r *bufio.Reader) (*DeviceConfig, error) {
+func ParseSet(r *bufio.Reader) (*wgcfg.DeviceConfig, error) {
 	lr := newLineReader(r, requestLimit)
 	p := setParser{}
 	for {
@@ -217,7 +218,7 @@ func (p *setParser) line(line []byte) {
 			return
 		}
 		p.endPeer()
-		p.cfg.Peers = append(p.cfg.Peers, PeerConfig{PublicKey: noise.PublicKey(pk)})
+		p.cfg.Peers = append(p.cfg.Peers, wgcfg.PeerConfig{PublicKey: noise.PublicKey(pk)})
 		p.peer = &p.cfg.Peers[len(p.cfg.Peers)-1]
 	case "remove", "update_only", "preshared_key", "endpoint", "persistent_keepalive_interval",
 		"replace_allowed_ips", "allowed_ip", "protocol_version":
@@ -364,23 +365,23 @@ func reverse[S ~[]E, E any](s S) {
 }
 
 // ParseGet reads a get=1 answer from r through its blank line. If the answer
-// carries a non-zero errno it returns an *Error with that errno. Keys it does
+// carries a non-zero errno it returns an *wgcfg.Error with that errno. Keys it does
 // not know are skipped, as the wg tool does; a malformed answer is an
-// *Error with EPROTO.
-func ParseGet(r *bufio.Reader) (*DeviceState, error) {
+// *wgcfg.Error with EPROTO.
+func ParseGet(r *bufio.Reader) (*wgcfg.DeviceState, error) {
 	return parseGet(newLineReader(r, maxAnswerSize))
 }
 
-func parseGet(lr *lineReader) (*DeviceState, error) {
-	st := &DeviceState{}
-	var peer *PeerState
+func parseGet(lr *lineReader) (*wgcfg.DeviceState, error) {
+	st := &wgcfg.DeviceState{}
+	var peer *wgcfg.PeerState
 	var hsSec, hsNsec uint64
 	var errno uint64
 	haveErrno := false
-	var bad *Error
+	var bad *wgcfg.Error
 	protoErr := func(format string, args ...any) {
 		if bad == nil {
-			bad = &Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad get answer: "+format, args...)}
+			bad = &wgcfg.Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad get answer: "+format, args...)}
 		}
 	}
 	endPeer := func() {
@@ -422,7 +423,7 @@ func parseGet(lr *lineReader) (*DeviceState, error) {
 				break
 			}
 			endPeer()
-			st.Peers = append(st.Peers, PeerState{PublicKey: noise.PublicKey(pk)})
+			st.Peers = append(st.Peers, wgcfg.PeerState{PublicKey: noise.PublicKey(pk)})
 			peer = &st.Peers[len(st.Peers)-1]
 		case peer == nil:
 			okValue = parseGetDeviceKey(st, k, value)
@@ -436,11 +437,11 @@ func parseGet(lr *lineReader) (*DeviceState, error) {
 	endPeer()
 	switch {
 	case errno != 0:
-		return nil, &Error{Errno: syscall.Errno(errno), Err: errors.New("uapi: get refused by the device")}
+		return nil, &wgcfg.Error{Errno: syscall.Errno(errno), Err: errors.New("uapi: get refused by the device")}
 	case bad != nil:
 		return nil, bad
 	case !haveErrno:
-		return nil, &Error{Errno: syscall.EPROTO, Err: errors.New("uapi: bad get answer: no errno line")}
+		return nil, &wgcfg.Error{Errno: syscall.EPROTO, Err: errors.New("uapi: bad get answer: no errno line")}
 	}
 	return st, nil
 }
@@ -454,7 +455,7 @@ func parseErrno(v []byte) (uint64, bool) {
 	return parseUint(v, 31)
 }
 
-func parseGetDeviceKey(st *DeviceState, k string, value []byte) bool {
+func parseGetDeviceKey(st *wgcfg.DeviceState, k string, value []byte) bool {
 	switch k {
 	case "private_key":
 		sk, ok := parseKey(value)
@@ -472,7 +473,7 @@ func parseGetDeviceKey(st *DeviceState, k string, value []byte) bool {
 	return true
 }
 
-func parseGetPeerKey(peer *PeerState, k string, value []byte, hsSec, hsNsec *uint64) bool {
+func parseGetPeerKey(peer *wgcfg.PeerState, k string, value []byte, hsSec, hsNsec *uint64) bool {
 	var ok bool
 	switch k {
 	case "preshared_key":
@@ -513,7 +514,7 @@ func parseStats(lr *lineReader) ([]metrics.Counter, error) {
 	var out []metrics.Counter
 	var errno uint64
 	haveErrno := false
-	var bad *Error
+	var bad *wgcfg.Error
 	for {
 		line, err := lr.next()
 		if errors.Is(err, errLineTooLong) {
@@ -540,7 +541,7 @@ func parseStats(lr *lineReader) ([]metrics.Counter, error) {
 		}
 		if !ok {
 			if bad == nil {
-				bad = &Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad stats answer line %s", quote(line))}
+				bad = &wgcfg.Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad stats answer line %s", quote(line))}
 			}
 			continue
 		}
@@ -548,11 +549,11 @@ func parseStats(lr *lineReader) ([]metrics.Counter, error) {
 	}
 	switch {
 	case errno != 0:
-		return nil, &Error{Errno: syscall.Errno(errno), Err: errors.New("uapi: stats refused by the device")}
+		return nil, &wgcfg.Error{Errno: syscall.Errno(errno), Err: errors.New("uapi: stats refused by the device")}
 	case bad != nil:
 		return nil, bad
 	case !haveErrno:
-		return nil, &Error{Errno: syscall.EPROTO, Err: errors.New("uapi: bad stats answer: no errno line")}
+		return nil, &wgcfg.Error{Errno: syscall.EPROTO, Err: errors.New("uapi: bad stats answer: no errno line")}
 	}
 	return out, nil
 }
@@ -575,13 +576,13 @@ func parseStatus(lr *lineReader) (syscall.Errno, error) {
 		}
 		if v, ok := bytes.CutPrefix(line, []byte("errno=")); ok {
 			if errno, ok = parseErrno(v); !ok {
-				return 0, &Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad errno line %s", quote(line))}
+				return 0, &wgcfg.Error{Errno: syscall.EPROTO, Err: fmt.Errorf("uapi: bad errno line %s", quote(line))}
 			}
 			haveErrno = true
 		}
 	}
 	if !haveErrno {
-		return 0, &Error{Errno: syscall.EPROTO, Err: errors.New("uapi: answer without an errno line")}
+		return 0, &wgcfg.Error{Errno: syscall.EPROTO, Err: errors.New("uapi: answer without an errno line")}
 	}
 	return syscall.Errno(errno), nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Fixed keys, so tables stay readable.
@@ -38,7 +39,7 @@ func ptr[T any](v T) *T { return &v }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
-func parseSetString(s string) (*DeviceConfig, error) {
+func parseSetString(s string) (*wgcfg.DeviceConfig, error) {
 	return ParseSet(bufio.NewReader(strings.NewReader(s)))
 }
 
@@ -48,19 +49,19 @@ func TestParseSet(t *testing.T) {
 	cases := []struct {
 		name string
 		body string
-		want *DeviceConfig
+		want *wgcfg.DeviceConfig
 	}{
-		{"empty", "\n", &DeviceConfig{}},
+		{"empty", "\n", &wgcfg.DeviceConfig{}},
 		{"device keys", "private_key=" + hexA + "\nlisten_port=51820\nfwmark=4294967295\nreplace_peers=true\n\n",
-			&DeviceConfig{PrivateKey: &privA, ListenPort: ptr[uint16](51820), FwMark: ptr[uint32](0xffffffff), ReplacePeers: true}},
+			&wgcfg.DeviceConfig{PrivateKey: &privA, ListenPort: ptr[uint16](51820), FwMark: ptr[uint32](0xffffffff), ReplacePeers: true}},
 		{"zero values", "private_key=" + strings.Repeat("0", 64) + "\nlisten_port=0\nfwmark=0\n\n",
-			&DeviceConfig{PrivateKey: &noise.PrivateKey{}, ListenPort: ptr[uint16](0), FwMark: ptr[uint32](0)}},
-		{"upper-case hex", "private_key=" + strings.ToUpper(hexA) + "\n\n", &DeviceConfig{PrivateKey: &privA}},
-		{"last device value wins", "listen_port=1\nlisten_port=2\n\n", &DeviceConfig{ListenPort: ptr[uint16](2)}},
+			&wgcfg.DeviceConfig{PrivateKey: &noise.PrivateKey{}, ListenPort: ptr[uint16](0), FwMark: ptr[uint32](0)}},
+		{"upper-case hex", "private_key=" + strings.ToUpper(hexA) + "\n\n", &wgcfg.DeviceConfig{PrivateKey: &privA}},
+		{"last device value wins", "listen_port=1\nlisten_port=2\n\n", &wgcfg.DeviceConfig{ListenPort: ptr[uint16](2)}},
 		{"what wg set sends",
 			"private_key=" + hexA + "\nlisten_port=51820\npublic_key=" + hexB +
 				"\nendpoint=198.18.0.2:51820\npersistent_keepalive_interval=25\nallowed_ip=100.64.0.2/32\nallowed_ip=2001:db8::2/128\n\n",
-			&DeviceConfig{PrivateKey: &privA, ListenPort: ptr[uint16](51820), Peers: []PeerConfig{{
+			&wgcfg.DeviceConfig{PrivateKey: &privA, ListenPort: ptr[uint16](51820), Peers: []wgcfg.PeerConfig{{
 				PublicKey:           noise.PublicKey(keyB),
 				Endpoint:            ptr(netip.MustParseAddrPort("198.18.0.2:51820")),
 				PersistentKeepalive: ptr[uint16](25),
@@ -69,7 +70,7 @@ func TestParseSet(t *testing.T) {
 		{"every peer key",
 			"public_key=" + hexB + "\nupdate_only=true\npreshared_key=" + hexC + "\nendpoint=[2001:db8::1]:51820\n" +
 				"persistent_keepalive_interval=65535\nreplace_allowed_ips=true\nallowed_ip=100.64.0.0/10\nallowed_ip=-2001:db8::/32\nprotocol_version=1\n\n",
-			&DeviceConfig{Peers: []PeerConfig{{
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{
 				PublicKey:           noise.PublicKey(keyB),
 				UpdateOnly:          true,
 				PresharedKey:        &pskC,
@@ -80,25 +81,25 @@ func TestParseSet(t *testing.T) {
 				RemoveAllowedIPs:    []netip.Prefix{pfx("2001:db8::/32")},
 			}}}},
 		{"remove peer", "public_key=" + hexB + "\nremove=true\npublic_key=" + hexC + "\nremove=true\n\n",
-			&DeviceConfig{Peers: []PeerConfig{{PublicKey: noise.PublicKey(keyB), Remove: true}, {PublicKey: noise.PublicKey(keyC), Remove: true}}}},
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: noise.PublicKey(keyB), Remove: true}, {PublicKey: noise.PublicKey(keyC), Remove: true}}}},
 		{"endpoint with zone", "public_key=" + hexB + "\nendpoint=[fe80::1%eth0]:1\n\n",
-			&DeviceConfig{Peers: []PeerConfig{{PublicKey: noise.PublicKey(keyB), Endpoint: ptr(netip.MustParseAddrPort("[fe80::1%eth0]:1"))}}}},
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: noise.PublicKey(keyB), Endpoint: ptr(netip.MustParseAddrPort("[fe80::1%eth0]:1"))}}}},
 		{"allowed IPs masked, deduplicated, last line wins",
 			"public_key=" + hexB + "\nallowed_ip=100.64.0.9/24\nallowed_ip=198.18.0.0/15\nallowed_ip=-198.18.1.1/15\n" +
 				"allowed_ip=100.64.0.0/24\nallowed_ip=-2001:db8::/48\nallowed_ip=2001:db8::/48\n\n",
-			&DeviceConfig{Peers: []PeerConfig{{
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{
 				PublicKey:        noise.PublicKey(keyB),
 				AddAllowedIPs:    []netip.Prefix{pfx("100.64.0.0/24"), pfx("2001:db8::/48")},
 				RemoveAllowedIPs: []netip.Prefix{pfx("198.18.0.0/15")},
 			}}}},
 		{"replace_allowed_ips cancels earlier lines",
 			"public_key=" + hexB + "\nallowed_ip=100.64.0.1/32\nallowed_ip=-100.64.0.2/32\nreplace_allowed_ips=true\nallowed_ip=100.64.0.3/32\n\n",
-			&DeviceConfig{Peers: []PeerConfig{{
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{
 				PublicKey: noise.PublicKey(keyB), ReplaceAllowedIPs: true, AddAllowedIPs: []netip.Prefix{pfx("100.64.0.3/32")},
 			}}}},
 		{"same peer twice keeps order",
 			"public_key=" + hexB + "\nallowed_ip=100.64.0.1/32\npublic_key=" + hexC + "\npublic_key=" + hexB + "\nallowed_ip=-100.64.0.1/32\n\n",
-			&DeviceConfig{Peers: []PeerConfig{
+			&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{
 				{PublicKey: noise.PublicKey(keyB), AddAllowedIPs: []netip.Prefix{pfx("100.64.0.1/32")}},
 				{PublicKey: noise.PublicKey(keyC)},
 				{PublicKey: noise.PublicKey(keyB), RemoveAllowedIPs: []netip.Prefix{pfx("100.64.0.1/32")}},
@@ -187,9 +188,9 @@ func TestParseSetErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("ParseSet accepted it: %+v", cfg)
 			}
-			var ue *Error
+			var ue *wgcfg.Error
 			if !errors.As(err, &ue) {
-				t.Fatalf("error %v (%T) is not *Error", err, err)
+				t.Fatalf("error %v (%T) is not *wgcfg.Error", err, err)
 			}
 			if ue.Errno != c.errno || !errors.Is(err, c.errno) {
 				t.Fatalf("errno %d (%v), want %d; error %v", ue.Errno, ue.Errno, c.errno, err)
@@ -248,12 +249,12 @@ func TestParseSetManyAllowedIPs(t *testing.T) {
 	}
 }
 
-func sampleState() *DeviceState {
-	return &DeviceState{
+func sampleState() *wgcfg.DeviceState {
+	return &wgcfg.DeviceState{
 		PrivateKey: noise.PrivateKey(keyA),
 		ListenPort: 51820,
 		FwMark:     0x1234,
-		Peers: []PeerState{
+		Peers: []wgcfg.PeerState{
 			{
 				PublicKey:           noise.PublicKey(keyB),
 				PresharedKey:        noise.PresharedKey(keyC),
@@ -286,7 +287,7 @@ func TestWriteGet(t *testing.T) {
 
 	// An empty device: no private key, no fwmark line.
 	buf.Reset()
-	if err := WriteGet(&buf, &DeviceState{}); err != nil {
+	if err := WriteGet(&buf, &wgcfg.DeviceState{}); err != nil {
 		t.Fatal(err)
 	}
 	if buf.String() != "listen_port=0\n" {
@@ -302,10 +303,10 @@ func TestWriteGet(t *testing.T) {
 }
 
 func TestWriteSetRejectsInvalid(t *testing.T) {
-	for _, cfg := range []*DeviceConfig{
-		{Peers: []PeerConfig{{Endpoint: &netip.AddrPort{}}}},
-		{Peers: []PeerConfig{{AddAllowedIPs: []netip.Prefix{{}}}}},
-		{Peers: []PeerConfig{{RemoveAllowedIPs: []netip.Prefix{{}}}}},
+	for _, cfg := range []*wgcfg.DeviceConfig{
+		{Peers: []wgcfg.PeerConfig{{Endpoint: &netip.AddrPort{}}}},
+		{Peers: []wgcfg.PeerConfig{{AddAllowedIPs: []netip.Prefix{{}}}}},
+		{Peers: []wgcfg.PeerConfig{{RemoveAllowedIPs: []netip.Prefix{{}}}}},
 	} {
 		var buf bytes.Buffer
 		if err := WriteSet(&buf, cfg); !errors.Is(err, syscall.EINVAL) || buf.Len() != 0 {
@@ -358,7 +359,7 @@ func TestParseGet(t *testing.T) {
 }
 
 // statesEqual compares states, handshake times by instant.
-func statesEqual(a, b *DeviceState) bool {
+func statesEqual(a, b *wgcfg.DeviceState) bool {
 	if a.PrivateKey != b.PrivateKey || a.ListenPort != b.ListenPort || a.FwMark != b.FwMark || len(a.Peers) != len(b.Peers) {
 		return false
 	}
@@ -377,29 +378,6 @@ func statesEqual(a, b *DeviceState) bool {
 	}
 	return true
 }
-
-func TestError(t *testing.T) {
-	inner := errors.New("boom")
-	e := &Error{Errno: syscall.EADDRINUSE, Err: inner}
-	if !errors.Is(e, inner) || !errors.Is(e, syscall.EADDRINUSE) || errors.Is(e, syscall.EINVAL) {
-		t.Fatal("errors.Is does not see through *Error")
-	}
-	if !strings.Contains(e.Error(), "boom") || !strings.Contains(e.Error(), "address already in use") {
-		t.Fatalf("Error() = %q", e.Error())
-	}
-	if s := (&Error{Errno: syscall.EPROTO}).Error(); !strings.Contains(s, "protocol error") {
-		t.Fatalf("Error() without Err = %q", s)
-	}
-	if errnoOf(errors.New("x")) != syscall.EIO || errnoOf(e) != syscall.EADDRINUSE ||
-		errnoOf(&wrapped{syscall.ENOSPC}) != syscall.ENOSPC {
-		t.Fatal("errnoOf picks the wrong errno")
-	}
-}
-
-type wrapped struct{ err error }
-
-func (w *wrapped) Error() string { return "wrapped: " + w.err.Error() }
-func (w *wrapped) Unwrap() error { return w.err }
 
 // bigSet is a set=1 body for a gateway: 1000 peers with two allowed IPs each.
 func bigSet() string {
@@ -439,9 +417,9 @@ func BenchmarkWriteGet(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &DeviceState{PrivateKey: *cfg.PrivateKey, ListenPort: 51820}
+	st := &wgcfg.DeviceState{PrivateKey: *cfg.PrivateKey, ListenPort: 51820}
 	for _, p := range cfg.Peers {
-		st.Peers = append(st.Peers, PeerState{PublicKey: p.PublicKey, Endpoint: *p.Endpoint, AllowedIPs: p.AddAllowedIPs})
+		st.Peers = append(st.Peers, wgcfg.PeerState{PublicKey: p.PublicKey, Endpoint: *p.Endpoint, AllowedIPs: p.AddAllowedIPs})
 	}
 	var buf bytes.Buffer
 	WriteGet(&buf, st)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Serve accepts connections on ln and answers their requests with h until ln
@@ -149,12 +151,12 @@ func (s *server) request(r *bufio.Reader) (answer []byte, keep bool) {
 		}
 		if err != nil {
 			s.logf("uapi: get: %v", err)
-			return appendErrno(nil, errnoOf(err), false), true
+			return appendErrno(nil, wgcfg.Errno(err, syscall.EIO), false), true
 		}
 		b, err := appendGet(make([]byte, 0, getSize(st)), st)
 		if err != nil {
 			s.logf("uapi: get: %v", err)
-			return appendErrno(nil, errnoOf(err), false), true
+			return appendErrno(nil, wgcfg.Errno(err, syscall.EIO), false), true
 		}
 		return appendErrno(b, 0, false), true
 
@@ -168,7 +170,7 @@ func (s *server) request(r *bufio.Reader) (answer []byte, keep bool) {
 		s.handlerMu.Unlock()
 		if err != nil {
 			s.logf("uapi: set: %v", err)
-			return appendErrno(nil, errnoOf(err), true), true
+			return appendErrno(nil, wgcfg.Errno(err, syscall.EIO), true), true
 		}
 		return appendErrno(nil, 0, true), true
 
@@ -230,6 +232,6 @@ func (s *server) failed(what string, err error) ([]byte, bool) {
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		return nil, false
 	}
-	keep := !errors.Is(err, ErrTooLarge) && errnoOf(err) != syscall.EIO
-	return appendErrno(nil, errnoOf(err), true), keep
+	keep := !errors.Is(err, ErrTooLarge) && wgcfg.Errno(err, syscall.EIO) != syscall.EIO
+	return appendErrno(nil, wgcfg.Errno(err, syscall.EIO), true), keep
 }

@@ -20,18 +20,19 @@ import (
 
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // fakeHandler records set requests and answers get with a fixed state.
 type fakeHandler struct {
 	mu     sync.Mutex
-	state  *DeviceState
-	sets   []*DeviceConfig
+	state  *wgcfg.DeviceState
+	sets   []*wgcfg.DeviceConfig
 	setErr error // returned by Set when non-nil
 	getErr error // returned by Get when non-nil
 }
 
-func (h *fakeHandler) Get() (*DeviceState, error) {
+func (h *fakeHandler) Get() (*wgcfg.DeviceState, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.getErr != nil {
@@ -40,7 +41,7 @@ func (h *fakeHandler) Get() (*DeviceState, error) {
 	return h.state, nil
 }
 
-func (h *fakeHandler) Set(cfg *DeviceConfig) error {
+func (h *fakeHandler) Set(cfg *wgcfg.DeviceConfig) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.setErr != nil {
@@ -50,7 +51,7 @@ func (h *fakeHandler) Set(cfg *DeviceConfig) error {
 	return nil
 }
 
-func (h *fakeHandler) lastSet() *DeviceConfig {
+func (h *fakeHandler) lastSet() *wgcfg.DeviceConfig {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.sets) == 0 {
@@ -115,9 +116,9 @@ func TestClientServer(t *testing.T) {
 
 	priv := noise.PrivateKey(keyA)
 	psk := noise.PresharedKey(keyC)
-	cfg := &DeviceConfig{
+	cfg := &wgcfg.DeviceConfig{
 		PrivateKey: &priv, ListenPort: ptr[uint16](1), FwMark: ptr[uint32](2), ReplacePeers: true,
-		Peers: []PeerConfig{{
+		Peers: []wgcfg.PeerConfig{{
 			PublicKey: noise.PublicKey(keyB), UpdateOnly: true, PresharedKey: &psk,
 			Endpoint: ptr(netip.MustParseAddrPort("[2001:db8::9]:5")), PersistentKeepalive: ptr[uint16](0),
 			ReplaceAllowedIPs: true, AddAllowedIPs: []netip.Prefix{pfx("100.64.0.0/10")}, RemoveAllowedIPs: []netip.Prefix{pfx("2001:db8::/32")},
@@ -166,8 +167,8 @@ func TestClientServer(t *testing.T) {
 func TestHandlerErrors(t *testing.T) {
 	h := &fakeHandler{
 		state:  sampleState(),
-		setErr: &Error{Errno: syscall.EADDRINUSE, Err: errors.New("port taken")},
-		getErr: errors.New("not an *Error"),
+		setErr: &wgcfg.Error{Errno: syscall.EADDRINUSE, Err: errors.New("port taken")},
+		getErr: errors.New("not an *wgcfg.Error"),
 	}
 	sock := serve(t, h)
 	if err := SetRaw(sock, "listen_port=1"); !errors.Is(err, syscall.EADDRINUSE) {
@@ -231,7 +232,7 @@ func (rc *rawConn) answer() string {
 }
 
 func TestMalformedRequestsKeepConnection(t *testing.T) {
-	h := &fakeHandler{state: &DeviceState{ListenPort: 7}}
+	h := &fakeHandler{state: &wgcfg.DeviceState{ListenPort: 7}}
 	sock := serve(t, h)
 	rc := dialRaw(t, sock)
 
@@ -270,7 +271,7 @@ func TestOversizedRequestClosesConnection(t *testing.T) {
 	old := requestLimit
 	requestLimit = 64 << 10 // the same code path as 8 MiB, faster under -race
 	t.Cleanup(func() { requestLimit = old })
-	h := &fakeHandler{state: &DeviceState{}}
+	h := &fakeHandler{state: &wgcfg.DeviceState{}}
 	sock := serve(t, h)
 	rc := dialRaw(t, sock)
 	go func() {
@@ -307,7 +308,7 @@ func TestServeClosesConnectionsOnShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- Serve(ln, &fakeHandler{state: &DeviceState{}}, nil) }()
+	go func() { done <- Serve(ln, &fakeHandler{state: &wgcfg.DeviceState{}}, nil) }()
 	rc := dialRaw(t, SocketPath("ptuntest1"))
 	rc.send("get=1\n\n")
 	rc.answer()
@@ -390,7 +391,7 @@ func TestListen(t *testing.T) {
 	}
 	// The socket answers at its final path.
 	served := make(chan error, 1)
-	go func() { served <- Serve(ln, &fakeHandler{state: &DeviceState{ListenPort: 5}}, nil) }()
+	go func() { served <- Serve(ln, &fakeHandler{state: &wgcfg.DeviceState{ListenPort: 5}}, nil) }()
 	defer func() { ln.Close(); <-served }()
 	if st, err := Get(path); err != nil || st.ListenPort != 5 {
 		t.Fatalf("Get through the socket: %+v, %v", st, err)

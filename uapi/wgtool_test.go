@@ -16,6 +16,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // needWg returns the wg tool's path, skipping (or failing under CI=true) if
@@ -64,18 +65,18 @@ func TestWgTool(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// wg set arrives as the DeviceConfig it means.
+	// wg set arrives as the wgcfg.DeviceConfig it means.
 	out, err := run("set", ifname, "private-key", keyFile, "listen-port", "51820", "fwmark", "0x1234",
 		"peer", b64(peerPub), "preshared-key", pskFile, "allowed-ips", "100.64.0.2/32,2001:db8::2/128",
 		"endpoint", "198.18.0.2:51820", "persistent-keepalive", "25")
 	if err != nil {
 		t.Fatalf("wg set: %v\n%s", err, out)
 	}
-	want := &DeviceConfig{
+	want := &wgcfg.DeviceConfig{
 		PrivateKey: &priv,
 		ListenPort: ptr[uint16](51820),
 		FwMark:     ptr[uint32](0x1234),
-		Peers: []PeerConfig{{
+		Peers: []wgcfg.PeerConfig{{
 			PublicKey:           peerPub,
 			PresharedKey:        &psk,
 			Endpoint:            ptr(netip.MustParseAddrPort("198.18.0.2:51820")),
@@ -94,7 +95,7 @@ func TestWgTool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wg set: %v\n%s", err, out)
 	}
-	want = &DeviceConfig{Peers: []PeerConfig{
+	want = &wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{
 		{PublicKey: peerPub, Endpoint: ptr(netip.MustParseAddrPort("[2001:db8::1]:51821")), ReplaceAllowedIPs: true,
 			AddAllowedIPs: []netip.Prefix{pfx("100.64.0.0/10")}},
 		{PublicKey: noise.PublicKey(keyC), Remove: true},
@@ -110,7 +111,7 @@ func TestWgTool(t *testing.T) {
 	if out, err = run("setconf", ifname, conf); err != nil {
 		t.Fatalf("wg setconf: %v\n%s", err, out)
 	}
-	want = &DeviceConfig{PrivateKey: &priv, ListenPort: ptr[uint16](51822), FwMark: ptr[uint32](0), ReplacePeers: true, Peers: []PeerConfig{
+	want = &wgcfg.DeviceConfig{PrivateKey: &priv, ListenPort: ptr[uint16](51822), FwMark: ptr[uint32](0), ReplacePeers: true, Peers: []wgcfg.PeerConfig{
 		{PublicKey: peerPub, Endpoint: ptr(netip.MustParseAddrPort("[2001:db8::3]:51823")), ReplaceAllowedIPs: true,
 			AddAllowedIPs: []netip.Prefix{pfx("100.64.0.3/32")}},
 	}}
@@ -121,11 +122,11 @@ func TestWgTool(t *testing.T) {
 	// wg show and wg showconf print what Get returns.
 	second, _ := noise.GeneratePrivateKey()
 	h.mu.Lock()
-	h.state = &DeviceState{
+	h.state = &wgcfg.DeviceState{
 		PrivateKey: priv,
 		ListenPort: 51820,
 		FwMark:     0x1234,
-		Peers: []PeerState{
+		Peers: []wgcfg.PeerState{
 			{
 				PublicKey:           peerPub,
 				PresharedKey:        psk,
@@ -171,7 +172,7 @@ func TestWgTool(t *testing.T) {
 
 	// A handler error makes wg set fail, with the errno's message.
 	h.mu.Lock()
-	h.setErr = &Error{Errno: syscall.EADDRINUSE, Err: errors.New("port taken")}
+	h.setErr = &wgcfg.Error{Errno: syscall.EADDRINUSE, Err: errors.New("port taken")}
 	h.mu.Unlock()
 	out, err = run("set", ifname, "listen-port", "1")
 	var exit *exec.ExitError
@@ -184,7 +185,7 @@ func TestWgTool(t *testing.T) {
 
 	// So does a Get error for wg show.
 	h.mu.Lock()
-	h.getErr = &Error{Errno: syscall.ENODEV, Err: errors.New("gone")}
+	h.getErr = &wgcfg.Error{Errno: syscall.ENODEV, Err: errors.New("gone")}
 	h.mu.Unlock()
 	out, err = run("show", ifname)
 	if !errors.As(err, &exit) || exit.ExitCode() == 0 {

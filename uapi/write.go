@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 func appendKeyLine(b []byte, name string, k *[32]byte) []byte {
@@ -34,7 +35,7 @@ func appendUintLine(b []byte, name string, v uint64) []byte {
 // prefix. It writes neither the errno line nor the blank line that end the
 // answer. It checks st first and writes nothing if a prefix is invalid; the
 // lines go to w in one Write.
-func WriteGet(w io.Writer, st *DeviceState) error {
+func WriteGet(w io.Writer, st *wgcfg.DeviceState) error {
 	b, err := appendGet(make([]byte, 0, getSize(st)), st)
 	if err != nil {
 		return err
@@ -44,7 +45,7 @@ func WriteGet(w io.Writer, st *DeviceState) error {
 }
 
 // getSize estimates the length of st's get answer, errno line included.
-func getSize(st *DeviceState) int {
+func getSize(st *wgcfg.DeviceState) int {
 	size := 128
 	for i := range st.Peers {
 		size += 400 + 56*len(st.Peers[i].AllowedIPs)
@@ -52,11 +53,11 @@ func getSize(st *DeviceState) int {
 	return size
 }
 
-func appendGet(b []byte, st *DeviceState) ([]byte, error) {
+func appendGet(b []byte, st *wgcfg.DeviceState) ([]byte, error) {
 	for i := range st.Peers {
 		for _, p := range st.Peers[i].AllowedIPs {
 			if !p.IsValid() {
-				return b, &Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid allowed IP", i)}
+				return b, &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid allowed IP", i)}
 			}
 		}
 	}
@@ -101,7 +102,7 @@ func appendGet(b []byte, st *DeviceState) ([]byte, error) {
 // written, so ParseSet of the output returns cfg (for a cfg from ParseSet,
 // exactly). It checks cfg first and writes nothing if an endpoint or prefix
 // is invalid; the lines go to w in one Write.
-func WriteSet(w io.Writer, cfg *DeviceConfig) error {
+func WriteSet(w io.Writer, cfg *wgcfg.DeviceConfig) error {
 	b, err := appendSet(nil, cfg)
 	if err != nil {
 		return err
@@ -110,16 +111,16 @@ func WriteSet(w io.Writer, cfg *DeviceConfig) error {
 	return err
 }
 
-func appendSet(b []byte, cfg *DeviceConfig) ([]byte, error) {
+func appendSet(b []byte, cfg *wgcfg.DeviceConfig) ([]byte, error) {
 	for i := range cfg.Peers {
 		p := &cfg.Peers[i]
 		if p.Endpoint != nil && !p.Endpoint.IsValid() {
-			return b, &Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid endpoint", i)}
+			return b, &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid endpoint", i)}
 		}
 		for _, list := range [2][]netip.Prefix{p.AddAllowedIPs, p.RemoveAllowedIPs} {
 			for _, pfx := range list {
 				if !pfx.IsValid() {
-					return b, &Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid allowed IP", i)}
+					return b, &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("uapi: peer %d has an invalid allowed IP", i)}
 				}
 			}
 		}

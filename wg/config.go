@@ -7,15 +7,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Get returns the device's configuration and peer state (uapi get=1).
-func (d *Device) Get() (*uapi.DeviceState, error) {
+func (d *Device) Get() (*wgcfg.DeviceState, error) {
 	d.configMu.Lock()
 	defer d.configMu.Unlock()
-	st := &uapi.DeviceState{ListenPort: d.listenPort, FwMark: d.fwmark}
+	st := &wgcfg.DeviceState{ListenPort: d.listenPort, FwMark: d.fwmark}
 	if l := d.local.Load(); l != nil {
 		st.PrivateKey = l.Private
 	}
@@ -25,7 +25,7 @@ func (d *Device) Get() (*uapi.DeviceState, error) {
 		return string(a[:]) < string(b[:])
 	})
 	for _, p := range peers {
-		ps := uapi.PeerState{
+		ps := wgcfg.PeerState{
 			PublicKey:           p.publicKey,
 			TxBytes:             p.txBytes.Load(),
 			RxBytes:             p.rxBytes.Load(),
@@ -48,11 +48,11 @@ func (d *Device) Get() (*uapi.DeviceState, error) {
 
 // Set applies a configuration change (uapi set=1) all or nothing: it checks
 // everything first, and if any part fails the device is as it was.
-func (d *Device) Set(cfg *uapi.DeviceConfig) error {
+func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 	d.configMu.Lock()
 	defer d.configMu.Unlock()
 	if d.isClosed() {
-		return &uapi.Error{Errno: syscall.ENODEV, Err: errors.New("device is closed")}
+		return &wgcfg.Error{Errno: syscall.ENODEV, Err: errors.New("device is closed")}
 	}
 
 	// Check: what the new private key and the peer list will be.
@@ -67,30 +67,30 @@ func (d *Device) Set(cfg *uapi.DeviceConfig) error {
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
 		if pc.PublicKey.IsZero() {
-			return &uapi.Error{Errno: syscall.EINVAL, Err: errors.New("peer public key is zero")}
+			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("peer public key is zero")}
 		}
 		if newLocal != nil && pc.PublicKey == newLocal.Public && !pc.Remove {
-			return &uapi.Error{Errno: syscall.EINVAL, Err: errors.New("a peer cannot have this device's own public key")}
+			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("a peer cannot have this device's own public key")}
 		}
 		for _, pfx := range append(pc.AddAllowedIPs, pc.RemoveAllowedIPs...) {
 			if !pfx.IsValid() {
-				return &uapi.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid allowed IP %v", pfx)}
+				return &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid allowed IP %v", pfx)}
 			}
 		}
 		if pc.Endpoint != nil && (!pc.Endpoint.Addr().IsValid() || pc.Endpoint.Port() == 0) {
-			return &uapi.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid endpoint %v", *pc.Endpoint)}
+			return &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid endpoint %v", *pc.Endpoint)}
 		}
 	}
 
 	// The only step that can fail on the system's side comes first.
 	if cfg.ListenPort != nil && *cfg.ListenPort != d.listenPort {
 		if err := d.rebind(*cfg.ListenPort); err != nil {
-			return &uapi.Error{Errno: errnoOf(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", *cfg.ListenPort, err)}
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", *cfg.ListenPort, err)}
 		}
 	}
 	if cfg.FwMark != nil && *cfg.FwMark != d.fwmark {
 		if err := d.transport.SetMark(*cfg.FwMark); err != nil {
-			return &uapi.Error{Errno: errnoOf(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
 		}
 		d.fwmark = *cfg.FwMark
 	}
@@ -106,14 +106,6 @@ func (d *Device) Set(cfg *uapi.DeviceConfig) error {
 		d.applyPeer(&cfg.Peers[i])
 	}
 	return nil
-}
-
-func errnoOf(err error, def syscall.Errno) syscall.Errno {
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return def
 }
 
 // setLocal installs a new identity; every session made with the old key ends.
@@ -138,7 +130,7 @@ func (d *Device) setLocal(l *noise.Local) {
 	d.peers.RUnlock()
 }
 
-func (d *Device) applyPeer(pc *uapi.PeerConfig) {
+func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
 	p := d.lookupPeer(pc.PublicKey)
 	if pc.Remove {
 		if p != nil {

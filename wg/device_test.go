@@ -12,8 +12,8 @@ import (
 
 	"github.com/ptun-vpn/ptun/transport/transporttest"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
-	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // testNode is one side of a test tunnel: a device on fakes.
@@ -66,9 +66,9 @@ func configure(t testing.TB, n, peer *testNode) {
 	t.Helper()
 	priv := n.priv
 	ep := peer.ep
-	if err := n.dev.Set(&uapi.DeviceConfig{
+	if err := n.dev.Set(&wgcfg.DeviceConfig{
 		PrivateKey: &priv,
-		Peers: []uapi.PeerConfig{{
+		Peers: []wgcfg.PeerConfig{{
 			PublicKey: peer.priv.PublicKey(),
 			Endpoint:  &ep,
 			AddAllowedIPs: []netip.Prefix{
@@ -215,7 +215,7 @@ func TestStagedQueueIsBoundedAndCounted(t *testing.T) {
 	a, b := newTestPair(t, Timers{})
 	// b has no endpoint for a and a cannot reach b: block the handshake by
 	// removing a's key from b, then flood a.
-	if err := b.dev.Set(&uapi.DeviceConfig{Peers: []uapi.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
+	if err := b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < maxStaged+50; i++ {
@@ -265,9 +265,9 @@ func TestSetIsAllOrNothing(t *testing.T) {
 	a, b := newTestPair(t, Timers{})
 	before, _ := a.dev.Get()
 	port := uint16(0)
-	bad := &uapi.DeviceConfig{
+	bad := &wgcfg.DeviceConfig{
 		ListenPort: &port,
-		Peers: []uapi.PeerConfig{
+		Peers: []wgcfg.PeerConfig{
 			{PublicKey: mustKey(t).PublicKey(), AddAllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.5.0/24")}},
 			{PublicKey: noise.PublicKey{}}, // zero key: invalid
 		},
@@ -280,7 +280,7 @@ func TestSetIsAllOrNothing(t *testing.T) {
 		t.Fatalf("failed Set changed the device: before %+v, after %+v", before, after)
 	}
 	// A peer with this device's own public key is refused too.
-	own := &uapi.DeviceConfig{Peers: []uapi.PeerConfig{{PublicKey: a.priv.PublicKey()}}}
+	own := &wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: a.priv.PublicKey()}}}
 	if err := a.dev.Set(own); err == nil {
 		t.Fatal("Set with the device's own key as a peer succeeded")
 	}
@@ -292,7 +292,7 @@ func TestRemovePeerStopsTraffic(t *testing.T) {
 	p := ipv4Packet(a.addr, b.addr, []byte("one"))
 	a.tun.Inbound <- p
 	expectPacket(t, b, p)
-	if err := b.dev.Set(&uapi.DeviceConfig{Peers: []uapi.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
+	if err := b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
 		t.Fatal(err)
 	}
 	a.tun.Inbound <- ipv4Packet(a.addr, b.addr, []byte("two"))
@@ -315,11 +315,11 @@ func TestPrivateKeyChangeNeedsNewHandshake(t *testing.T) {
 	// b takes a new key; a learns it.
 	b.priv = mustKey(t)
 	nb := b.priv
-	if err := b.dev.Set(&uapi.DeviceConfig{PrivateKey: &nb}); err != nil {
+	if err := b.dev.Set(&wgcfg.DeviceConfig{PrivateKey: &nb}); err != nil {
 		t.Fatal(err)
 	}
 	ep := b.ep
-	if err := a.dev.Set(&uapi.DeviceConfig{ReplacePeers: true, Peers: []uapi.PeerConfig{{
+	if err := a.dev.Set(&wgcfg.DeviceConfig{ReplacePeers: true, Peers: []wgcfg.PeerConfig{{
 		PublicKey: b.priv.PublicKey(), Endpoint: &ep,
 		AddAllowedIPs: []netip.Prefix{netip.PrefixFrom(b.addr, 32)},
 	}}}); err != nil {

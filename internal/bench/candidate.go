@@ -16,6 +16,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/tunnelproc"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Tunnel addressing: candidate i (from 1) gets 100.64.i.0/24 and
@@ -169,11 +170,11 @@ func (c *candidate) configure(tb *demo.Testbed) error {
 		o := 1 - i
 		ep := netip.AddrPortFrom(underlay[o], port)
 		v6 := netip.MustParseAddr(fmt.Sprintf("2001:db8:100:%x::%d", c.index, o+1))
-		cfg := &uapi.DeviceConfig{
+		cfg := &wgcfg.DeviceConfig{
 			PrivateKey:   &priv[i],
 			ListenPort:   &port,
 			ReplacePeers: true,
-			Peers: []uapi.PeerConfig{{
+			Peers: []wgcfg.PeerConfig{{
 				PublicKey:         priv[o].PublicKey(),
 				Endpoint:          &ep,
 				ReplaceAllowedIPs: true,

@@ -14,6 +14,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/tunnelproc"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Options configures a Testbed and Run. The zero value is the demo's
@@ -283,11 +284,11 @@ func (tb *Testbed) configurePeers() error {
 		{"b", tb.SockB, privB, privA.PublicKey(), epA, tb.TunnelA},
 	} {
 		port := uint16(listenPort)
-		cfg := &uapi.DeviceConfig{
+		cfg := &wgcfg.DeviceConfig{
 			PrivateKey:   &side.priv,
 			ListenPort:   &port,
 			ReplacePeers: true,
-			Peers: []uapi.PeerConfig{{
+			Peers: []wgcfg.PeerConfig{{
 				PublicKey:         side.peer,
 				Endpoint:          &side.peerEP,
 				ReplaceAllowedIPs: true,

@@ -29,6 +29,7 @@ import (
 	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // Control operations. The front sends setup, get, set and stats; the
@@ -155,7 +156,7 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 // failUAPI keeps a UAPI error's errno for the front to answer with.
 func failUAPI(err error) *ctl.Msg {
 	m := ctl.Fail(err)
-	var ue *uapi.Error
+	var ue *wgcfg.Error
 	if errors.As(err, &ue) && ue.Errno != 0 {
 		m.Errno = int(ue.Errno)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // maxSocketBuffer bounds the socket buffers an engine may ask for.
@@ -25,21 +26,21 @@ const maxSocketBuffer = 64 << 20
 // requests also update the configuration a new engine would be given.
 
 // Get implements uapi.Handler.
-func (s *supervisor) Get() (*uapi.DeviceState, error) {
+func (s *supervisor) Get() (*wgcfg.DeviceState, error) {
 	rep, err := s.call(&ctl.Msg{Op: engine.OpGet})
 	if err != nil {
 		return nil, err
 	}
 	st, err := uapi.ParseGet(bufio.NewReader(strings.NewReader(rep.Text + "errno=0\n\n")))
 	if err != nil {
-		return nil, &uapi.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine's answer: %w", err)}
+		return nil, &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine's answer: %w", err)}
 	}
 	return st, nil
 }
 
 // Set implements uapi.Handler. The engine applies cfg all or nothing; once
 // it has, the front takes a new snapshot of the whole configuration.
-func (s *supervisor) Set(cfg *uapi.DeviceConfig) error {
+func (s *supervisor) Set(cfg *wgcfg.DeviceConfig) error {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	var b strings.Builder
@@ -89,12 +90,12 @@ func (s *supervisor) refreshSnapshotLocked() {
 
 // ConfigFromState returns the set request that gives a fresh device the
 // configuration st describes (statistics aside).
-func ConfigFromState(st *uapi.DeviceState) *uapi.DeviceConfig {
+func ConfigFromState(st *wgcfg.DeviceState) *wgcfg.DeviceConfig {
 	key, port, mark := st.PrivateKey, st.ListenPort, st.FwMark
-	cfg := &uapi.DeviceConfig{PrivateKey: &key, ListenPort: &port, FwMark: &mark, ReplacePeers: true}
+	cfg := &wgcfg.DeviceConfig{PrivateKey: &key, ListenPort: &port, FwMark: &mark, ReplacePeers: true}
 	for _, p := range st.Peers {
 		psk, keepalive := p.PresharedKey, p.PersistentKeepalive
-		pc := uapi.PeerConfig{
+		pc := wgcfg.PeerConfig{
 			PublicKey:           p.PublicKey,
 			PresharedKey:        &psk,
 			PersistentKeepalive: &keepalive,

@@ -19,6 +19,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 const (
@@ -66,8 +67,8 @@ type supervisor struct {
 	mark, pendingMark uint32
 	port, pendingPort uint16
 
-	snapMu   sync.Mutex                        // serializes configuration changes and snapshots
-	snapshot atomic.Pointer[uapi.DeviceConfig] // what a new engine is given; nil: nothing set yet
+	snapMu   sync.Mutex                         // serializes configuration changes and snapshots
+	snapshot atomic.Pointer[wgcfg.DeviceConfig] // what a new engine is given; nil: nothing set yet
 
 	restarts      atomic.Uint64
 	startFailures atomic.Uint64
@@ -315,9 +316,9 @@ func (s *supervisor) current() (*engineProc, error) {
 		select {
 		case <-changed:
 		case <-s.stop:
-			return nil, &uapi.Error{Errno: syscall.ESHUTDOWN, Err: errors.New("front: shutting down")}
+			return nil, &wgcfg.Error{Errno: syscall.ESHUTDOWN, Err: errors.New("front: shutting down")}
 		case <-deadline.C:
-			return nil, &uapi.Error{Errno: syscall.EAGAIN, Err: errors.New("front: no engine is running (restarting); try again")}
+			return nil, &wgcfg.Error{Errno: syscall.EAGAIN, Err: errors.New("front: no engine is running (restarting); try again")}
 		}
 	}
 }
@@ -337,7 +338,7 @@ func (s *supervisor) call(m *ctl.Msg) (*ctl.Msg, error) {
 	}
 	var re *ctl.RemoteError
 	if errors.As(err, &re) {
-		return nil, &uapi.Error{Errno: re.Errno, Err: errors.New(re.Msg)}
+		return nil, &wgcfg.Error{Errno: re.Errno, Err: errors.New(re.Msg)}
 	}
-	return nil, &uapi.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine did not answer: %w", err)}
+	return nil, &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine did not answer: %w", err)}
 }

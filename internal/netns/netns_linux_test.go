@@ -16,8 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ptun-vpn/ptun/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // testPrefix is unique to this test process, so parallel runs never touch

@@ -1,0 +1,77 @@
+package ctl
+
+import (
+	"encoding/json"
+	"fmt"
+	"syscall"
+
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/wgcfg"
+)
+
+// The front/engine protocol: the operations either side may ask of the
+// other, and their bodies. Both sides import it from here; neither imports
+// the other.
+//
+// The front asks: setup (the packet flow: an ipc.Setup body and its fds),
+// get (answers a Config body), set (a wgcfg.DeviceConfig body), stats
+// (answers []metrics.Counter) and ping (the watchdog's heartbeat).
+// The engine asks: socket (a SocketRequest; answers one fd), setmark (a
+// uint32 body and one fd), mtu (answers an int) and log (a notice whose Text
+// is one line).
+const (
+	OpSetup   = "setup"
+	OpGet     = "get"
+	OpSet     = "set"
+	OpStats   = "stats"
+	OpPing    = "ping"
+	OpSocket  = "socket"
+	OpSetMark = "setmark"
+	OpMTU     = "mtu"
+	OpLog     = "log"
+)
+
+// SocketRequest is the body of a socket request: the address family and
+// port of one UDP socket. The front chooses everything else (buffer sizes,
+// fwmark) from the configuration it holds.
+type SocketRequest struct {
+	V6   bool   `json:"v6"`
+	Port uint16 `json:"port"`
+}
+
+// Body marshals v as a request's or reply's body. It panics on a value
+// that cannot be marshalled, which is a bug at the call site (every body is
+// one of the plain types above).
+func Body(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("ctl: body %T: %v", v, err))
+	}
+	return b
+}
+
+// Decode unmarshals a body into v; malformed JSON is EINVAL.
+func Decode(body json.RawMessage, v any) error {
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("ctl: malformed body: %v: %w", err, syscall.EINVAL)
+	}
+	return nil
+}
+
+// Counters decodes a stats answer.
+func Counters(rep *Msg) ([]metrics.Counter, error) {
+	var cs []metrics.Counter
+	if err := Decode(rep.Body, &cs); err != nil {
+		return nil, err
+	}
+	return cs, nil
+}
+
+// State decodes a get answer.
+func State(rep *Msg) (*wgcfg.DeviceState, error) {
+	st := &wgcfg.DeviceState{}
+	if err := Decode(rep.Body, st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
