@@ -38,6 +38,9 @@ const bufSize = headroom + tun.MaxSegmentSize + 64
 type Options struct {
 	Logf   func(format string, args ...any) // nil: silent
 	Timers Timers                           // zero: DefaultTimers()
+	// ListenPort is the port New binds (0: a random one). An engine whose
+	// front grants sockets only on the configured port starts on it.
+	ListenPort uint16
 }
 
 // Device is a WireGuard interface: a TUN device, a transport and the peers.
@@ -79,8 +82,8 @@ type Device struct {
 	closeErr  error
 }
 
-// New starts a device on t and tr. It binds the transport to a random port
-// (change it with Set) and starts the data path; packets flow once a private
+// New starts a device on t and tr. It binds the transport to
+// opts.ListenPort (change it with Set) and starts the data path; packets flow once a private
 // key and peers are configured. Close stops it; Done reports when it stopped
 // by itself (the TUN went away).
 func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
@@ -102,7 +105,7 @@ func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	d.indices.m = make(map[uint32]indexEntry)
 
 	d.configMu.Lock()
-	err := d.bind(0)
+	err := d.bind(opts.ListenPort)
 	d.configMu.Unlock()
 	if err != nil {
 		return nil, err

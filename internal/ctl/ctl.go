@@ -22,7 +22,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // MaxFrame bounds one frame's JSON, enough for a UAPI answer with
@@ -31,6 +33,16 @@ const MaxFrame = 16 << 20
 
 // MaxFiles bounds the descriptors one frame may carry.
 const MaxFiles = 8
+
+// MaxInFlight bounds the requests (and notices) of the other side that a
+// Conn handles at once. Past it a request is answered EAGAIN and a notice
+// dropped (both counted in Refused), so a flooding peer cannot grow the
+// receiver's goroutines or memory.
+const MaxInFlight = 16
+
+// writeTimeout bounds one frame write: a peer that stops reading is taken
+// for a dead one (the connection ends) instead of blocking its writers.
+const writeTimeout = 5 * time.Second
 
 // ErrClosed is returned by Call once the connection is closed or broken:
 // the other side is gone.
@@ -48,6 +60,8 @@ type Msg struct {
 	// Files travel with the frame as SCM_RIGHTS. Received files belong
 	// to the receiver (close-on-exec).
 	Files []*os.File `json:"-"`
+
+	size int // bytes of JSON, for a received frame
 }
 
 // Error returns the failure a reply carries, nil for success. An errno is
@@ -88,9 +102,13 @@ func Fail(err error) *Msg {
 	return m
 }
 
-// Handler answers one request. It runs on its own goroutine; the reply's
-// Op, ID and Reply are filled in by Conn. A nil reply means success with
-// nothing to say.
+// Handler answers one request. It runs on its own goroutine, at most
+// MaxInFlight at once; the reply's Op, ID and Reply are filled in by Conn. A
+// nil reply means success with nothing to say.
+//
+// The request's Files are closed once the handler returns, unless it takes
+// them by setting req.Files to nil (it then owns every one). So no
+// descriptor a hostile peer attaches to a request outlives the request.
 type Handler func(req *Msg) *Msg
 
 // Conn is one end of a control channel. Call may be used by any number of
@@ -100,6 +118,10 @@ type Conn struct {
 	handler Handler
 
 	wmu sync.Mutex // serializes frame writes
+
+	inflight   chan struct{} // one token per request being handled
+	refused    atomic.Uint64
+	maxRequest int // 0: MaxFrame
 
 	mu      sync.Mutex // guards the fields below
 	nextID  uint64
@@ -112,7 +134,8 @@ type Conn struct {
 // New returns a Conn over c; handler answers the other side's requests
 // (nil answers every request with EOPNOTSUPP). Run must be called to read.
 func New(c *net.UnixConn, handler Handler) *Conn {
-	return &Conn{c: c, handler: handler, pending: map[uint64]chan *Msg{}, done: make(chan struct{})}
+	return &Conn{c: c, handler: handler, pending: map[uint64]chan *Msg{}, done: make(chan struct{}),
+		inflight: make(chan struct{}, MaxInFlight)}
 }
 
 // FromFile returns a Conn over the unix stream socket f (which it takes).
@@ -176,11 +199,17 @@ func (c *Conn) shut(err error) {
 
 // Run reads frames until the connection ends and returns why (io.EOF when
 // the other side closed it). Replies go to their Calls; requests go to the
-// handler, each on its own goroutine.
+// handler, each on its own goroutine, at most MaxInFlight at once.
 func (c *Conn) Run() error {
 	for {
 		m, err := c.read()
 		if err != nil {
+			c.shut(err)
+			return err
+		}
+		if !m.Reply && c.maxRequest > 0 && m.size > c.maxRequest {
+			closeFiles(m.Files)
+			err := fmt.Errorf("ctl: %q request of %d bytes is over this side's limit of %d", m.Op, m.size, c.maxRequest)
 			c.shut(err)
 			return err
 		}
@@ -196,11 +225,41 @@ func (c *Conn) Run() error {
 			ch <- m
 			continue
 		}
-		go c.serve(m)
+		select {
+		case c.inflight <- struct{}{}:
+			go c.serve(m)
+			continue
+		default:
+		}
+		// Too many at once: refuse at once rather than stop reading, since
+		// the replies that would free a slot arrive on this same stream.
+		closeFiles(m.Files)
+		c.refused.Add(1)
+		if m.ID != 0 {
+			rep := Fail(fmt.Errorf("ctl: %q: %d requests in flight already: %w", m.Op, MaxInFlight, syscall.EAGAIN))
+			rep.Op, rep.ID, rep.Reply = m.Op, m.ID, true
+			if err := c.write(rep); err != nil {
+				c.shut(err)
+				return err
+			}
+		}
 	}
 }
 
+// LimitRequests bounds the size of the other side's requests and notices
+// (not of its replies) to n bytes of JSON; a larger one ends the connection.
+// Call it before Run. The front uses it so that MaxInFlight requests of an
+// engine hold little memory.
+func (c *Conn) LimitRequests(n int) { c.maxRequest = n }
+
+// Refused counts the requests and notices refused (EAGAIN) or dropped
+// because MaxInFlight were being handled.
+func (c *Conn) Refused() uint64 { return c.refused.Load() }
+
 func (c *Conn) serve(req *Msg) {
+	defer func() { <-c.inflight }()
+	// Whatever the handler did not take is closed, also when it panics.
+	defer func() { closeFiles(req.Files) }()
 	if req.ID == 0 {
 		// A notice (Send): handled, never answered.
 		if c.handler != nil {
@@ -256,6 +315,13 @@ func (c *Conn) Call(ctx context.Context, req *Msg) (*Msg, error) {
 			delete(c.pending, id)
 		}
 		c.mu.Unlock()
+		select {
+		case rep, ok := <-ch: // it came as we gave up: nobody will use it
+			if ok {
+				closeFiles(rep.Files)
+			}
+		default:
+		}
 		return nil, ctx.Err()
 	}
 }
@@ -295,6 +361,7 @@ func (c *Conn) write(m *Msg) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, _, err := c.c.WriteMsgUnix(frame, oob, nil)
 	if err == nil && n < len(frame) {
 		_, err = c.c.Write(frame[n:])
@@ -345,7 +412,7 @@ func (c *Conn) read() (*Msg, error) {
 		closeFiles(files)
 		return nil, fmt.Errorf("ctl: malformed frame: %w", err)
 	}
-	m.Files = files
+	m.Files, m.size = files, len(body)
 	return m, nil
 }
 

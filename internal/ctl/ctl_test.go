@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -215,4 +216,173 @@ func FuzzRead(f *testing.F) {
 			t.Fatal("Run did not end after the writer closed")
 		}
 	})
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+// TestRequestFilesClosed floods a handler that takes no descriptor with
+// notices and requests that each carry MaxFiles of them: none may stay
+// open on the receiving side.
+func TestRequestFilesClosed(t *testing.T) {
+	handled := make(chan struct{}, 1024)
+	var keep []*os.File
+	var keepMu = make(chan struct{}, 1)
+	a, _ := pair(t, nil, func(req *Msg) *Msg {
+		defer func() { handled <- struct{}{} }()
+		if req.Op == "take" {
+			keepMu <- struct{}{}
+			keep = append(keep, req.Files...)
+			<-keepMu
+			req.Files = nil
+		}
+		return nil
+	})
+	f, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	files := make([]*os.File, MaxFiles)
+	for i := range files {
+		files[i] = f // the same fd repeated: the receiver still gets MaxFiles new ones
+	}
+	before := openFDs(t)
+	const rounds = 200
+	for i := range rounds {
+		if i%2 == 0 {
+			if err := a.Send(&Msg{Op: "log", Text: "x", Files: files}); err != nil {
+				t.Fatal(err)
+			}
+			<-handled
+		} else if _, err := a.Call(ctx(t), &Msg{Op: "mtu", Files: files}); err != nil {
+			t.Fatal(err)
+		} else {
+			<-handled
+		}
+	}
+	if after := openFDs(t); after > before+2 {
+		t.Fatalf("%d descriptors open after %d requests with %d each, %d before: the receiver leaks them", after, rounds, MaxFiles, before)
+	}
+	// A handler that takes them owns them: they stay open until it closes them.
+	if _, err := a.Call(ctx(t), &Msg{Op: "take", Files: files[:2]}); err != nil {
+		t.Fatal(err)
+	}
+	<-handled
+	if len(keep) != 2 {
+		t.Fatalf("handler kept %d files, want 2", len(keep))
+	}
+	for _, k := range keep {
+		if _, err := k.Stat(); err != nil {
+			t.Fatalf("a taken file was closed: %v", err)
+		}
+		k.Close()
+	}
+}
+
+// TestInFlightBounded blocks the handler and floods it: at most MaxInFlight
+// run at once, the rest are refused with EAGAIN (requests) or dropped
+// (notices), counted, and the connection keeps working.
+func TestInFlightBounded(t *testing.T) {
+	release := make(chan struct{})
+	var running, peak atomic.Int64
+	entered := make(chan struct{}, 4*MaxInFlight)
+	a, b := pair(t, nil, func(req *Msg) *Msg {
+		n := running.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		entered <- struct{}{}
+		if req.Op == "block" {
+			<-release
+		}
+		running.Add(-1)
+		return nil
+	})
+	errs := make(chan error, MaxInFlight)
+	for range MaxInFlight {
+		go func() {
+			_, err := a.Call(ctx(t), &Msg{Op: "block"})
+			errs <- err
+		}()
+	}
+	for range MaxInFlight {
+		<-entered // every slot is taken and blocked
+	}
+	const extra = 10
+	for range extra {
+		if _, err := a.Call(ctx(t), &Msg{Op: "block"}); !errors.Is(err, syscall.EAGAIN) {
+			t.Fatalf("request past MaxInFlight: %v, want EAGAIN", err)
+		}
+		if err := a.Send(&Msg{Op: "log"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Notices are dropped without an answer: wait until all were counted.
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Refused() < 2*extra && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := b.Refused(); got != 2*extra {
+		t.Fatalf("Refused() = %d, want %d", got, 2*extra)
+	}
+	close(release)
+	for range MaxInFlight {
+		if err := <-errs; err != nil {
+			t.Fatalf("a blocked request failed: %v", err)
+		}
+	}
+	if p := peak.Load(); p > MaxInFlight {
+		t.Fatalf("%d handlers ran at once, over %d", p, MaxInFlight)
+	}
+	if _, err := a.Call(ctx(t), &Msg{Op: "after"}); err != nil {
+		t.Fatalf("after the flood: %v", err)
+	}
+}
+
+// TestLimitRequests ends the connection on a request over the limit but
+// takes replies of any size.
+func TestLimitRequests(t *testing.T) {
+	fa, fb, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 4096)
+	a, err := FromFile(fa, func(*Msg) *Msg { return &Msg{Text: big} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := FromFile(fb, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.LimitRequests(1024)
+	go a.Run()
+	go b.Run()
+	defer a.Close()
+	defer b.Close()
+	if rep, err := b.Call(ctx(t), &Msg{Op: "small"}); err != nil || len(rep.Text) != len(big) {
+		t.Fatalf("a large reply to a limited side: %v", err)
+	}
+	if err := a.Send(&Msg{Op: "log", Text: big}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a request over the limit did not end the connection")
+	}
+	if err := b.Err(); err == nil || !strings.Contains(err.Error(), "over this side's limit") {
+		t.Fatalf("Err() = %v", err)
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/ptun-vpn/ptun/internal/ipc"
+
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -13,7 +15,7 @@ import (
 // other, and their bodies. Both sides import it from here; neither imports
 // the other.
 //
-// The front asks: setup (the packet flow: an ipc.Setup body and its fds),
+// The front asks: setup (a Setup body and the packet flow's fds),
 // get (answers a Config body), set (a wgcfg.DeviceConfig body), stats
 // (answers []metrics.Counter) and ping (the watchdog's heartbeat).
 // The engine asks: socket (a SocketRequest; answers one fd), setmark (a
@@ -30,6 +32,14 @@ const (
 	OpMTU     = "mtu"
 	OpLog     = "log"
 )
+
+// Setup is the body of a setup request: the packet flow whose descriptors
+// come with it, and the listen port to bind first (the configured one, so
+// that the engine asks for no socket the front would refuse).
+type Setup struct {
+	Flow       ipc.Setup `json:"flow"`
+	ListenPort uint16    `json:"listen_port"`
+}
 
 // SocketRequest is the body of a socket request: the address family and
 // port of one UDP socket. The front chooses everything else (buffer sizes,

@@ -11,48 +11,22 @@
 package engine
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ptun-vpn/ptun/internal/ctl"
 	"github.com/ptun-vpn/ptun/internal/ipc"
-	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/transport/udp"
-	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
-
-// Control operations. The front sends setup, get, set and stats; the
-// engine sends socket, setmark, mtu and log.
-const (
-	OpSetup   = "setup"
-	OpGet     = "get"
-	OpSet     = "set"
-	OpStats   = "stats"
-	OpSocket  = "socket"
-	OpSetMark = "setmark"
-	OpMTU     = "mtu"
-	OpLog     = "log"
-)
-
-// SocketRequest is the body of a socket request: the arguments of
-// udp.SocketOpener.Open.
-type SocketRequest struct {
-	V6      bool   `json:"v6"`
-	Port    uint16 `json:"port"`
-	Mark    uint32 `json:"mark"`
-	BufSize int    `json:"buf_size"`
-}
 
 // callTimeout bounds every request the engine makes to its front.
 const callTimeout = 10 * time.Second
@@ -102,7 +76,7 @@ func Run(f *os.File) error {
 }
 
 func (e *engine) logf(format string, args ...any) {
-	e.conn.Send(&ctl.Msg{Op: OpLog, Text: fmt.Sprintf(format, args...)})
+	e.conn.Send(&ctl.Msg{Op: ctl.OpLog, Text: fmt.Sprintf(format, args...)})
 }
 
 func (e *engine) verbosef(format string, args ...any) {
@@ -113,37 +87,32 @@ func (e *engine) verbosef(format string, args ...any) {
 
 func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 	switch req.Op {
-	case OpSetup:
+	case ctl.OpSetup:
 		return e.setup(req)
-	}
-	for _, f := range req.Files {
-		f.Close() // only setup carries files to the engine
+	case ctl.OpPing:
+		return nil
 	}
 	d := e.device()
 	if d == nil {
 		return ctl.Fail(fmt.Errorf("engine: %s before setup: %w", req.Op, syscall.EAGAIN))
 	}
 	switch req.Op {
-	case OpGet:
+	case ctl.OpGet:
 		st, err := d.Get()
 		if err != nil {
 			return failUAPI(err)
 		}
-		var b strings.Builder
-		if err := uapi.WriteGet(&b, st); err != nil {
+		return &ctl.Msg{Body: ctl.Body(st)}
+	case ctl.OpSet:
+		var cfg wgcfg.DeviceConfig
+		if err := ctl.Decode(req.Body, &cfg); err != nil {
 			return failUAPI(err)
 		}
-		return &ctl.Msg{Text: b.String()}
-	case OpSet:
-		cfg, err := uapi.ParseSet(bufio.NewReader(strings.NewReader(req.Text + "\n")))
-		if err != nil {
-			return failUAPI(err)
-		}
-		if err := d.Set(cfg); err != nil {
+		if err := d.Set(&cfg); err != nil {
 			return failUAPI(err)
 		}
 		return nil
-	case OpStats:
+	case ctl.OpStats:
 		body, err := json.Marshal(d.Stats())
 		if err != nil {
 			return ctl.Fail(err)
@@ -156,13 +125,7 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 // failUAPI keeps a UAPI error's errno for the front to answer with.
 func failUAPI(err error) *ctl.Msg {
 	m := ctl.Fail(err)
-	var ue *wgcfg.Error
-	if errors.As(err, &ue) && ue.Errno != 0 {
-		m.Errno = int(ue.Errno)
-	}
-	if m.Errno == 0 {
-		m.Errno = int(syscall.EIO)
-	}
+	m.Errno = int(wgcfg.Errno(err, syscall.EIO))
 	return m
 }
 
@@ -176,19 +139,16 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.dev != nil {
-		for _, f := range req.Files {
-			f.Close()
-		}
 		return ctl.Fail(fmt.Errorf("engine: set up twice: %w", syscall.EALREADY))
 	}
-	var s ipc.Setup
-	if err := json.Unmarshal(req.Body, &s); err != nil {
-		for _, f := range req.Files {
-			f.Close()
-		}
+	var setup ctl.Setup
+	if err := ctl.Decode(req.Body, &setup); err != nil {
 		return ctl.Fail(fmt.Errorf("engine: setup: %w", err))
 	}
-	dev, err := ipc.Open(s, req.Files, e.mtu, e.verbosef)
+	s := setup.Flow
+	files := req.Files
+	req.Files = nil // ipc.Open takes them, also when it fails
+	dev, err := ipc.Open(s, files, e.mtu, e.verbosef)
 	if err != nil {
 		return ctl.Fail(err)
 	}
@@ -198,14 +158,14 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(err)
 	}
 	tr := udp.New(udp.OptionsFromEnv(udp.Options{Logf: e.verbosef, Sockets: opener{e}}))
-	d, err := wg.New(dev, tr, wg.Options{Logf: e.logf, Timers: timers})
+	d, err := wg.New(dev, tr, wg.Options{Logf: e.logf, Timers: timers, ListenPort: setup.ListenPort})
 	if err != nil {
 		dev.Close()
 		return ctl.Fail(fmt.Errorf("engine: starting the WireGuard device: %w", err))
 	}
 	e.dev = d
 	close(e.up)
-	e.verbosef("engine %d up: %s flow on %s", os.Getpid(), s.Mode, s.Format.Name)
+	e.verbosef("up: %s flow on %s, listen port %d", s.Mode, s.Format.Name, setup.ListenPort)
 	return nil
 }
 
@@ -217,12 +177,12 @@ func (e *engine) call(m *ctl.Msg) (*ctl.Msg, error) {
 
 // mtu asks the front for the interface's MTU.
 func (e *engine) mtu() (int, error) {
-	rep, err := e.call(&ctl.Msg{Op: OpMTU})
+	rep, err := e.call(&ctl.Msg{Op: ctl.OpMTU})
 	if err != nil {
 		return 0, err
 	}
 	var n int
-	if err := json.Unmarshal(rep.Body, &n); err != nil {
+	if err := ctl.Decode(rep.Body, &n); err != nil {
 		return 0, fmt.Errorf("engine: mtu answer: %w", err)
 	}
 	return n, nil
@@ -231,9 +191,10 @@ func (e *engine) mtu() (int, error) {
 // opener is the udp.SocketOpener that asks the front.
 type opener struct{ e *engine }
 
-func (o opener) Open(v6 bool, port uint16, mark uint32, bufSize int) (*os.File, error) {
-	body, _ := json.Marshal(SocketRequest{V6: v6, Port: port, Mark: mark, BufSize: bufSize})
-	rep, err := o.e.call(&ctl.Msg{Op: OpSocket, Body: body})
+// Open asks for a socket of one family on port; the front chooses its
+// fwmark and buffer sizes from the configuration it holds.
+func (o opener) Open(v6 bool, port uint16, _ uint32, _ int) (*os.File, error) {
+	rep, err := o.e.call(&ctl.Msg{Op: ctl.OpSocket, Body: ctl.Body(ctl.SocketRequest{V6: v6, Port: port})})
 	if err != nil {
 		return nil, err
 	}
@@ -247,16 +208,6 @@ func (o opener) Open(v6 bool, port uint16, mark uint32, bufSize int) (*os.File, 
 }
 
 func (o opener) SetMark(f *os.File, mark uint32) error {
-	body, _ := json.Marshal(mark)
-	_, err := o.e.call(&ctl.Msg{Op: OpSetMark, Body: body, Files: []*os.File{f}})
+	_, err := o.e.call(&ctl.Msg{Op: ctl.OpSetMark, Body: ctl.Body(mark), Files: []*os.File{f}})
 	return err
-}
-
-// Counters decodes a stats answer.
-func Counters(rep *ctl.Msg) ([]metrics.Counter, error) {
-	var cs []metrics.Counter
-	if err := json.Unmarshal(rep.Body, &cs); err != nil {
-		return nil, fmt.Errorf("engine: stats answer: %w", err)
-	}
-	return cs, nil
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/transport/udp"
@@ -32,6 +33,9 @@ type Config struct {
 	// this interface; Run adds the control channel as descriptor 3
 	// (ExtraFiles[0]). Not used in ipc.Inproc mode.
 	EngineCommand func() *exec.Cmd
+	// HeartbeatEvery and HeartbeatTimeout tune the engine watchdog
+	// (0: every second, and 5 s to answer).
+	HeartbeatEvery, HeartbeatTimeout time.Duration
 }
 
 func (c *Config) defaults() {

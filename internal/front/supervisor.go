@@ -3,9 +3,9 @@ package front
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -15,10 +15,8 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/internal/ctl"
-	"github.com/ptun-vpn/ptun/internal/engine"
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/tun"
-	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
@@ -33,9 +31,14 @@ const (
 	// stopGrace is how long a stopping engine may take to exit by itself
 	// once its control channel closed, before it is killed.
 	stopGrace = 2 * time.Second
-	// snapshotEvery is how often the front refreshes the configuration
-	// it would replay, so a restart keeps roamed endpoints.
-	snapshotEvery = 10 * time.Second
+	// roamedEvery is how often the front reads the engine's endpoints,
+	// so a restart keeps the roamed endpoints of known peers.
+	roamedEvery = 10 * time.Second
+	// heartbeatEvery and heartbeatTimeout: the watchdog pings the engine
+	// this often; one that has not answered within the timeout is killed
+	// and replaced like one that died.
+	heartbeatEvery   = time.Second
+	heartbeatTimeout = 5 * time.Second
 	// quickCrash is an engine life short enough that the next start
 	// waits (backoff), so a crash loop does not spin.
 	quickCrash = time.Second
@@ -49,6 +52,17 @@ type engineProc struct {
 	link    ipc.Link
 	exited  chan struct{} // closed once the process was reaped
 	started time.Time
+
+	// Guarded by supervisor.mu: the sockets granted for the current
+	// listen port, out of budget.
+	sockets, budget int
+}
+
+func (ep *engineProc) pid() int {
+	if ep.cmd.Process == nil {
+		return 0
+	}
+	return ep.cmd.Process.Pid
 }
 
 // supervisor runs engines one after the other: it starts one, relays its
@@ -63,16 +77,28 @@ type supervisor struct {
 	changed chan struct{} // closed (and replaced) when cur changes
 	// The configuration's privileged parts, which bound what the
 	// engine may ask for: the fwmark and listen port set over the UAPI,
-	// and those of a set request in progress.
+	// and those of a set request in progress; the port bound when any
+	// port was asked for.
 	mark, pendingMark uint32
 	port, pendingPort uint16
+	boundPort         uint16
 
-	snapMu   sync.Mutex                         // serializes configuration changes and snapshots
-	snapshot atomic.Pointer[wgcfg.DeviceConfig] // what a new engine is given; nil: nothing set yet
+	setMu      sync.Mutex // serializes set requests
+	cfgMu      sync.Mutex // guards held and configured; never held across a call
+	held       *heldConfig
+	configured bool // a set request succeeded: a new engine is given held
 
-	restarts      atomic.Uint64
-	startFailures atomic.Uint64
-	lastRestartUs atomic.Uint64
+	logLimit *tokenBucket
+
+	restarts        atomic.Uint64
+	startFailures   atomic.Uint64
+	lastRestartUs   atomic.Uint64
+	heartbeatMissed atomic.Uint64
+	socketsGranted  atomic.Uint64
+	grantsRefused   atomic.Uint64
+	logDropped      atomic.Uint64 // since the last line logged
+	logDroppedTotal atomic.Uint64
+	roamedIgnored   atomic.Uint64
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -82,6 +108,7 @@ type supervisor struct {
 
 func newSupervisor(cfg Config, dev tun.Device) *supervisor {
 	return &supervisor{cfg: cfg, dev: dev, changed: make(chan struct{}),
+		held: newHeldConfig(), logLimit: newTokenBucket(logRate, logBurst),
 		stop: make(chan struct{}), loopDone: make(chan struct{}), gone: make(chan struct{})}
 }
 
@@ -144,15 +171,12 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 		return nil, fmt.Errorf("front: starting the engine: %w", err)
 	}
 	b.Close()
+	ep := &engineProc{cmd: cmd, exited: make(chan struct{}), started: time.Now(), budget: socketBudget}
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			s.cfg.Logf("engine %d: %s", cmd.Process.Pid, sc.Text())
-		}
+		s.relayStderr(ep, stderr)
 	}()
-	ep := &engineProc{cmd: cmd, exited: make(chan struct{}), started: time.Now()}
 	go func() {
 		<-logged // Wait closes the pipe: read it to the end first
 		cmd.Wait()
@@ -163,35 +187,103 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 			s.stopEngine(ep)
 		}
 	}()
-	if ep.conn, err = ctl.FromFile(a, s.handleEngine); err != nil {
+	if ep.conn, err = ctl.FromFile(a, func(req *ctl.Msg) *ctl.Msg { return s.handleEngine(ep, req) }); err != nil {
 		return ep, err
 	}
+	ep.conn.LimitRequests(maxEngineRequest)
 	go ep.conn.Run()
 	if ep.link, err = ipc.NewLink(s.cfg.Mode, s.dev, s.cfg.Logf); err != nil {
 		return ep, err
 	}
-	body, err := json.Marshal(ep.link.Setup())
-	if err != nil {
-		return ep, err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	_, err = ep.conn.Call(ctx, &ctl.Msg{Op: engine.OpSetup, Body: body, Files: ep.link.Files()})
+	s.cfgMu.Lock()
+	port := s.listenPort()
+	s.cfgMu.Unlock()
+	setup := ctl.Setup{Flow: ep.link.Setup(), ListenPort: port}
+	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: ep.link.Files()})
 	ep.link.HandedOver()
+	if rep != nil {
+		closeFiles(rep.Files)
+	}
 	if err != nil {
 		return ep, fmt.Errorf("front: engine setup: %w", s.explain(ep, err))
 	}
 	ep.link.Start()
-	if snap := s.snapshot.Load(); snap != nil {
-		var b strings.Builder
-		if err := uapi.WriteSet(&b, snap); err != nil {
-			return ep, err
+	s.cfgMu.Lock()
+	configured := s.configured
+	s.cfgMu.Unlock()
+	if configured {
+		rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSet, Body: ctl.Body(s.replayConfig())})
+		if rep != nil {
+			closeFiles(rep.Files)
 		}
-		if _, err := ep.conn.Call(ctx, &ctl.Msg{Op: engine.OpSet, Text: b.String()}); err != nil {
+		if err != nil {
 			return ep, fmt.Errorf("front: giving the new engine its configuration: %w", s.explain(ep, err))
 		}
 	}
+	go s.watch(ep)
 	return ep, nil
+}
+
+// relayStderr copies the engine's stderr into the front's log, a line at a
+// time (a long line in pieces), through engineLog.
+func (s *supervisor) relayStderr(ep *engineProc, r io.Reader) {
+	br := bufio.NewReaderSize(r, maxLogLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			s.engineLog(ep, strings.TrimSuffix(string(line), "\n"))
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
+	}
+}
+
+// watch is the watchdog of one engine: it pings it every heartbeatEvery
+// and kills it when an answer has not come within heartbeatTimeout (the
+// loop then replaces it as a dead one), and reads its roamed endpoints
+// every roamedEvery. It returns when the engine's control channel ends.
+func (s *supervisor) watch(ep *engineProc) {
+	beat := time.NewTicker(s.heartbeatEvery())
+	defer beat.Stop()
+	roam := time.NewTicker(roamedEvery)
+	defer roam.Stop()
+	for {
+		select {
+		case <-ep.conn.Done():
+			return
+		case <-roam.C:
+			s.takeRoamed(ep)
+		case <-beat.C:
+			ctx, cancel := context.WithTimeout(context.Background(), s.heartbeatTimeout())
+			_, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpPing})
+			cancel()
+			if err == nil || errors.Is(err, ctl.ErrClosed) {
+				continue
+			}
+			s.heartbeatMissed.Add(1)
+			s.cfg.Logf("front: engine %d did not answer its heartbeat within %v (%v): replacing it", ep.pid(), s.heartbeatTimeout(), err)
+			ep.cmd.Process.Kill()
+			ep.conn.Close()
+			return
+		}
+	}
+}
+
+func (s *supervisor) heartbeatEvery() time.Duration {
+	if s.cfg.HeartbeatEvery > 0 {
+		return s.cfg.HeartbeatEvery
+	}
+	return heartbeatEvery
+}
+
+func (s *supervisor) heartbeatTimeout() time.Duration {
+	if s.cfg.HeartbeatTimeout > 0 {
+		return s.cfg.HeartbeatTimeout
+	}
+	return heartbeatTimeout
 }
 
 // explain adds the engine's exit status to an error from a call to it.
@@ -228,17 +320,12 @@ func (s *supervisor) stopEngine(ep *engineProc) {
 // loop watches the current engine, and restarts it when it dies.
 func (s *supervisor) loop(ep *engineProc) {
 	defer close(s.loopDone)
-	tick := time.NewTicker(snapshotEvery)
-	defer tick.Stop()
 	backoff := time.Duration(0)
 	for {
 		select {
 		case <-s.stop:
 			s.stopEngine(ep)
 			return
-		case <-tick.C:
-			s.refreshSnapshot()
-			continue
 		case <-ep.exited:
 		case <-ep.conn.Done():
 		case <-ep.link.TUNClosed():
@@ -330,15 +417,31 @@ func (s *supervisor) call(m *ctl.Msg) (*ctl.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.callOn(ep, m)
+}
+
+// callOn sends a request to engine ep. No request of the front's expects
+// descriptors back: any in the reply are closed.
+func (s *supervisor) callOn(ep *engineProc, m *ctl.Msg) (*ctl.Msg, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	rep, err := ep.conn.Call(ctx, m)
+	if rep != nil {
+		closeFiles(rep.Files)
+		rep.Files = nil
+	}
 	if err == nil {
 		return rep, nil
 	}
 	var re *ctl.RemoteError
 	if errors.As(err, &re) {
-		return nil, &wgcfg.Error{Errno: re.Errno, Err: errors.New(re.Msg)}
+		return nil, &wgcfg.Error{Errno: re.Errno, Err: errors.New(escapeLine(re.Msg, maxLogLine))}
 	}
 	return nil, &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine did not answer: %w", err)}
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
 }
