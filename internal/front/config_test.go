@@ -33,7 +33,7 @@ func TestHeldConfigApply(t *testing.T) {
 				PersistentKeepalive: ptr(uint16(25)), AddAllowedIPs: []netip.Prefix{pfx("100.64.1.0/24"), pfx("2001:db8:1::/64")}},
 			{PublicKey: key(2), AddAllowedIPs: []netip.Prefix{pfx("100.64.2.0/24")}},
 			{PublicKey: own, AddAllowedIPs: []netip.Prefix{pfx("0.0.0.0/0")}}, // ignored
-			{PublicKey: key(3), UpdateOnly: true},                               // not created
+			{PublicKey: key(3), UpdateOnly: true},                             // not created
 		},
 	})
 	if h.listenPort != 51820 || h.fwmark != 0x20 || h.privateKey != priv || len(h.peers) != 2 {

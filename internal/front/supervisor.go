@@ -90,6 +90,10 @@ type supervisor struct {
 
 	logLimit *tokenBucket
 
+	// Hooks that tests replace.
+	linkExists  func(name string) bool
+	roamedEvery time.Duration
+
 	restarts        atomic.Uint64
 	startFailures   atomic.Uint64
 	lastRestartUs   atomic.Uint64
@@ -109,6 +113,7 @@ type supervisor struct {
 func newSupervisor(cfg Config, dev tun.Device) *supervisor {
 	return &supervisor{cfg: cfg, dev: dev, changed: make(chan struct{}),
 		held: newHeldConfig(), logLimit: newTokenBucket(logRate, logBurst),
+		linkExists: linkExists, roamedEvery: roamedEvery,
 		stop: make(chan struct{}), loopDone: make(chan struct{}), gone: make(chan struct{})}
 }
 
@@ -248,7 +253,7 @@ func (s *supervisor) relayStderr(ep *engineProc, r io.Reader) {
 func (s *supervisor) watch(ep *engineProc) {
 	beat := time.NewTicker(s.heartbeatEvery())
 	defer beat.Stop()
-	roam := time.NewTicker(roamedEvery)
+	roam := time.NewTicker(s.roamedEvery)
 	defer roam.Stop()
 	for {
 		select {
@@ -345,7 +350,7 @@ func (s *supervisor) loop(ep *engineProc) {
 		if s.stopping() {
 			return
 		}
-		if !linkExists(s.cfg.Name) {
+		if !s.linkExists(s.cfg.Name) {
 			close(s.gone)
 			<-s.stop
 			return
