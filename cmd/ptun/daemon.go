@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,8 +31,14 @@ func runInterface(args []string) int {
 	fs.BoolVar(foreground, "foreground", false, "stay in the foreground")
 	mtu := fs.Int("mtu", 1420, "interface MTU")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+ipc.EnvIPC+")")
-	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with -f, none otherwise)")
+	logFile := fs.String("log", "", "append the daemon's log to `FILE` (default: stderr with -f, else syslog or /var/log/ptun/IFNAME.log; see ptun -h)")
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "run 'ptun -h' for help")
 		return 2
 	}
 	if fs.NArg() != 1 {
