@@ -38,10 +38,11 @@ const usage = `Usage:
   ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
 Examples:
-  sudo ptun wg0                    # create wg0 and go to the background
-  sudo wg set wg0 private-key ./priv peer PUBKEY endpoint 198.18.0.2:51820 allowed-ips 100.64.0.2/32
+  sudo ptun wg0               # create wg0 and go to the background
+  sudo wg set wg0 private-key ./priv listen-port 51820 \
+       peer PUBKEY endpoint 198.18.0.2:51820 allowed-ips 100.64.0.2/32
   sudo WG_QUICK_USERSPACE_IMPLEMENTATION=ptun wg-quick up ./wg0.conf
-  sudo LOG_LEVEL=verbose ptun -f wg0   # stay in the foreground, log more to stderr
+  sudo LOG_LEVEL=verbose ptun -f wg0   # in the foreground, more log on stderr
 
 Logs: with -f, to stderr. In the background, to syslog (journald) with the tag
 "ptun" when /dev/log accepts a connection, otherwise appended to
