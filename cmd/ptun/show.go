@@ -18,10 +18,11 @@ import (
 
 // runShow is `ptun show [IFNAME]`.
 func runShow(args []string) error {
-	if err := parseFlags(newFlagSet("show"), args, 1); err != nil {
+	fs := newFlagSet("show")
+	if err := parseFlags(fs, args, 1); err != nil {
 		return err
 	}
-	return show(args, stdout, os.Stderr)
+	return show(fs.Args(), stdout, os.Stderr)
 }
 
 // show prints each interface's peers and counters to w: what `wg show`
@@ -30,7 +31,6 @@ func runShow(args []string) error {
 // errw and the others are still shown, and the result is errReported if
 // any failed.
 func show(args []string, w, errw io.Writer) error {
-	var names []string
 	if len(args) == 1 {
 		return showOne(args[0], w)
 	}
@@ -38,6 +38,7 @@ func show(args []string, w, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var names []string
 	for _, s := range socks {
 		names = append(names, strings.TrimSuffix(filepath.Base(s), ".sock"))
 	}

@@ -146,9 +146,11 @@ func TestShowAllGoesOnAfterAFailure(t *testing.T) {
 		t.Errorf("ptun show: exit status %d, want 1; stdout:\n%s", code, cout)
 	}
 	// Naming one that works exits 0.
-	cout, _ = capture(t, func() { code = run([]string{"show", "c-wggo"}) })
-	if code != 0 || !strings.Contains(cout, "interface: c-wggo") {
-		t.Errorf("ptun show c-wggo: exit status %d, want 0; stdout:\n%s", code, cout)
+	for _, args := range [][]string{{"show", "c-wggo"}, {"show", "--", "c-wggo"}} {
+		cout, _ = capture(t, func() { code = run(args) })
+		if code != 0 || !strings.Contains(cout, "interface: c-wggo") || strings.Contains(cout, "a-ptun") {
+			t.Errorf("ptun %s: exit status %d, want 0; stdout:\n%s", strings.Join(args, " "), code, cout)
+		}
 	}
 }
 
