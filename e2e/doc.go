@@ -1,11 +1,12 @@
 // Package e2e holds ptun's end-to-end and interoperability tests. It has no
 // code of its own: the tests build the real ptun and wireguard-go binaries,
 // start them in network namespaces they create (two hosts joined by a veth
-// pair), configure them with the real wg(8) tool and measure them with
-// iperf3 and ping.
+// pair), configure them with the real wg(8) tool (and, in TestWgQuick, the
+// real wg-quick) and measure them with iperf3 and ping.
 //
-// The tests need root, wg (wireguard-tools), iperf3, ping (iputils-ping) and
-// ip/ss (iproute2). Without them they skip, except under CI=true, where a
+// The tests need root, wg and wg-quick (wireguard-tools), iperf3, ping
+// (iputils-ping), ip/ss (iproute2), and for wg-quick's full tunnel nft
+// (nftables), sysctl (procps), unshare (util-linux) and mount. Without them they skip, except under CI=true, where a
 // skip is a failure.
 //
 // PTUN_E2E_PTUN=/path/to/binary runs the suite against that binary instead

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -507,6 +508,9 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " | ")
 }
 
+// daemonLogDir is where a daemon logs when the machine has no syslog.
+const daemonLogDir = "/var/log/ptun"
+
 // startDetached runs `ptun ifname` (no -f) in h and checks that it returns
 // exit 0 with the socket in place, without holding our stdout/stderr open,
 // leaving ptun processes in h's namespace; it returns their PIDs.
@@ -518,11 +522,18 @@ func startDetached(t *testing.T, h *host, ifname string) []int {
 	cmd := nsCommand(ctx, h.ns, ptun.bin, ifname)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 3 * time.Second
+	_, statErr := os.Stat(daemonLogDir)
 	err := cmd.Run()
-	// Whatever happened, stop what it left behind before the lab goes.
+	// Whatever happened, stop what it left behind before the lab goes:
+	// its processes, its socket, and its log when it wrote one (no
+	// syslog on the machine).
 	t.Cleanup(func() {
 		killPIDs(ptunPIDs(t, h))
 		os.Remove(socketPath(ifname))
+		os.Remove(filepath.Join(daemonLogDir, ifname+".log"))
+		if os.IsNotExist(statErr) {
+			os.Remove(daemonLogDir) // only if empty
+		}
 	})
 	switch {
 	case errors.Is(err, exec.ErrWaitDelay):

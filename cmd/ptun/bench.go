@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,7 +20,7 @@ import (
 
 // runBench is `ptun bench`: every candidate, every direction, side by side.
 func runBench(args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs := newFlagSet("bench")
 	rounds := fs.Int("rounds", 3, "interleaved rounds; the report gives medians over them")
 	dur := fs.Duration("duration", 5*time.Second, "length of each throughput test (whole seconds)")
 	streams := fs.Int("streams", 4, "TCP streams in the multi-stream tests")
@@ -40,11 +39,8 @@ func runBench(args []string) error {
 		peers = append(peers, bench.Peer{Name: strings.TrimSpace(name), Argv: argv})
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
 	rate, err := parseRate(*udpRate)
 	if err != nil {
@@ -80,7 +76,7 @@ func runBench(args []string) error {
 		return err
 	}
 	fmt.Fprintln(os.Stderr)
-	if err := res.WriteTable(os.Stdout); err != nil {
+	if err := res.WriteTable(stdout); err != nil {
 		return err
 	}
 	if *jsonPath != "" {

@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"os"
 	"os/exec"
@@ -30,8 +30,14 @@ func runInterface(args []string) int {
 	fs.BoolVar(foreground, "foreground", false, "stay in the foreground")
 	mtu := fs.Int("mtu", 1420, "interface MTU")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+ipc.EnvIPC+")")
-	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with -f, none otherwise)")
+	logFile := fs.String("log", "", "append the daemon's log to `FILE` (default: stderr with -f, else syslog or /var/log/ptun/IFNAME.log; see ptun -h)")
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "run 'ptun -h' for help")
 		return 2
 	}
 	if fs.NArg() != 1 {
@@ -61,16 +67,19 @@ func runInterface(args []string) int {
 		return daemonize(args)
 	}
 
-	logger, closeLog, err := openLog(*logFile, *foreground)
+	ready := readyReporter()
+	logger, closeLog, err := openLog(*logFile, *foreground, name)
 	if err != nil {
+		ready(err) // a daemon's stderr goes nowhere
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
 	defer closeLog()
-	ready := readyReporter()
 	gomaxprocs.Apply()
 	if err := serve(name, *mtu, mode, logger, ready); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		if !*foreground || *logFile != "" { // else serve logged it to stderr
+			fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		}
 		return 1
 	}
 	return 0
@@ -100,10 +109,17 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 		verbosef("%v: shutting down", s)
 		close(stop)
 	}()
-	return front.Run(front.Config{
+	errorf("interface %s starting (pid %d, ipc %s, mtu %d)", name, os.Getpid(), mode, mtu)
+	err := front.Run(front.Config{
 		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef,
 		EngineCommand: func() *exec.Cmd { return engineCommand(name) },
 	}, stop, ready)
+	if err != nil {
+		errorf("interface %s: %v", name, err)
+	} else {
+		errorf("interface %s stopped", name)
+	}
+	return err
 }
 
 // engineRole is the first argument of an engine process: not a valid
@@ -142,21 +158,6 @@ func runEngine(args []string) int {
 		return 1
 	}
 	return 0
-}
-
-func openLog(path string, foreground bool) (*log.Logger, func(), error) {
-	switch {
-	case path != "":
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--log: %w", err)
-		}
-		return log.New(f, "ptun: ", log.LstdFlags), func() { f.Close() }, nil
-	case foreground:
-		return log.New(os.Stderr, "ptun: ", log.LstdFlags), func() {}, nil
-	default:
-		return log.New(io.Discard, "", 0), func() {}, nil
-	}
 }
 
 // readyReporter returns the function a daemonized child uses to tell its

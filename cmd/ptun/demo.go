@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,12 +12,12 @@ import (
 
 // runDemo is `ptun demo`: two namespaced hosts and a real tunnel.
 func runDemo(args []string) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs := newFlagSet("demo")
 	dur := fs.Duration("duration", 5*time.Second, "length of each throughput run")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, 0); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return demo.Run(ctx, demo.Options{Duration: *dur}, os.Stdout)
+	return demo.Run(ctx, demo.Options{Duration: *dur}, stdout)
 }

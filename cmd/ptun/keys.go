@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/ptun-vpn/ptun/wg/noise"
@@ -39,4 +40,28 @@ func pubKey(r io.Reader, w io.Writer) error {
 	}
 	_, err = fmt.Fprintln(w, k.PublicKey().Base64())
 	return err
+}
+
+// runGenKey is `ptun genkey`.
+func runGenKey(args []string) error {
+	if err := parseFlags(newFlagSet("genkey"), args, 0); err != nil {
+		return err
+	}
+	return genKey(stdout)
+}
+
+// runGenPSK is `ptun genpsk`.
+func runGenPSK(args []string) error {
+	if err := parseFlags(newFlagSet("genpsk"), args, 0); err != nil {
+		return err
+	}
+	return genPSK(stdout)
+}
+
+// runPubKey is `ptun pubkey`.
+func runPubKey(args []string) error {
+	if err := parseFlags(newFlagSet("pubkey"), args, 0); err != nil {
+		return err
+	}
+	return pubKey(os.Stdin, stdout)
 }

@@ -5,9 +5,13 @@
 //	ptun show [IFNAME]             peers, handshakes, bytes and drop counters
 //	ptun demo                      two namespaced hosts, a tunnel, throughput vs the raw link
 //	ptun bench                     every direction, against the raw link and other implementations
+//
+// `ptun -h` lists the environment variables, where the daemon logs and the
+// signals it obeys; `ptun COMMAND -h` describes each command.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -30,14 +34,50 @@ const usage = `Usage:
              [--json FILE] [--svg FILE]
         as root: measure TCP and UDP up and down, RTT idle and under load, CPU
         per GB and memory, of the raw link, ptun and each peer (such as
-        --peer wireguard-go=wireguard-go), interleaved, with medians and ratios;
-        see ptun bench -h
+        --peer wireguard-go=wireguard-go), interleaved, with medians and ratios
+  ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
-Environment: PTUN_DISABLE_TUN_OFFLOAD, PTUN_DISABLE_TUN_USO, PTUN_DISABLE_TUN_GRO,
-PTUN_DISABLE_UDP_GSO, PTUN_DISABLE_UDP_GRO (=1 turns that offload off);
-PTUN_IPC=fd|shm|seqpacket|inproc acts as --ipc; PTUN_SHM_RING_SIZE (bytes) sizes
-the shm rings; LOG_LEVEL=verbose|error|silent; WG_PROCESS_FOREGROUND=1 acts as -f;
-GOMAXPROCS overrides ptun's choice of Go processors (1 on machines with 1-2 CPUs).
+Examples:
+  sudo ptun wg0               # create wg0 and go to the background
+  sudo wg set wg0 private-key ./priv listen-port 51820 \
+       peer PUBKEY endpoint 198.18.0.2:51820 allowed-ips 100.64.0.2/32
+  sudo WG_QUICK_USERSPACE_IMPLEMENTATION=ptun wg-quick up ./wg0.conf
+  sudo LOG_LEVEL=verbose ptun -f wg0   # in the foreground, more log on stderr
+
+Logs: with -f, to stderr. In the background, to syslog (journald) with the tag
+"ptun" when /dev/log accepts a connection, otherwise appended to
+/var/log/ptun/IFNAME.log (the file mode 0600, the directory 0700). --log FILE
+appends to FILE instead, in either case. The daemon logs its start and stop,
+errors and engine restarts; LOG_LEVEL=verbose adds more.
+
+Signals: SIGTERM, SIGINT and SIGHUP stop the interface: ptun deletes it and
+its socket and exits, as it does when the interface is deleted (ip link del
+IFNAME). SIGHUP does not reopen --log FILE; rotate it by copying and
+truncating (logrotate's copytruncate), as ptun only appends.
+
+Environment:
+  PTUN_IPC=fd|shm|seqpacket|inproc  acts as --ipc
+  PTUN_SHM_RING_SIZE=BYTES          size of each shm ring: a power of two from
+                                    256 KiB to 64 MiB (default 4 MiB)
+  PTUN_DISABLE_TUN_OFFLOAD=1        no virtio-net header: one packet per TUN
+                                    read or write
+  PTUN_DISABLE_TUN_USO=1            no UDP segmentation offload on the TUN
+  PTUN_DISABLE_TUN_GRO=1            no coalescing of packets written to the TUN
+  PTUN_DISABLE_UDP_GSO=1            no UDP segmentation offload on send
+  PTUN_DISABLE_UDP_GRO=1            no UDP receive offload
+  PTUN_DISABLE_AQM=1                no CoDel on the UDP receive queue
+  PTUN_AQM_TARGET=DURATION          CoDel's target queue delay (default 1ms)
+  PTUN_AQM_INTERVAL=DURATION        CoDel's interval (default 10ms)
+  PTUN_REKEY_AFTER_TIME, PTUN_REJECT_AFTER_TIME, PTUN_REKEY_ATTEMPT_TIME,
+  PTUN_REKEY_TIMEOUT, PTUN_KEEPALIVE_TIMEOUT=DURATION
+                                    shorten the protocol's timers (defaults
+                                    120s, 180s, 90s, 5s, 10s); for tests
+  LOG_LEVEL=verbose|silent          log more (also "debug"), or nothing; the
+                                    default logs errors and events
+  WG_PROCESS_FOREGROUND=1           acts as -f (as for wireguard-go)
+  GOMAXPROCS=N                      Go processors per process (ptun's default:
+                                    1 on machines with 1-2 CPUs, else Go's)
+DURATION is a Go duration such as 500us, 5ms or 3s.
 `
 
 func main() {
@@ -50,30 +90,28 @@ func run(args []string) int {
 		return 2
 	}
 	var err error
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Print(usage)
+	switch cmd, ok := commands[args[0]]; {
+	case ok:
+		err = cmd(args[1:])
+	case args[0] == "-h" || args[0] == "--help":
+		fmt.Fprint(stdout, usage)
 		return 0
-	case "genkey":
-		err = genKey(os.Stdout)
-	case "genpsk":
-		err = genPSK(os.Stdout)
-	case "pubkey":
-		err = pubKey(os.Stdin, os.Stdout)
-	case "show":
-		err = show(args[1:], os.Stdout)
-	case "demo":
-		err = runDemo(args[1:])
-	case "bench":
-		err = runBench(args[1:])
-	case engineRole:
+	case args[0] == "help":
+		err = help(args[1:])
+	case args[0] == engineRole:
 		return runEngine(args)
 	default:
 		return runInterface(args)
 	}
-	if err != nil {
+	switch {
+	case err == nil, errors.Is(err, errHelped):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	case errors.Is(err, errReported):
+		return 1
+	default:
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
-	return 0
 }

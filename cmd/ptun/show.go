@@ -1,55 +1,87 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/uapi"
 )
 
-// show prints each interface's peers and counters: what `wg show` prints,
-// plus ptun's drop counters by reason.
-func show(args []string, w io.Writer) error {
-	var names []string
-	switch len(args) {
-	case 0:
-		socks, _ := filepath.Glob(filepath.Join(filepath.Dir(uapi.SocketPath("x")), "*.sock"))
-		for _, s := range socks {
-			names = append(names, strings.TrimSuffix(filepath.Base(s), ".sock"))
-		}
-		if len(names) == 0 {
-			return fmt.Errorf("no interfaces found (no sockets in %s)", filepath.Dir(uapi.SocketPath("x")))
-		}
-	case 1:
-		names = args
-	default:
-		return fmt.Errorf("usage: ptun show [IFNAME]")
+// runShow is `ptun show [IFNAME]`.
+func runShow(args []string) error {
+	fs := newFlagSet("show")
+	if err := parseFlags(fs, args, 1); err != nil {
+		return err
 	}
+	return show(fs.Args(), stdout, os.Stderr)
+}
+
+// show prints each interface's peers and counters to w: what `wg show`
+// prints, plus ptun's drop counters by reason. Without args it shows every
+// interface with a socket in uapi.SocketDir; one that fails is reported on
+// errw and the others are still shown, and the result is errReported if
+// any failed.
+func show(args []string, w, errw io.Writer) error {
+	if len(args) == 1 {
+		return showOne(args[0], w)
+	}
+	socks, err := filepath.Glob(filepath.Join(uapi.SocketDir, "*.sock"))
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, s := range socks {
+		names = append(names, strings.TrimSuffix(filepath.Base(s), ".sock"))
+	}
+	if len(names) == 0 {
+		if _, err := os.Stat(uapi.SocketDir); err != nil && !os.IsNotExist(err) {
+			return withRootHint(err)
+		}
+		return fmt.Errorf("no interfaces found (no sockets in %s)", uapi.SocketDir)
+	}
+	failed := 0
 	for i, name := range names {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
 		if err := showOne(name, w); err != nil {
-			return err
+			fmt.Fprintf(errw, "ptun: %v\n", err)
+			failed++
 		}
+	}
+	if failed > 0 {
+		fmt.Fprintf(errw, "ptun: %d of %d interfaces could not be shown\n", failed, len(names))
+		return errReported
 	}
 	return nil
 }
 
+// withRootHint adds what to do to a permission error.
+func withRootHint(err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: run as root (the UAPI sockets in %s are root's)", err, uapi.SocketDir)
+	}
+	return err
+}
+
+// showOne prints interface name's state and counters.
 func showOne(name string, w io.Writer) error {
 	sock := uapi.SocketPath(name)
 	st, err := uapi.Get(sock)
 	if err != nil {
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%s: no such interface (no socket %s)", name, sock)
 		}
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", name, withRootHint(err))
 	}
 	fmt.Fprintf(w, "interface: %s\n", name)
 	if !st.PrivateKey.IsZero() {
@@ -86,6 +118,11 @@ func showOne(name string, w io.Writer) error {
 		}
 	}
 	stats, err := uapi.Stats(sock)
+	if errors.Is(err, syscall.EOPNOTSUPP) {
+		// Not ptun (wireguard-go answers stats=1 so): nothing more to show.
+		fmt.Fprintf(w, "\n(no counters: the interface is not served by ptun)\n")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("%s: counters: %w", name, err)
 	}

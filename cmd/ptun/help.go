@@ -1,0 +1,163 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Errors a command returns after it has said all there is to say; run
+// turns them into exit codes without printing anything more.
+var (
+	errHelped   = errors.New("help printed")             // -h: exit 0
+	errUsage    = errors.New("usage error printed")      // bad flags or arguments: exit 2
+	errReported = errors.New("failure already reported") // exit 1
+)
+
+// stdout is where help and command output go (a variable for tests).
+var stdout io.Writer = os.Stdout
+
+// Each command's usage, printed by `ptun COMMAND -h` (followed by its
+// flags, if it has any) and by `ptun help COMMAND`.
+var commandUsage = map[string]string{
+	"genkey": `Usage: ptun genkey
+
+Print a new Curve25519 private key in base64, as wg genkey does.
+
+Example:
+  ptun genkey | tee privatekey | ptun pubkey > publickey
+`,
+	"pubkey": `Usage: ptun pubkey
+
+Read a base64 private key on stdin and print its public key, as wg pubkey
+does.
+
+Example:
+  ptun genkey | tee privatekey | ptun pubkey > publickey
+`,
+	"genpsk": `Usage: ptun genpsk
+
+Print a new random preshared key in base64, as wg genpsk does.
+
+Example:
+  ptun genpsk > presharedkey
+  wg set wg0 peer PUBKEY preshared-key ./presharedkey
+`,
+	"show": `Usage: ptun show [IFNAME]
+
+Show an interface's peers, endpoints, allowed IPs, latest handshakes and
+transfer, then ptun's drop counters by reason and its other non-zero
+counters. Without IFNAME, show every interface with a socket in
+/var/run/wireguard; one that fails is reported and the others are still
+shown, and the exit status is 1 if any failed. Interfaces of other
+implementations (wireguard-go) are shown without counters. The sockets are
+root's: run it as root.
+
+Example:
+  sudo ptun show wg0
+`,
+	"demo": `Usage: ptun demo [--duration D]
+
+As root: make two network namespaces joined by a veth link, run ptun in
+each, configure them through the WireGuard userspace API, and print ping and
+TCP throughput in both directions through the tunnel next to the raw link.
+Everything it creates is removed when it ends, also on Ctrl-C.
+
+Example:
+  sudo ptun demo --duration 3s
+`,
+	"bench": `Usage: ptun bench [flags]
+
+As root: build a client and a server host (network namespaces joined by a
+veth link) and measure, for the raw link, each ptun mode and each --peer,
+TCP and UDP up and down, round-trip time idle and under load, CPU per GB
+and peak memory. Rounds are interleaved; the report gives medians, min-max
+and ratios. Needs iperf3.
+
+Example:
+  sudo ptun bench --peer wireguard-go=$(go env GOPATH)/bin/wireguard --json out.json --svg out.svg
+`,
+}
+
+// newFlagSet returns the flag set of `ptun name`. Parse it with parseFlags.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	fs.Usage = func() {} // parseFlags prints the usage
+	return fs
+}
+
+// parseFlags parses args into fs, the flag set of `ptun CMD`, and checks
+// that at most maxArgs arguments follow the flags. On -h or --help it prints
+// CMD's usage and flags to stdout and returns errHelped; on a bad flag or
+// too many arguments it says so on stderr and returns errUsage.
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout, fs)
+		return errHelped
+	}
+	if err == nil && fs.NArg() > maxArgs {
+		fmt.Fprintf(os.Stderr, "ptun %s: unexpected argument %q\n", fs.Name(), fs.Arg(maxArgs))
+		err = errUsage
+	}
+	if err != nil {
+		// The flag package has printed what was wrong.
+		fmt.Fprintf(os.Stderr, "run 'ptun %s -h' for help\n", fs.Name())
+		return errUsage
+	}
+	return nil
+}
+
+// printUsage writes the usage of the command whose flag set is fs.
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, commandUsage[fs.Name()])
+	hasFlags := false
+	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+	if hasFlags {
+		fmt.Fprintln(w, "\nFlags:")
+		out := fs.Output()
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(out)
+	}
+}
+
+// commands are ptun's subcommands by name; each takes the arguments after
+// its name.
+var commands = map[string]func(args []string) error{
+	"genkey": runGenKey,
+	"pubkey": runPubKey,
+	"genpsk": runGenPSK,
+	"show":   runShow,
+	"demo":   runDemo,
+	"bench":  runBench,
+}
+
+// help is `ptun help [COMMAND]`.
+func help(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return errHelped
+	}
+	cmd, ok := commands[args[0]]
+	if !ok || len(args) > 1 {
+		fmt.Fprintf(os.Stderr, "ptun help: no command %q (commands: %s)\n", strings.Join(args, " "), strings.Join(commandNames(), ", "))
+		return errUsage
+	}
+	return cmd([]string{"-h"}) // prints the flags too
+}
+
+// commandNames returns the names of commands, sorted.
+func commandNames() []string {
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
