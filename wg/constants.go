@@ -2,16 +2,17 @@ package wg
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"time"
+
+	"github.com/ptun-vpn/ptun/wg/replay"
 )
 
 // Protocol limits from the WireGuard whitepaper (§6). They are not options:
 // changing them would break interoperability.
 const (
 	rekeyAfterMessages  = 1 << 60
-	rejectAfterMessages = math.MaxUint64 - (1 << 13)
+	rejectAfterMessages = replay.RejectAfterMessages
 	handshakeFloodGap   = 20 * time.Millisecond // least time between two initiations accepted from one peer
 	maxTimerJitter      = 333 * time.Millisecond
 )
