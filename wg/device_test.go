@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -334,18 +333,17 @@ func TestPrivateKeyChangeNeedsNewHandshake(t *testing.T) {
 }
 
 func TestCloseLeavesNoGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	func() {
-		ta, _ := transporttest.NewPair()
-		d, err := New(tuntest.NewChannelTUN(1420), ta, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Close(); err != nil {
+	before := goroutines()
+	a, b := newTestPair(t, Timers{})
+	p := ipv4Packet(a.addr, b.addr, []byte("run every routine once"))
+	a.tun.Inbound <- p
+	expectPacket(t, b, p)
+	for _, n := range []*testNode{a, b} {
+		if err := n.dev.Close(); err != nil {
 			t.Logf("close: %v", err)
 		}
-	}()
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+	}
+	checkNoLeak(t, before)
 }
 
 func waitFor(t *testing.T, cond func() bool) {
