@@ -82,17 +82,10 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 		}
 	}
 
-	// The only step that can fail on the system's side comes first.
-	if cfg.ListenPort != nil && *cfg.ListenPort != d.listenPort {
-		if err := d.rebind(*cfg.ListenPort); err != nil {
-			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", *cfg.ListenPort, err)}
-		}
-	}
-	if cfg.FwMark != nil && *cfg.FwMark != d.fwmark {
-		if err := d.transport.SetMark(*cfg.FwMark); err != nil {
-			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
-		}
-		d.fwmark = *cfg.FwMark
+	// The steps that can fail on the system's side come first, and each
+	// puts back what it changed when it fails.
+	if err := d.setTransport(cfg); err != nil {
+		return err
 	}
 
 	// Apply: nothing below fails.
@@ -104,6 +97,40 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 	}
 	for i := range cfg.Peers {
 		d.applyPeer(&cfg.Peers[i])
+	}
+	return nil
+}
+
+// setTransport applies cfg's listen port and fwmark. On failure the
+// transport is as it was (see rebind for the one exception).
+func (d *Device) setTransport(cfg *wgcfg.DeviceConfig) error {
+	port, mark := d.listenPort, d.fwmark
+	if cfg.ListenPort != nil {
+		port = *cfg.ListenPort
+	}
+	if cfg.FwMark != nil {
+		mark = *cfg.FwMark
+	}
+	switch {
+	case cfg.ListenPort != nil && (!d.bound || port != d.listenPort):
+		// The new sockets get the new mark before they are in force.
+		if err := d.rebind(port, mark); err != nil {
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", port, err)}
+		}
+		d.fwmark = mark
+	case mark != d.fwmark && !d.bound:
+		d.fwmark = mark // in force when a listen port is set
+	case mark != d.fwmark:
+		if err := d.transport.SetMark(mark); err != nil {
+			// Some sockets may carry the new mark already.
+			if err2 := d.transport.SetMark(d.fwmark); err2 != nil {
+				if err3 := d.rebind(d.listenPort, d.fwmark); err3 != nil {
+					err = fmt.Errorf("%w (and restoring fwmark %d failed: %v)", err, d.fwmark, err3)
+				}
+			}
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
+		}
+		d.fwmark = mark
 	}
 	return nil
 }

@@ -58,6 +58,8 @@ type counters struct {
 	tunReadPackets       atomic.Uint64
 	transportRecvBatches atomic.Uint64
 	transportRecvPackets atomic.Uint64
+
+	rebindRestoreFailures atomic.Uint64 // a failed listen-port change whose restore failed too: no sockets
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -79,5 +81,6 @@ func (c *counters) snapshot() []metrics.Counter {
 		metrics.Counter{Name: "tun_read_packets", Value: c.tunReadPackets.Load()},
 		metrics.Counter{Name: "transport_recv_batches", Value: c.transportRecvBatches.Load()},
 		metrics.Counter{Name: "transport_recv_packets", Value: c.transportRecvPackets.Load()},
+		metrics.Counter{Name: "rebind_restore_failures", Value: c.rebindRestoreFailures.Load()},
 	)
 }

@@ -60,8 +60,9 @@ type Device struct {
 	indices indexTable
 
 	// transport state, guarded by configMu for writes
-	listenPort uint16
-	fwmark     uint32
+	bound      bool           // the transport is open; false only after a rebind whose restore failed too
+	listenPort uint16         // the port bound; 0 while not bound
+	fwmark     uint32         // the mark configured, in force on the sockets while bound
 	recvDone   sync.WaitGroup // receive routines of the current binding
 	rxBufsMu   sync.Mutex
 	rxBufs     [][][]byte // receive buffer sets left by routines of earlier bindings
@@ -102,7 +103,7 @@ func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	d.indices.m = make(map[uint32]indexEntry)
 
 	d.configMu.Lock()
-	err := d.bind(0)
+	err := d.bind(0, 0)
 	d.configMu.Unlock()
 	if err != nil {
 		return nil, err
@@ -114,20 +115,21 @@ func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	return d, nil
 }
 
-// bind opens the transport on port and starts a receive routine per socket.
+// bind opens the transport on port with mark (0: none) and starts a receive
+// routine per socket. It either succeeds or leaves the transport closed.
 // configMu must be held and the transport closed.
-func (d *Device) bind(port uint16) error {
+func (d *Device) bind(port uint16, mark uint32) error {
 	fns, actual, err := d.transport.Open(port)
 	if err != nil {
 		return err
 	}
-	if d.fwmark != 0 {
-		if err := d.transport.SetMark(d.fwmark); err != nil {
+	if mark != 0 {
+		if err := d.transport.SetMark(mark); err != nil {
 			d.transport.Close()
 			return err
 		}
 	}
-	d.listenPort = actual
+	d.bound, d.listenPort = true, actual
 	for _, fn := range fns {
 		d.recvDone.Add(1)
 		go d.routineReceive(fn)
@@ -161,19 +163,26 @@ func (d *Device) putRxBufs(set [][]byte) {
 	d.rxBufsMu.Unlock()
 }
 
-// rebind moves the transport to port. On failure it restores the old port
-// and returns the error, leaving the device as it was.
-func (d *Device) rebind(port uint16) error {
-	old := d.listenPort
+// rebind moves the transport to port with mark. On failure it restores the
+// old port and mark and returns the error, leaving the device as it was. If
+// the restore fails too, the device is left without sockets and says so:
+// it reports listen port 0, counts rebind_restore_failures, and the error
+// tells the caller to set a listen port again.
+func (d *Device) rebind(port uint16, mark uint32) error {
+	oldPort, oldMark, wasBound := d.listenPort, d.fwmark, d.bound
 	d.transport.Close()
 	d.recvDone.Wait()
-	if err := d.bind(port); err != nil {
-		if err2 := d.bind(old); err2 != nil {
-			d.logf("cannot restore listen port %d: %v", old, err2)
-		}
+	d.bound, d.listenPort = false, 0
+	err := d.bind(port, mark)
+	if err == nil || !wasBound {
 		return err
 	}
-	return nil
+	if err2 := d.bind(oldPort, oldMark); err2 != nil {
+		d.counters.rebindRestoreFailures.Add(1)
+		d.logf("cannot restore listen port %d: %v; the device has no socket until a listen port is set", oldPort, err2)
+		return fmt.Errorf("%w (and restoring listen port %d failed: %v; the device has no socket until a listen port is set)", err, oldPort, err2)
+	}
+	return err
 }
 
 // Done is closed when the device has stopped.
