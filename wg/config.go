@@ -64,14 +64,12 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 			newLocal = noise.NewLocal(*cfg.PrivateKey)
 		}
 	}
+	// Any public key is accepted, as the kernel and wireguard-go do: a
+	// low-order one (all zeros among them) makes a peer that never
+	// completes a handshake and is never sent to, and the device's own key
+	// makes no peer at all (so one configuration can serve every host).
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
-		if pc.PublicKey.IsZero() {
-			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("peer public key is zero")}
-		}
-		if newLocal != nil && pc.PublicKey == newLocal.Public && !pc.Remove {
-			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("a peer cannot have this device's own public key")}
-		}
 		for _, pfx := range append(pc.AddAllowedIPs, pc.RemoveAllowedIPs...) {
 			if !pfx.IsValid() {
 				return &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid allowed IP %v", pfx)}
@@ -96,6 +94,9 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 		d.removeAllPeers()
 	}
 	for i := range cfg.Peers {
+		if newLocal != nil && cfg.Peers[i].PublicKey == newLocal.Public {
+			continue // ignored, not refused
+		}
 		d.applyPeer(&cfg.Peers[i])
 	}
 	return nil
@@ -199,16 +200,12 @@ func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
 		was := p.persistentKeepalive.Swap(uint32(*pc.PersistentKeepalive))
 		if was == 0 && *pc.PersistentKeepalive != 0 {
 			// Start at once, as wg-quick users expect the tunnel to come up.
-			go d.sendKeepaliveOrHandshake(p)
+			if p.keypairs.current.Load() != nil {
+				d.requestControl(p, controlKeepalive)
+			} else {
+				d.initiateHandshake(p, false)
+			}
 		}
-	}
-}
-
-func (d *Device) sendKeepaliveOrHandshake(p *Peer) {
-	if p.keypairs.current.Load() != nil {
-		d.sendKeepalive(p)
-	} else {
-		d.initiateHandshake(p, false)
 	}
 }
 
@@ -220,7 +217,7 @@ func (d *Device) removePeer(p *Peer) {
 	d.allowed.RemoveValue(p)
 	p.clearSessions()
 	p.sendMu.Lock()
-	clear(p.staged)
+	p.unstageLocked(len(p.staged))
 	p.staged = nil
 	p.sendMu.Unlock()
 }

@@ -11,6 +11,7 @@
 package wg
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -38,6 +39,11 @@ const bufSize = headroom + tun.MaxSegmentSize + 64
 type Options struct {
 	Logf   func(format string, args ...any) // nil: silent
 	Timers Timers                           // zero: DefaultTimers()
+
+	// For tests: smaller bounds, to reach them with few packets. Zero
+	// means the default.
+	controlQueueLen int   // controlQueueLen
+	maxStagedTotal  int64 // maxStagedTotal
 }
 
 // Device is a WireGuard interface: a TUN device, a transport and the peers.
@@ -68,9 +74,19 @@ type Device struct {
 	rxBufs     [][][]byte // receive buffer sets left by routines of earlier bindings
 
 	tunWriteMu sync.Mutex   // serialises TUN writes from the receive routines
-	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by the timer routine
+	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by routineMTU
 
-	handshakes chan handshakeMessage
+	handshakes     chan handshakeMessage
+	underLoadUntil atomic.Int64 // Unix nanoseconds; see underLoad
+
+	control      chan controlMsg     // to routineControl
+	keepaliveBuf [headroom + 16]byte // routineControl's keepalive
+
+	stagedTotal    atomic.Int64 // packets staged across all peers
+	maxStagedTotal int64
+
+	// Data-path errors that can repeat on every batch are rate limited.
+	logs struct{ tunRead, tunWrite, receive, send logLimiter }
 
 	counters counters
 
@@ -86,12 +102,14 @@ type Device struct {
 // by itself (the TUN went away).
 func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	d := &Device{
-		tun:        t,
-		transport:  tr,
-		logf:       opts.Logf,
-		timers:     opts.Timers,
-		handshakes: make(chan handshakeMessage, handshakeQueueLen),
-		closed:     make(chan struct{}),
+		tun:            t,
+		transport:      tr,
+		logf:           opts.Logf,
+		timers:         opts.Timers,
+		handshakes:     make(chan handshakeMessage, handshakeQueueLen),
+		control:        make(chan controlMsg, cmp.Or(opts.controlQueueLen, controlQueueLen)),
+		maxStagedTotal: cmp.Or(opts.maxStagedTotal, maxStagedTotal),
+		closed:         make(chan struct{}),
 	}
 	if d.logf == nil {
 		d.logf = func(string, ...any) {}
@@ -108,10 +126,13 @@ func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.routines.Add(3)
+	d.refreshMTU()
+	d.routines.Add(5)
 	go d.routineReadFromTUN()
 	go d.routineHandshakes()
+	go d.routineControl()
 	go d.routineTimers()
+	go d.routineMTU()
 	return d, nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/transport/transporttest"
+	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
@@ -26,6 +27,7 @@ type testNode struct {
 	addr  netip.Addr // tunnel address (IPv4)
 	addr6 netip.Addr
 	ep    netip.AddrPort // where the other side reaches this node
+	fake  *transporttest.Fake
 }
 
 func mustKey(t testing.TB) noise.PrivateKey {
@@ -49,12 +51,21 @@ func newTestPair(t testing.TB, timers Timers) (a, b *testNode) {
 // wrappers of them).
 func newNodePair(t testing.TB, ta, tb transportFake, opts Options) (a, b *testNode) {
 	t.Helper()
-	a = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
+	ch := tuntest.NewChannelTUN(1420)
+	return newNodePairTUN(t, ta, tb, opts, ch, ch)
+}
+
+// newNodePairTUN is newNodePair with a's device on tunA, a wrapper of chA.
+func newNodePairTUN(t testing.TB, ta, tb transportFake, opts Options, tunA tun.Device, chA *tuntest.ChannelTUN) (a, b *testNode) {
+	t.Helper()
+	a = &testNode{tun: chA, priv: mustKey(t),
 		addr: netip.MustParseAddr("100.64.0.1"), addr6: netip.MustParseAddr("2001:db8:100::1")}
 	b = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
 		addr: netip.MustParseAddr("100.64.0.2"), addr6: netip.MustParseAddr("2001:db8:100::2")}
+	a.fake, _ = ta.(*transporttest.Fake)
+	b.fake, _ = tb.(*transporttest.Fake)
 	var err error
-	if a.dev, err = New(a.tun, ta, opts); err != nil {
+	if a.dev, err = New(tunA, ta, opts); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.dev.Close() })
@@ -328,6 +339,7 @@ func newFaultyPair(t *testing.T) (a, b *testNode, fa *faultyTransport) {
 	ta, tb := transporttest.NewPair()
 	fa = &faultyTransport{Fake: ta}
 	a, b = newNodePair(t, fa, tb, Options{Logf: t.Logf})
+	a.fake = ta
 	return a, b, fa
 }
 
