@@ -291,7 +291,8 @@ func (d *Device) sendTo(p *Peer, bufs [][]byte) error {
 
 var errNoEndpoint = errors.New("peer has no endpoint")
 
-// stop ends the device when its TUN goes away.
+// stopFromRoutine closes the device, from one of its own routines, when
+// its TUN goes away.
 func (d *Device) stopFromRoutine(reason error) {
 	if d.isClosed() {
 		return
