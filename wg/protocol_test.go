@@ -119,7 +119,7 @@ func TestPersistentKeepalive(t *testing.T) {
 func TestHandshakeRetransmitAndGiveUp(t *testing.T) {
 	timers := DefaultTimers()
 	timers.RekeyTimeout = 20 * time.Millisecond
-	timers.RekeyAttemptTime = 700 * time.Millisecond
+	timers.RekeyAttemptTime = 1500 * time.Millisecond // room for two retries on a loaded machine
 	a, b := newTestPair(t, timers)
 	if err := b.dev.Set(removePeerConfig(a)); err != nil {
 		t.Fatal(err)
