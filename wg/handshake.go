@@ -263,6 +263,12 @@ func (d *Device) initiateHandshake(p *Peer, retry bool) {
 	now := time.Now()
 	hs := &p.handshake
 	hs.Lock()
+	if p.removed.Load() || d.local.Load() != local {
+		// Removal and key changes cancel the handshake under this lock
+		// after they are made: an initiation made now would outlive it.
+		hs.Unlock()
+		return
+	}
 	if !retry {
 		recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < d.timers.RekeyTimeout }
 		// A recent initiation is enough while it is in flight or made a
