@@ -1,6 +1,7 @@
 package wg
 
 import (
+	"bufio"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/transport/transporttest"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
+	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wg/replay"
 	"github.com/ptun-vpn/ptun/wg/wire"
@@ -361,5 +363,30 @@ func TestLowOrderPeerIsAcceptedAndNeverSentTo(t *testing.T) {
 	defer mu.Unlock()
 	if sentThere != 0 || counter(a.dev, "handshakes_initiated") != 0 {
 		t.Fatalf("%d datagrams and %d initiations sent to low-order peers", sentThere, counter(a.dev, "handshakes_initiated"))
+	}
+}
+
+// TestZeroKeyPeerOverUAPI (item 10c): an all-zero public_key is, for the
+// UAPI parser, an ordinary peer (not a removal), and the device takes it.
+func TestZeroKeyPeerOverUAPI(t *testing.T) {
+	a, _ := newTestPair(t, Timers{})
+	req := "public_key=" + strings.Repeat("0", 64) + "\nendpoint=198.18.0.2:9\nallowed_ip=100.64.21.0/24\n\n"
+	cfg, err := uapi.ParseSet(bufio.NewReader(strings.NewReader(req)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Peers) != 1 || cfg.Peers[0].Remove || !cfg.Peers[0].PublicKey.IsZero() {
+		t.Fatalf("parsed %+v", cfg.Peers)
+	}
+	if err := a.dev.Set(cfg); err != nil {
+		t.Fatalf("Set with an all-zero peer key: %v", err)
+	}
+	st, _ := a.dev.Get()
+	found := false
+	for _, p := range st.Peers {
+		found = found || p.PublicKey.IsZero() && len(p.AllowedIPs) == 1
+	}
+	if !found {
+		t.Fatalf("zero-key peer not listed: %+v", st.Peers)
 	}
 }
