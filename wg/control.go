@@ -127,8 +127,7 @@ func (d *Device) doControl(m *controlMsg) {
 		d.flushStaged(p)
 	case controlGiveUp:
 		p.sendMu.Lock()
-		d.counters.dropN(dropHandshakeGiveUp, len(p.staged))
-		p.unstageLocked(len(p.staged))
+		p.discardStagedLocked()
 		p.sendMu.Unlock()
 	case controlBarrier:
 		close(m.done)

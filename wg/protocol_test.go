@@ -411,3 +411,30 @@ func TestHandshakeInternalFailureIsCounted(t *testing.T) {
 		t.Fatalf("drop_handshake_internal = %d, want 1", got)
 	}
 }
+
+// TestGiveUpWhileSendBlocked: a give-up while the peer's send lock is held
+// (a send stuck on a full buffer) does not wait for it; the control
+// routine discards the staged packets once the lock is free.
+func TestGiveUpWhileSendBlocked(t *testing.T) {
+	timers := DefaultTimers()
+	timers.RekeyAttemptTime = time.Hour // this test gives up by itself
+	a, b := newTestPair(t, timers)
+	if err := b.dev.Set(removePeerConfig(a)); err != nil {
+		t.Fatal(err)
+	}
+	a.tun.Inbound <- ipv4Packet(a.addr, b.addr, []byte{1})
+	a.tun.Inbound <- ipv4Packet(a.addr, b.addr, []byte{2})
+	waitFor(t, func() bool { return a.dev.stagedTotal.Load() == 2 })
+	pa := a.dev.lookupPeer(b.priv.PublicKey())
+	pa.sendMu.Lock()
+	a.dev.giveUpHandshake(pa) // returns although sendMu is held
+	if got := counter(a.dev, "drop_handshake_give_up"); got != 0 {
+		pa.sendMu.Unlock()
+		t.Fatalf("drop_handshake_give_up = %d while the send lock was held", got)
+	}
+	pa.sendMu.Unlock()
+	a.dev.syncControl()
+	if got := counter(a.dev, "drop_handshake_give_up"); got != 2 {
+		t.Fatalf("drop_handshake_give_up = %d, want 2", got)
+	}
+}

@@ -152,6 +152,13 @@ func (p *Peer) unstageLocked(n int) {
 	p.dev.stagedTotal.Add(-int64(n))
 }
 
+// discardStagedLocked drops p's staged packets because its handshake gave
+// up, counting them. p.sendMu must be held.
+func (p *Peer) discardStagedLocked() {
+	p.dev.counters.dropN(dropHandshakeGiveUp, len(p.staged))
+	p.unstageLocked(len(p.staged))
+}
+
 // flushStagedLocked sends p's staged packets with kp. p.sendMu must be held.
 func (d *Device) flushStagedLocked(p *Peer, kp *keypair, out [][]byte, nonceBuf []byte, now time.Time) [][]byte {
 	sent := 0

@@ -124,7 +124,14 @@ func (d *Device) peerTimers(p *Peer, now time.Time) {
 // the packets that waited for it (counted).
 func (d *Device) giveUpHandshake(p *Peer) {
 	p.cancelHandshake()
-	d.requestControl(p, controlGiveUp) // sendMu may be held by a blocked send
+	// sendMu may be held by a send blocked on a full buffer: then the
+	// control routine discards the packets, and the timers go on.
+	if p.sendMu.TryLock() {
+		p.discardStagedLocked()
+		p.sendMu.Unlock()
+	} else {
+		d.requestControl(p, controlGiveUp)
+	}
 	d.logf("peer %s: no handshake response after %v, giving up until there is new traffic", p, d.timers.RekeyAttemptTime)
 }
 
