@@ -8,6 +8,12 @@
 // checks it and writes the batch to the TUN. No packet is handed from one
 // goroutine to another on the way, so per-flow order is kept; every drop is
 // counted by reason.
+//
+// Besides the data path, one routine handles handshake messages, one sends
+// control messages (handshake messages, cookie replies, keepalives and the
+// packets a new session releases: see control.go), one runs the timers and
+// one refreshes the MTU. Only the data path's own sends and the control
+// routine ever wait on a full send buffer.
 package wg
 
 import (
