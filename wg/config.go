@@ -64,14 +64,12 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 			newLocal = noise.NewLocal(*cfg.PrivateKey)
 		}
 	}
+	// Any public key is accepted, as the kernel and wireguard-go do: a
+	// low-order one (all zeros among them) makes a peer that never
+	// completes a handshake and is never sent to, and the device's own key
+	// makes no peer at all (so one configuration can serve every host).
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
-		if pc.PublicKey.IsZero() {
-			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("peer public key is zero")}
-		}
-		if newLocal != nil && pc.PublicKey == newLocal.Public && !pc.Remove {
-			return &wgcfg.Error{Errno: syscall.EINVAL, Err: errors.New("a peer cannot have this device's own public key")}
-		}
 		for _, pfx := range append(pc.AddAllowedIPs, pc.RemoveAllowedIPs...) {
 			if !pfx.IsValid() {
 				return &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid allowed IP %v", pfx)}
@@ -82,17 +80,10 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 		}
 	}
 
-	// The only step that can fail on the system's side comes first.
-	if cfg.ListenPort != nil && *cfg.ListenPort != d.listenPort {
-		if err := d.rebind(*cfg.ListenPort); err != nil {
-			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", *cfg.ListenPort, err)}
-		}
-	}
-	if cfg.FwMark != nil && *cfg.FwMark != d.fwmark {
-		if err := d.transport.SetMark(*cfg.FwMark); err != nil {
-			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
-		}
-		d.fwmark = *cfg.FwMark
+	// The steps that can fail on the system's side come first, and each
+	// puts back what it changed when it fails.
+	if err := d.setTransport(cfg); err != nil {
+		return err
 	}
 
 	// Apply: nothing below fails.
@@ -103,7 +94,44 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 		d.removeAllPeers()
 	}
 	for i := range cfg.Peers {
+		if newLocal != nil && cfg.Peers[i].PublicKey == newLocal.Public {
+			continue // ignored, not refused
+		}
 		d.applyPeer(&cfg.Peers[i])
+	}
+	return nil
+}
+
+// setTransport applies cfg's listen port and fwmark. On failure the
+// transport is as it was (see rebind for the one exception).
+func (d *Device) setTransport(cfg *wgcfg.DeviceConfig) error {
+	port, mark := d.listenPort, d.fwmark
+	if cfg.ListenPort != nil {
+		port = *cfg.ListenPort
+	}
+	if cfg.FwMark != nil {
+		mark = *cfg.FwMark
+	}
+	switch {
+	case cfg.ListenPort != nil && (!d.bound || port != d.listenPort):
+		// The new sockets get the new mark before they are in force.
+		if err := d.rebind(port, mark); err != nil {
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EADDRINUSE), Err: fmt.Errorf("listen port %d: %w", port, err)}
+		}
+		d.fwmark = mark
+	case mark != d.fwmark && !d.bound:
+		d.fwmark = mark // in force when a listen port is set
+	case mark != d.fwmark:
+		if err := d.transport.SetMark(mark); err != nil {
+			// Some sockets may carry the new mark already.
+			if err2 := d.transport.SetMark(d.fwmark); err2 != nil {
+				if err3 := d.rebind(d.listenPort, d.fwmark); err3 != nil {
+					err = fmt.Errorf("%w (and restoring fwmark %d failed: %v)", err, d.fwmark, err3)
+				}
+			}
+			return &wgcfg.Error{Errno: wgcfg.Errno(err, syscall.EINVAL), Err: fmt.Errorf("fwmark: %w", err)}
+		}
+		d.fwmark = mark
 	}
 	return nil
 }
@@ -172,16 +200,12 @@ func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
 		was := p.persistentKeepalive.Swap(uint32(*pc.PersistentKeepalive))
 		if was == 0 && *pc.PersistentKeepalive != 0 {
 			// Start at once, as wg-quick users expect the tunnel to come up.
-			go d.sendKeepaliveOrHandshake(p)
+			if p.keypairs.current.Load() != nil {
+				d.requestControl(p, controlKeepalive)
+			} else {
+				d.initiateHandshake(p, false)
+			}
 		}
-	}
-}
-
-func (d *Device) sendKeepaliveOrHandshake(p *Peer) {
-	if p.keypairs.current.Load() != nil {
-		d.sendKeepalive(p)
-	} else {
-		d.initiateHandshake(p, false)
 	}
 }
 
@@ -193,7 +217,7 @@ func (d *Device) removePeer(p *Peer) {
 	d.allowed.RemoveValue(p)
 	p.clearSessions()
 	p.sendMu.Lock()
-	clear(p.staged)
+	p.unstageLocked(len(p.staged))
 	p.staged = nil
 	p.sendMu.Unlock()
 }

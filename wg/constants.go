@@ -2,16 +2,17 @@ package wg
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"time"
+
+	"github.com/ptun-vpn/ptun/wg/replay"
 )
 
 // Protocol limits from the WireGuard whitepaper (§6). They are not options:
 // changing them would break interoperability.
 const (
 	rekeyAfterMessages  = 1 << 60
-	rejectAfterMessages = math.MaxUint64 - (1 << 13)
+	rejectAfterMessages = replay.RejectAfterMessages
 	handshakeFloodGap   = 20 * time.Millisecond // least time between two initiations accepted from one peer
 	maxTimerJitter      = 333 * time.Millisecond
 )
@@ -42,17 +43,22 @@ func DefaultTimers() Timers {
 // TimersFromEnv returns base with any of PTUN_REKEY_AFTER_TIME,
 // PTUN_REJECT_AFTER_TIME, PTUN_REKEY_ATTEMPT_TIME, PTUN_REKEY_TIMEOUT and
 // PTUN_KEEPALIVE_TIMEOUT (Go durations such as "3s") applied. They exist for
-// tests; an unparsable or non-positive value is an error.
+// tests, and may only shorten a timer: a value longer than the whitepaper's
+// (DefaultTimers) would, for PTUN_REJECT_AFTER_TIME, keep keys in use past
+// their lifetime and defeat forward secrecy, so it is an error naming the
+// variable, as is an unparsable or non-positive value.
 func TimersFromEnv(base Timers) (Timers, error) {
+	protocol := DefaultTimers()
 	for _, v := range []struct {
 		name string
 		dst  *time.Duration
+		max  time.Duration
 	}{
-		{"PTUN_REKEY_AFTER_TIME", &base.RekeyAfterTime},
-		{"PTUN_REJECT_AFTER_TIME", &base.RejectAfterTime},
-		{"PTUN_REKEY_ATTEMPT_TIME", &base.RekeyAttemptTime},
-		{"PTUN_REKEY_TIMEOUT", &base.RekeyTimeout},
-		{"PTUN_KEEPALIVE_TIMEOUT", &base.KeepaliveTimeout},
+		{"PTUN_REKEY_AFTER_TIME", &base.RekeyAfterTime, protocol.RekeyAfterTime},
+		{"PTUN_REJECT_AFTER_TIME", &base.RejectAfterTime, protocol.RejectAfterTime},
+		{"PTUN_REKEY_ATTEMPT_TIME", &base.RekeyAttemptTime, protocol.RekeyAttemptTime},
+		{"PTUN_REKEY_TIMEOUT", &base.RekeyTimeout, protocol.RekeyTimeout},
+		{"PTUN_KEEPALIVE_TIMEOUT", &base.KeepaliveTimeout, protocol.KeepaliveTimeout},
 	} {
 		s := os.Getenv(v.name)
 		if s == "" {
@@ -61,6 +67,9 @@ func TimersFromEnv(base Timers) (Timers, error) {
 		d, err := time.ParseDuration(s)
 		if err != nil || d <= 0 {
 			return base, fmt.Errorf("%s=%q: want a positive duration such as 3s", v.name, s)
+		}
+		if d > v.max {
+			return base, fmt.Errorf("%s=%q: longer than the protocol's %v; the override may only shorten it", v.name, s, v.max)
 		}
 		*v.dst = d
 	}

@@ -31,7 +31,11 @@ const (
 	dropHandshakeFlood                         // initiations from one peer closer than 20 ms
 	dropCookieInvalid                          // cookie reply that did not authenticate
 	dropTUNWrite                               // the kernel rejected a decrypted packet (see tun counters)
-	dropTransportSend                          // the socket rejected an encrypted packet (see udp counters)
+	dropControlSendFull                        // a control message (handshake, cookie reply, keepalive) found the control queue full
+	dropStagedTotalFull                        // no session yet and all peers together hold maxStagedTotal packets
+	dropPeerKeyUnusable                        // packet routed to a peer whose public key is of low order
+	dropHandshakeInternal                      // a handshake step failed on our side (crypto/rand, AEAD setup)
+	dropHandshakeStale                         // handshake finished after its peer was removed or a key changed
 	numDropReasons
 )
 
@@ -41,7 +45,8 @@ var dropNames = [numDropReasons]string{
 	"drop_bad_inner_packet", "drop_source_not_allowed", "drop_staged_queue_full",
 	"drop_handshake_give_up", "drop_handshake_queue_full", "drop_handshake_mac1",
 	"drop_handshake_invalid", "drop_handshake_unknown_peer", "drop_handshake_replay",
-	"drop_handshake_flood", "drop_cookie_invalid", "drop_tun_write", "drop_transport_send",
+	"drop_handshake_flood", "drop_cookie_invalid", "drop_tun_write", "drop_control_send_full",
+	"drop_staged_total_full", "drop_peer_key_unusable", "drop_handshake_internal", "drop_handshake_stale",
 }
 
 // counters are the device's event counts. Each is one atomic add on the
@@ -58,6 +63,8 @@ type counters struct {
 	tunReadPackets       atomic.Uint64
 	transportRecvBatches atomic.Uint64
 	transportRecvPackets atomic.Uint64
+
+	rebindRestoreFailures atomic.Uint64 // a failed listen-port change whose restore failed too: no sockets
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -79,5 +86,6 @@ func (c *counters) snapshot() []metrics.Counter {
 		metrics.Counter{Name: "tun_read_packets", Value: c.tunReadPackets.Load()},
 		metrics.Counter{Name: "transport_recv_batches", Value: c.transportRecvBatches.Load()},
 		metrics.Counter{Name: "transport_recv_packets", Value: c.transportRecvPackets.Load()},
+		metrics.Counter{Name: "rebind_restore_failures", Value: c.rebindRestoreFailures.Load()},
 	)
 }

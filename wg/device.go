@@ -8,9 +8,16 @@
 // checks it and writes the batch to the TUN. No packet is handed from one
 // goroutine to another on the way, so per-flow order is kept; every drop is
 // counted by reason.
+//
+// Besides the data path, one routine handles handshake messages, one sends
+// control messages (handshake messages, cookie replies, keepalives and the
+// packets a new session releases: see control.go), one runs the timers and
+// one refreshes the MTU. Only the data path's own sends and the control
+// routine ever wait on a full send buffer.
 package wg
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -41,6 +48,11 @@ type Options struct {
 	// ListenPort is the port New binds (0: a random one). An engine whose
 	// front grants sockets only on the configured port starts on it.
 	ListenPort uint16
+
+	// For tests: smaller bounds, to reach them with few packets. Zero
+	// means the default.
+	controlQueueLen int   // controlQueueLen
+	maxStagedTotal  int64 // maxStagedTotal
 }
 
 // Device is a WireGuard interface: a TUN device, a transport and the peers.
@@ -63,16 +75,27 @@ type Device struct {
 	indices indexTable
 
 	// transport state, guarded by configMu for writes
-	listenPort uint16
-	fwmark     uint32
+	bound      bool           // the transport is open; false only after a rebind whose restore failed too
+	listenPort uint16         // the port bound; 0 while not bound
+	fwmark     uint32         // the mark configured, in force on the sockets while bound
 	recvDone   sync.WaitGroup // receive routines of the current binding
 	rxBufsMu   sync.Mutex
 	rxBufs     [][][]byte // receive buffer sets left by routines of earlier bindings
 
 	tunWriteMu sync.Mutex   // serialises TUN writes from the receive routines
-	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by the timer routine
+	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by routineMTU
 
-	handshakes chan handshakeMessage
+	handshakes     chan handshakeMessage
+	underLoadUntil atomic.Int64 // Unix nanoseconds; see underLoad
+
+	control      chan controlMsg     // to routineControl
+	keepaliveBuf [headroom + 16]byte // routineControl's keepalive
+
+	stagedTotal    atomic.Int64 // packets staged across all peers
+	maxStagedTotal int64
+
+	// Data-path errors that can repeat on every batch are rate limited.
+	logs struct{ tunRead, tunWrite, receive, send logLimiter }
 
 	counters counters
 
@@ -88,12 +111,14 @@ type Device struct {
 // by itself (the TUN went away).
 func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	d := &Device{
-		tun:        t,
-		transport:  tr,
-		logf:       opts.Logf,
-		timers:     opts.Timers,
-		handshakes: make(chan handshakeMessage, handshakeQueueLen),
-		closed:     make(chan struct{}),
+		tun:            t,
+		transport:      tr,
+		logf:           opts.Logf,
+		timers:         opts.Timers,
+		handshakes:     make(chan handshakeMessage, handshakeQueueLen),
+		control:        make(chan controlMsg, cmp.Or(opts.controlQueueLen, controlQueueLen)),
+		maxStagedTotal: cmp.Or(opts.maxStagedTotal, maxStagedTotal),
+		closed:         make(chan struct{}),
 	}
 	if d.logf == nil {
 		d.logf = func(string, ...any) {}
@@ -105,32 +130,36 @@ func New(t tun.Device, tr transport.Transport, opts Options) (*Device, error) {
 	d.indices.m = make(map[uint32]indexEntry)
 
 	d.configMu.Lock()
-	err := d.bind(opts.ListenPort)
+	err := d.bind(opts.ListenPort, 0)
 	d.configMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	d.routines.Add(3)
+	d.refreshMTU()
+	d.routines.Add(5)
 	go d.routineReadFromTUN()
 	go d.routineHandshakes()
+	go d.routineControl()
 	go d.routineTimers()
+	go d.routineMTU()
 	return d, nil
 }
 
-// bind opens the transport on port and starts a receive routine per socket.
+// bind opens the transport on port with mark (0: none) and starts a receive
+// routine per socket. It either succeeds or leaves the transport closed.
 // configMu must be held and the transport closed.
-func (d *Device) bind(port uint16) error {
+func (d *Device) bind(port uint16, mark uint32) error {
 	fns, actual, err := d.transport.Open(port)
 	if err != nil {
 		return err
 	}
-	if d.fwmark != 0 {
-		if err := d.transport.SetMark(d.fwmark); err != nil {
+	if mark != 0 {
+		if err := d.transport.SetMark(mark); err != nil {
 			d.transport.Close()
 			return err
 		}
 	}
-	d.listenPort = actual
+	d.bound, d.listenPort = true, actual
 	for _, fn := range fns {
 		d.recvDone.Add(1)
 		go d.routineReceive(fn)
@@ -164,19 +193,26 @@ func (d *Device) putRxBufs(set [][]byte) {
 	d.rxBufsMu.Unlock()
 }
 
-// rebind moves the transport to port. On failure it restores the old port
-// and returns the error, leaving the device as it was.
-func (d *Device) rebind(port uint16) error {
-	old := d.listenPort
+// rebind moves the transport to port with mark. On failure it restores the
+// old port and mark and returns the error, leaving the device as it was. If
+// the restore fails too, the device is left without sockets and says so:
+// it reports listen port 0, counts rebind_restore_failures, and the error
+// tells the caller to set a listen port again.
+func (d *Device) rebind(port uint16, mark uint32) error {
+	oldPort, oldMark, wasBound := d.listenPort, d.fwmark, d.bound
 	d.transport.Close()
 	d.recvDone.Wait()
-	if err := d.bind(port); err != nil {
-		if err2 := d.bind(old); err2 != nil {
-			d.logf("cannot restore listen port %d: %v", old, err2)
-		}
+	d.bound, d.listenPort = false, 0
+	err := d.bind(port, mark)
+	if err == nil || !wasBound {
 		return err
 	}
-	return nil
+	if err2 := d.bind(oldPort, oldMark); err2 != nil {
+		d.counters.rebindRestoreFailures.Add(1)
+		d.logf("cannot restore listen port %d: %v; the device has no socket until a listen port is set", oldPort, err2)
+		return fmt.Errorf("%w (and restoring listen port %d failed: %v; the device has no socket until a listen port is set)", err, oldPort, err2)
+	}
+	return err
 }
 
 // Done is closed when the device has stopped.
@@ -264,7 +300,8 @@ func (d *Device) sendTo(p *Peer, bufs [][]byte) error {
 
 var errNoEndpoint = errors.New("peer has no endpoint")
 
-// stop ends the device when its TUN goes away.
+// stopFromRoutine closes the device, from one of its own routines, when
+// its TUN goes away.
 func (d *Device) stopFromRoutine(reason error) {
 	if d.isClosed() {
 		return

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/transport/transporttest"
+	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
@@ -24,6 +27,7 @@ type testNode struct {
 	addr  netip.Addr // tunnel address (IPv4)
 	addr6 netip.Addr
 	ep    netip.AddrPort // where the other side reaches this node
+	fake  *transporttest.Fake
 }
 
 func mustKey(t testing.TB) noise.PrivateKey {
@@ -40,13 +44,28 @@ func mustKey(t testing.TB) noise.PrivateKey {
 func newTestPair(t testing.TB, timers Timers) (a, b *testNode) {
 	t.Helper()
 	ta, tb := transporttest.NewPair()
-	a = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
+	return newNodePair(t, ta, tb, Options{Timers: timers, Logf: t.Logf})
+}
+
+// newNodePair is newTestPair on the given transports (fakes of one pair, or
+// wrappers of them).
+func newNodePair(t testing.TB, ta, tb transportFake, opts Options) (a, b *testNode) {
+	t.Helper()
+	ch := tuntest.NewChannelTUN(1420)
+	return newNodePairTUN(t, ta, tb, opts, ch, ch)
+}
+
+// newNodePairTUN is newNodePair with a's device on tunA, a wrapper of chA.
+func newNodePairTUN(t testing.TB, ta, tb transportFake, opts Options, tunA tun.Device, chA *tuntest.ChannelTUN) (a, b *testNode) {
+	t.Helper()
+	a = &testNode{tun: chA, priv: mustKey(t),
 		addr: netip.MustParseAddr("100.64.0.1"), addr6: netip.MustParseAddr("2001:db8:100::1")}
 	b = &testNode{tun: tuntest.NewChannelTUN(1420), priv: mustKey(t),
 		addr: netip.MustParseAddr("100.64.0.2"), addr6: netip.MustParseAddr("2001:db8:100::2")}
+	a.fake, _ = ta.(*transporttest.Fake)
+	b.fake, _ = tb.(*transporttest.Fake)
 	var err error
-	opts := Options{Timers: timers, Logf: t.Logf}
-	if a.dev, err = New(a.tun, ta, opts); err != nil {
+	if a.dev, err = New(tunA, ta, opts); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.dev.Close() })
@@ -59,6 +78,12 @@ func newTestPair(t testing.TB, timers Timers) (a, b *testNode) {
 	configure(t, a, b)
 	configure(t, b, a)
 	return a, b
+}
+
+// transportFake is a transporttest.Fake or a wrapper of one.
+type transportFake interface {
+	transport.Transport
+	LocalAddr(port uint16) netip.AddrPort
 }
 
 // configure makes peer a peer of n, reachable at peer.ep.
@@ -129,12 +154,15 @@ func expectPacket(t testing.TB, n *testNode, want []byte) {
 	}
 }
 
-func expectNoPacket(t *testing.T, n *testNode, d time.Duration) {
+// expectNoPacket fails if n's TUN has output waiting. Call it once the
+// drop that should have stopped the packet was counted: the TUN write would
+// have come before.
+func expectNoPacket(t *testing.T, n *testNode) {
 	t.Helper()
 	select {
 	case got := <-n.tun.Outbound:
 		t.Fatalf("unexpected packet of %d bytes arrived", len(got))
-	case <-time.After(d):
+	default:
 	}
 }
 
@@ -235,8 +263,8 @@ func TestSourceNotAllowedIsDropped(t *testing.T) {
 	// a may send to b, but b only accepts a's /32 as source.
 	p := ipv4Packet(netip.MustParseAddr("100.64.0.9"), b.addr, []byte("spoofed"))
 	a.tun.Inbound <- p
-	expectNoPacket(t, b, 300*time.Millisecond)
 	waitFor(t, func() bool { return counter(b.dev, "drop_source_not_allowed") == 1 })
+	expectNoPacket(t, b)
 	// and the tunnel still carries a's own packets
 	q := ipv4Packet(a.addr, b.addr, []byte("genuine"))
 	a.tun.Inbound <- q
@@ -269,22 +297,127 @@ func TestSetIsAllOrNothing(t *testing.T) {
 		ListenPort: &port,
 		Peers: []wgcfg.PeerConfig{
 			{PublicKey: mustKey(t).PublicKey(), AddAllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.64.5.0/24")}},
-			{PublicKey: noise.PublicKey{}}, // zero key: invalid
+			{PublicKey: mustKey(t).PublicKey(), AddAllowedIPs: []netip.Prefix{{}}}, // invalid prefix
 		},
 	}
 	if err := a.dev.Set(bad); err == nil {
-		t.Fatal("Set with a zero peer key succeeded")
+		t.Fatal("Set with an invalid allowed IP succeeded")
 	}
 	after, _ := a.dev.Get()
 	if len(after.Peers) != len(before.Peers) || after.ListenPort != before.ListenPort {
 		t.Fatalf("failed Set changed the device: before %+v, after %+v", before, after)
 	}
-	// A peer with this device's own public key is refused too.
-	own := &wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: a.priv.PublicKey()}}}
-	if err := a.dev.Set(own); err == nil {
-		t.Fatal("Set with the device's own key as a peer succeeded")
+	// The tunnel still works, on the same port.
+	p := ipv4Packet(b.addr, a.addr, []byte("still here"))
+	b.tun.Inbound <- p
+	expectPacket(t, a, p)
+}
+
+// faultyTransport is a fake transport whose next Opens or SetMarks fail
+// on demand, as a port in use or a missing capability would.
+type faultyTransport struct {
+	*transporttest.Fake
+	failOpens, failMarks atomic.Int32 // how many coming calls fail
+}
+
+func (f *faultyTransport) Open(port uint16) ([]transport.ReceiveFunc, uint16, error) {
+	if f.failOpens.Add(-1) >= 0 {
+		return nil, 0, syscall.EADDRINUSE
 	}
-	_ = b
+	f.failOpens.Store(0)
+	return f.Fake.Open(port)
+}
+
+func (f *faultyTransport) SetMark(mark uint32) error {
+	if f.failMarks.Add(-1) >= 0 {
+		return syscall.EPERM
+	}
+	f.failMarks.Store(0)
+	return f.Fake.SetMark(mark)
+}
+
+// newFaultyPair is newTestPair with a's transport a faultyTransport.
+func newFaultyPair(t *testing.T) (a, b *testNode, fa *faultyTransport) {
+	t.Helper()
+	ta, tb := transporttest.NewPair()
+	fa = &faultyTransport{Fake: ta}
+	a, b = newNodePair(t, fa, tb, Options{Logf: t.Logf})
+	a.fake = ta
+	return a, b, fa
+}
+
+// TestSetRollsBackFailedSystemSteps: when a system step of Set fails after
+// another succeeded, the device is as it was; when it cannot be put back,
+// it reports the truth (no socket) instead of the old port.
+func TestSetRollsBackFailedSystemSteps(t *testing.T) {
+	newPort, mark := uint16(51999), uint32(7)
+	roundTrip := func(t *testing.T, a, b *testNode, what string) {
+		t.Helper()
+		p := ipv4Packet(b.addr, a.addr, []byte(what))
+		b.tun.Inbound <- p
+		expectPacket(t, a, p)
+	}
+
+	t.Run("new port bound, mark refused", func(t *testing.T) {
+		a, b, fa := newFaultyPair(t)
+		oldPort := a.dev.listenPort
+		fa.failMarks.Store(1)
+		err := a.dev.Set(&wgcfg.DeviceConfig{ListenPort: &newPort, FwMark: &mark})
+		if err == nil || wgcfg.Errno(err, 0) != syscall.EPERM {
+			t.Fatalf("Set = %v, want the SetMark error (EPERM)", err)
+		}
+		st, _ := a.dev.Get()
+		if st.ListenPort != oldPort || st.FwMark != 0 {
+			t.Fatalf("after the failed Set: port %d mark %d, want the old %d and 0", st.ListenPort, st.FwMark, oldPort)
+		}
+		if got := fa.LocalAddr(0).Port(); got != oldPort || fa.Mark() != 0 {
+			t.Fatalf("transport open on %d with mark %d, want %d and 0", got, fa.Mark(), oldPort)
+		}
+		roundTrip(t, a, b, "old port works")
+	})
+
+	t.Run("mark refused on the bound sockets", func(t *testing.T) {
+		a, b, fa := newFaultyPair(t)
+		fa.failMarks.Store(1)
+		if err := a.dev.Set(&wgcfg.DeviceConfig{FwMark: &mark}); err == nil {
+			t.Fatal("Set with a failing SetMark succeeded")
+		}
+		if st, _ := a.dev.Get(); st.FwMark != 0 {
+			t.Fatalf("failed Set left fwmark %d", st.FwMark)
+		}
+		if err := a.dev.Set(&wgcfg.DeviceConfig{FwMark: &mark}); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := a.dev.Get(); st.FwMark != mark || fa.Mark() != mark {
+			t.Fatalf("fwmark %d (transport %d), want %d", st.FwMark, fa.Mark(), mark)
+		}
+		roundTrip(t, a, b, "marked")
+	})
+
+	t.Run("new port and restore both refused", func(t *testing.T) {
+		a, b, fa := newFaultyPair(t)
+		oldPort := a.dev.listenPort
+		fa.failOpens.Store(2)
+		err := a.dev.Set(&wgcfg.DeviceConfig{ListenPort: &newPort})
+		if err == nil || !strings.Contains(err.Error(), "no socket") {
+			t.Fatalf("Set = %v, want an error saying the device has no socket", err)
+		}
+		st, _ := a.dev.Get()
+		if st.ListenPort != 0 {
+			t.Fatalf("device without sockets reports listen port %d", st.ListenPort)
+		}
+		if got := counter(a.dev, "rebind_restore_failures"); got != 1 {
+			t.Fatalf("rebind_restore_failures = %d, want 1", got)
+		}
+		// Setting a port again binds it.
+		if err := a.dev.Set(&wgcfg.DeviceConfig{ListenPort: &oldPort}); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := a.dev.Get(); st.ListenPort != oldPort {
+			t.Fatalf("listen port %d after setting %d", st.ListenPort, oldPort)
+		}
+		roundTrip(t, a, b, "bound again")
+	})
 }
 
 func TestRemovePeerStopsTraffic(t *testing.T) {
@@ -295,8 +428,10 @@ func TestRemovePeerStopsTraffic(t *testing.T) {
 	if err := b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: a.priv.PublicKey(), Remove: true}}}); err != nil {
 		t.Fatal(err)
 	}
+	// a still has its session; b forgot it with the peer.
 	a.tun.Inbound <- ipv4Packet(a.addr, b.addr, []byte("two"))
-	expectNoPacket(t, b, 300*time.Millisecond)
+	waitFor(t, func() bool { return counter(b.dev, "drop_unknown_index") == 1 })
+	expectNoPacket(t, b)
 	if st, _ := b.dev.Get(); len(st.Peers) != 0 {
 		t.Fatalf("peer still listed after removal: %+v", st.Peers)
 	}
@@ -334,18 +469,17 @@ func TestPrivateKeyChangeNeedsNewHandshake(t *testing.T) {
 }
 
 func TestCloseLeavesNoGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	func() {
-		ta, _ := transporttest.NewPair()
-		d, err := New(tuntest.NewChannelTUN(1420), ta, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Close(); err != nil {
+	before := goroutines()
+	a, b := newTestPair(t, Timers{})
+	p := ipv4Packet(a.addr, b.addr, []byte("run every routine once"))
+	a.tun.Inbound <- p
+	expectPacket(t, b, p)
+	for _, n := range []*testNode{a, b} {
+		if err := n.dev.Close(); err != nil {
 			t.Logf("close: %v", err)
 		}
-	}()
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+	}
+	checkNoLeak(t, before)
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -50,7 +50,20 @@ func (d *Device) routineHandshakes() {
 	}
 }
 
-func (d *Device) underLoad() bool { return len(d.handshakes) > handshakeQueueLen/4 }
+// underLoadHold is how long the device stays under load after the
+// handshake queue was last seen past a quarter full, so that a flood that
+// pauses for a moment cannot slip initiations in without cookies.
+const underLoadHold = time.Second
+
+// underLoad reports whether handshake messages must carry a valid mac2
+// (cookie) before the device does any Diffie-Hellman work for them.
+func (d *Device) underLoad(now time.Time) bool {
+	if len(d.handshakes) > handshakeQueueLen/4 {
+		d.underLoadUntil.Store(now.Add(underLoadHold).UnixNano())
+		return true
+	}
+	return now.UnixNano() < d.underLoadUntil.Load()
+}
 
 func (d *Device) handleHandshake(msg []byte, src netip.AddrPort) {
 	typ, _ := wire.MessageType(msg)
@@ -109,23 +122,24 @@ func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src netip.A
 		d.counters.drop(dropHandshakeMAC1)
 		return false
 	}
-	if !d.underLoad() || checker.CheckMAC2(msg, src) {
+	if !d.underLoad(time.Now()) || checker.CheckMAC2(msg, src) {
 		return true
 	}
 	reply, err := checker.CreateReply(msg, src)
 	if err != nil {
+		d.counters.drop(dropHandshakeInternal)
 		return false
 	}
 	var b [wire.CookieReplySize]byte
 	reply.Marshal(b[:])
-	if err := d.transport.Send([][]byte{b[:]}, src); err == nil {
-		d.counters.cookieRepliesSent.Add(1)
-	}
+	d.sendControl(nil, src, b[:]) // counted in cookie_replies_sent once sent
 	return false
 }
 
 // consumeInitiation answers a peer's initiation with a response and installs
-// the new session as next.
+// the new session as next. The handshake completes (latest handshake,
+// handshakes_completed) only when the initiator's first packet on the
+// session confirms it; see confirmNext.
 func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src netip.AddrPort) {
 	info, err := noise.ConsumeInitiation(local, m)
 	if err != nil {
@@ -150,8 +164,9 @@ func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src n
 		d.counters.drop(dropHandshakeFlood)
 		return
 	}
+	psk := hs.psk
 	idx := d.indices.newIndex(p)
-	resp, keys, err := noise.CreateResponse(local, info, hs.psk, idx)
+	resp, keys, err := noise.CreateResponse(local, info, psk, idx)
 	if err != nil {
 		hs.Unlock()
 		d.indices.remove(idx)
@@ -160,26 +175,29 @@ func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src n
 	}
 	hs.lastTimestamp = info.Timestamp
 	hs.lastConsumed = now
+	// We just made a handshake: starting our own now would cross it.
+	hs.lastResponse = now
 	hs.Unlock()
 
 	kp, err := newKeypair(p, keys, now)
+	clear(keys.Send[:])
+	clear(keys.Receive[:])
 	if err != nil {
 		d.indices.remove(idx)
+		d.counters.drop(dropHandshakeInternal)
 		return
 	}
-	d.indices.set(idx, indexEntry{peer: p, kp: kp})
-	p.installSession(kp)
+	if !p.installSession(kp, local, psk) {
+		return // counted
+	}
 	p.setEndpoint(src)
-	p.lastHandshake.Store(now.UnixNano())
-	d.counters.handshakesCompleted.Add(1)
+	p.rxBytes.Add(wire.InitiationSize)
+	p.lastReceived.Store(now.UnixNano())
 
 	var b [wire.ResponseSize]byte
 	resp.Marshal(b[:])
 	p.cookies.AddMACs(b[:])
-	if err := d.sendTo(p, [][]byte{b[:]}); err == nil {
-		p.lastSent.Store(now.UnixNano())
-		p.txBytes.Add(uint64(len(b)))
-	}
+	d.sendControl(p, netip.AddrPort{}, b[:])
 }
 
 // consumeResponse completes a handshake we initiated.
@@ -198,7 +216,8 @@ func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src netip
 		d.counters.drop(dropHandshakeInvalid)
 		return
 	}
-	keys, err := hs.initiator.ConsumeResponse(local, hs.psk, m)
+	psk := hs.psk
+	keys, err := hs.initiator.ConsumeResponse(local, psk, m)
 	if err != nil {
 		hs.Unlock()
 		d.counters.drop(dropHandshakeInvalid)
@@ -209,44 +228,56 @@ func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src netip
 	hs.Unlock()
 
 	kp, err := newKeypair(p, keys, now)
+	clear(keys.Send[:])
+	clear(keys.Receive[:])
 	if err != nil {
+		d.indices.removeHandshake(m.Receiver, p)
+		d.counters.drop(dropHandshakeInternal)
 		return
 	}
-	d.indices.set(m.Receiver, indexEntry{peer: p, kp: kp})
-	p.installSession(kp)
+	if !p.installSession(kp, local, psk) {
+		return // counted
+	}
 	p.setEndpoint(src)
 	p.rxBytes.Add(wire.ResponseSize)
 	p.lastReceived.Store(now.UnixNano())
 	p.lastHandshake.Store(now.UnixNano())
 	d.counters.handshakesCompleted.Add(1)
-	d.flushAfterHandshake(p)
-}
-
-// flushAfterHandshake sends what waited for the new session; with nothing
-// waiting it sends a keepalive, which also confirms the session to a
-// responder.
-func (d *Device) flushAfterHandshake(p *Peer) {
-	d.sendKeepalive(p)
+	// What waited for the session goes now; with nothing waiting a
+	// keepalive confirms the session to the responder.
+	d.requestControl(p, controlKeepalive)
 }
 
 // initiateHandshake sends a handshake initiation to p unless one is already
-// in flight (retry says the timer decided a retransmission is due).
+// in flight or a handshake was made recently (retry says the timer decided
+// a retransmission is due). It does no I/O: the initiation is queued for
+// the control routine.
 func (d *Device) initiateHandshake(p *Peer, retry bool) {
 	local := d.local.Load()
 	if local == nil || p.removed.Load() {
 		return
 	}
+	if p.unusableKey {
+		return // no handshake can ever complete with a low-order key
+	}
 	now := time.Now()
 	hs := &p.handshake
 	hs.Lock()
-	if !retry && hs.initiator != nil && now.Sub(hs.lastSent) < d.timers.RekeyTimeout {
+	if p.removed.Load() || d.local.Load() != local {
+		// Removal and key changes cancel the handshake under this lock
+		// after they are made: an initiation made now would outlive it.
 		hs.Unlock()
 		return
 	}
-	if !retry && now.Sub(hs.lastSent) < d.timers.RekeyTimeout && !hs.lastSent.IsZero() && p.keypairs.current.Load() != nil {
-		// A recent handshake is enough; don't initiate again on every packet.
-		hs.Unlock()
-		return
+	if !retry {
+		recent := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < d.timers.RekeyTimeout }
+		// A recent initiation is enough while it is in flight or made a
+		// session, and a handshake we just answered will give us one:
+		// don't initiate on every packet, nor cross the peer's handshake.
+		if recent(hs.lastInitiation) && (hs.initiator != nil || p.keypairs.current.Load() != nil) || recent(hs.lastResponse) {
+			hs.Unlock()
+			return
+		}
 	}
 	if hs.initiator != nil {
 		d.indices.removeHandshake(hs.localIndex, p)
@@ -256,12 +287,13 @@ func (d *Device) initiateHandshake(p *Peer, retry bool) {
 	if err != nil {
 		hs.Unlock()
 		d.indices.remove(idx)
-		d.logf("peer %s: create initiation: %v", p, err)
+		d.counters.drop(dropHandshakeInternal)
 		return
 	}
 	hs.initiator = st
 	hs.localIndex = idx
-	hs.lastSent = now
+	hs.lastInitiation = now
+	hs.retryAt = now.Add(d.timers.RekeyTimeout + jitter())
 	if hs.attemptsStarted.IsZero() {
 		hs.attemptsStarted = now
 	}
@@ -271,8 +303,5 @@ func (d *Device) initiateHandshake(p *Peer, retry bool) {
 	msg.Marshal(b[:])
 	p.cookies.AddMACs(b[:])
 	d.counters.handshakesInitiated.Add(1)
-	if err := d.sendTo(p, [][]byte{b[:]}); err == nil {
-		p.lastSent.Store(now.UnixNano())
-		p.txBytes.Add(uint64(len(b)))
-	}
+	d.sendControl(p, netip.AddrPort{}, b[:])
 }

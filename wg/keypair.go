@@ -53,6 +53,8 @@ func nonce(n []byte, counter uint64) {
 // keypairs holds a peer's sessions. current sends; next is a responder's
 // session that becomes current when the initiator first uses it; previous
 // still receives packets that were in flight when current replaced it.
+// Lock order: keypairs, then the peer's handshake lock, then the index
+// table (installSession takes all three).
 type keypairs struct {
 	sync.Mutex // guards previous and next, and writes of current
 	previous   *keypair
@@ -110,7 +112,7 @@ func (t *indexTable) remove(i uint32) {
 	t.Unlock()
 }
 
-// removeIfPeer removes i only if it still belongs to p's handshake (not to a
+// removeHandshake removes i only if it still belongs to p's handshake (not to a
 // session).
 func (t *indexTable) removeHandshake(i uint32, p *Peer) {
 	t.Lock()

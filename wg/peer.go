@@ -13,6 +13,12 @@ import (
 // are dropped and counted (dropStagedQueueFull).
 const maxStaged = 256
 
+// maxStagedTotal is how many packets all peers together hold while they
+// have no session (about 12 MiB of full-size packets); more are dropped and
+// counted (dropStagedTotalFull). Without it a gateway of 10,000 peers
+// without sessions could hold 2.5 million packets.
+const maxStagedTotal = 8192
+
 // Peer is one remote WireGuard peer.
 type Peer struct {
 	dev       *Device
@@ -28,7 +34,9 @@ type Peer struct {
 		psk             noise.PresharedKey
 		initiator       *noise.InitiatorState // non-nil while our initiation awaits its response
 		localIndex      uint32                // the index of that initiation
-		lastSent        time.Time             // when we last sent an initiation
+		lastInitiation  time.Time             // when we last made an initiation
+		retryAt         time.Time             // when to retransmit it: RekeyTimeout plus a jitter drawn once per initiation
+		lastResponse    time.Time             // when we last answered the peer's initiation
 		attemptsStarted time.Time             // first initiation of the current attempt; zero when none
 		lastTimestamp   noise.Timestamp       // newest initiation timestamp accepted from the peer
 		lastConsumed    time.Time             // when we last accepted an initiation from the peer
@@ -41,6 +49,8 @@ type Peer struct {
 
 	persistentKeepalive atomic.Uint32 // seconds; 0 = off
 
+	controlPending atomic.Uint32 // bit 1<<controlKind set while such a request for this peer is queued
+
 	// Timer state: Unix nanoseconds, written on the data path once per
 	// batch, read by the device's ticker.
 	lastSent           atomic.Int64 // any authenticated packet sent
@@ -51,10 +61,14 @@ type Peer struct {
 	rxBytes, txBytes   atomic.Uint64
 
 	removed atomic.Bool
+
+	// unusableKey: the public key is of low order, so no handshake can
+	// complete; packets routed to the peer are dropped and counted.
+	unusableKey bool
 }
 
 func newPeer(d *Device, pk noise.PublicKey) *Peer {
-	return &Peer{dev: d, publicKey: pk, cookies: noise.NewCookieGenerator(pk)}
+	return &Peer{dev: d, publicKey: pk, cookies: noise.NewCookieGenerator(pk), unusableKey: pk.IsLowOrder()}
 }
 
 // Endpoint returns the peer's current endpoint, if any.
@@ -78,14 +92,30 @@ func (p *Peer) setEndpoint(ep netip.AddrPort) {
 	p.endpoint.Store(changed)
 }
 
-// installSession makes kp this peer's session. An initiator's session is
-// usable at once; a responder's waits as next until the initiator's first
-// packet confirms it (whitepaper §5.4.6).
-func (p *Peer) installSession(kp *keypair) {
+// installSession makes kp this peer's session and points its index at it.
+// An initiator's session is usable at once; a responder's waits as next
+// until the initiator's first packet confirms it (whitepaper §5.4.6).
+//
+// local and psk are what the handshake was made with. If the peer was
+// removed, or the device's key or the peer's preshared key changed, while
+// the handshake ran, the session is refused and its index freed: the change
+// cleared the sessions (under the keypairs lock, after making the change),
+// so checking under that lock sees every change that could have missed kp.
+// It reports whether kp was installed.
+func (p *Peer) installSession(kp *keypair, local *noise.Local, psk noise.PresharedKey) bool {
 	d := p.dev
 	kps := &p.keypairs
 	kps.Lock()
 	defer kps.Unlock()
+	p.handshake.Lock()
+	stale := p.removed.Load() || d.local.Load() != local || p.handshake.psk != psk
+	p.handshake.Unlock()
+	if stale {
+		d.indices.remove(kp.localIndex)
+		d.counters.drop(dropHandshakeStale)
+		return false
+	}
+	d.indices.set(kp.localIndex, indexEntry{peer: p, kp: kp})
 	cur := kps.current.Load()
 	if kp.initiator {
 		if kps.next != nil {
@@ -104,11 +134,13 @@ func (p *Peer) installSession(kp *keypair) {
 		d.dropSession(kps.previous)
 		kps.previous = nil
 	}
+	return true
 }
 
 // confirmNext promotes next to current when the initiator's first packet
-// arrives on it. It reports whether kp was next.
-func (p *Peer) confirmNext(kp *keypair) bool {
+// arrives on it: only then is the responder's handshake complete (latest
+// handshake, handshakes_completed). It reports whether kp was next.
+func (p *Peer) confirmNext(kp *keypair, now time.Time) bool {
 	kps := &p.keypairs
 	kps.Lock()
 	defer kps.Unlock()
@@ -119,6 +151,38 @@ func (p *Peer) confirmNext(kp *keypair) bool {
 	kps.previous = kps.current.Load()
 	kps.current.Store(kp)
 	kps.next = nil
+	p.lastHandshake.Store(now.UnixNano())
+	p.dev.counters.handshakesCompleted.Add(1)
+	return true
+}
+
+// wipeSessionsOlderThan forgets every session if the newest of them was
+// made before cutoff (no handshake renewed them for that long). It keeps
+// lastHandshake, which wg show reports, and a handshake in flight.
+func (p *Peer) wipeSessionsOlderThan(cutoff time.Time) bool {
+	d := p.dev
+	kps := &p.keypairs
+	kps.Lock()
+	defer kps.Unlock()
+	cur := kps.current.Load()
+	var newest time.Time
+	found := false
+	for _, kp := range []*keypair{kps.previous, cur, kps.next} {
+		if kp != nil {
+			found = true
+			if kp.created.After(newest) {
+				newest = kp.created
+			}
+		}
+	}
+	if !found || !newest.Before(cutoff) {
+		return false
+	}
+	d.dropSession(kps.previous)
+	d.dropSession(cur)
+	d.dropSession(kps.next)
+	kps.previous, kps.next = nil, nil
+	kps.current.Store(nil)
 	return true
 }
 

@@ -28,7 +28,7 @@ func (d *Device) routineReceive(recv transport.ReceiveFunc) {
 			if d.isClosed() || isClosedErr(err) {
 				return
 			}
-			d.logf("transport receive: %v", err)
+			d.logs.receive.logf(d, time.Now(), "transport receive: %v", err)
 			if !d.pause(10 * time.Millisecond) {
 				return
 			}
@@ -98,15 +98,20 @@ func (d *Device) open(msg []byte, src netip.AddrPort, nonceBuf []byte, now time.
 
 	// Authenticated: the packet speaks for the peer.
 	p := kp.peer
-	if p.confirmNext(kp) {
-		d.flushAfterHandshake(p)
+	if p.confirmNext(kp, now) {
+		// Only what waited for the session: the packet that confirmed it
+		// needs no answer unless the passive-keepalive rule asks for one.
+		d.requestControl(p, controlFlush)
 	}
 	p.setEndpoint(src)
 	p.rxBytes.Add(uint64(len(msg)))
 	ns := now.UnixNano()
 	p.lastReceived.Store(ns)
 	p.awaitingReplySince.Store(0)
-	if kp.initiator && now.Sub(kp.created) >= d.timers.RejectAfterTime-d.timers.KeepaliveTimeout-d.timers.RekeyTimeout {
+	// The initiator rekeys before its sending session gets too old to
+	// receive on: the session that sends is current, whatever kp is.
+	if cur := p.keypairs.current.Load(); cur != nil && cur.initiator &&
+		now.Sub(cur.created) >= d.timers.RejectAfterTime-d.timers.KeepaliveTimeout-d.timers.RekeyTimeout {
 		d.initiateHandshake(p, false)
 	}
 
@@ -166,7 +171,7 @@ func (d *Device) writeTUN(bufs [][]byte) {
 			d.counters.dropN(dropTUNWrite, lost)
 		}
 		if !d.isClosed() {
-			d.logf("tun write: %v", err)
+			d.logs.tunWrite.logf(d, time.Now(), "tun write: %v", err)
 		}
 	}
 }

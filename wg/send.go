@@ -38,7 +38,7 @@ func (d *Device) routineReadFromTUN() {
 				d.stopFromRoutine(err)
 				return
 			}
-			d.logf("tun read: %v", err)
+			d.logs.tunRead.logf(d, time.Now(), "tun read: %v", err)
 			if !d.pause(10 * time.Millisecond) {
 				return
 			}
@@ -90,6 +90,10 @@ func appendToGroup(groups []peerBatch, p *Peer, i int) []peerBatch {
 // sendBatch encrypts the packets bufs[idx...] for p and sends them. Without a
 // usable session it stages them and starts a handshake.
 func (d *Device) sendBatch(p *Peer, bufs [][]byte, sizes []int, idx []int, out [][]byte, nonceBuf []byte, now time.Time) [][]byte {
+	if p.unusableKey {
+		d.counters.dropN(dropPeerKeyUnusable, len(idx))
+		return out
+	}
 	p.sendMu.Lock()
 	defer p.sendMu.Unlock()
 	kp := p.sendableSession(now)
@@ -121,14 +125,38 @@ func (d *Device) sendBatch(p *Peer, bufs [][]byte, sizes []int, idx []int, out [
 // stageLocked copies a packet (with its headroom) to p's wait queue.
 // p.sendMu must be held.
 func (p *Peer) stageLocked(b []byte) {
+	d := p.dev
 	if len(p.staged) >= maxStaged {
-		p.dev.counters.drop(dropStagedQueueFull)
+		d.counters.drop(dropStagedQueueFull)
+		return
+	}
+	if d.stagedTotal.Add(1) > d.maxStagedTotal {
+		d.stagedTotal.Add(-1)
+		d.counters.drop(dropStagedTotalFull)
 		return
 	}
 	// Room for padding to 16 bytes and the tag, which seal adds in place.
 	c := make([]byte, len(b), len(b)+16+16)
 	copy(c, b)
 	p.staged = append(p.staged, c)
+}
+
+// unstageLocked forgets p's first n staged packets (sent or discarded).
+// p.sendMu must be held.
+func (p *Peer) unstageLocked(n int) {
+	if n == 0 {
+		return
+	}
+	clear(p.staged[:n])
+	p.staged = append(p.staged[:0], p.staged[n:]...)
+	p.dev.stagedTotal.Add(-int64(n))
+}
+
+// discardStagedLocked drops p's staged packets because its handshake gave
+// up, counting them. p.sendMu must be held.
+func (p *Peer) discardStagedLocked() {
+	p.dev.counters.dropN(dropHandshakeGiveUp, len(p.staged))
+	p.unstageLocked(len(p.staged))
 }
 
 // flushStagedLocked sends p's staged packets with kp. p.sendMu must be held.
@@ -143,9 +171,23 @@ func (d *Device) flushStagedLocked(p *Peer, kp *keypair, out [][]byte, nonceBuf 
 		sent++
 	}
 	d.finishSend(p, kp, out, true, now)
-	clear(p.staged[:sent])
-	p.staged = append(p.staged[:0], p.staged[sent:]...)
+	p.unstageLocked(sent)
 	return out
+}
+
+// flushStaged sends p's staged packets, if it has any and a session. The
+// control routine calls it when a responder's session is confirmed.
+func (d *Device) flushStaged(p *Peer) {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	if len(p.staged) == 0 {
+		return
+	}
+	now := time.Now()
+	if kp := p.sendableSession(now); kp != nil {
+		var nonceBuf [12]byte
+		d.flushStagedLocked(p, kp, nil, nonceBuf[:], now)
+	}
 }
 
 // seal encrypts the packet at buf[headroom:headroom+size] in place, pads it,
@@ -184,7 +226,7 @@ func (d *Device) finishSend(p *Peer, kp *keypair, out [][]byte, data bool, now t
 	}
 	if err := d.sendTo(p, out); err != nil {
 		if !errors.Is(err, errNoEndpoint) {
-			d.logf("peer %s: send: %v", p, err)
+			d.logs.send.logf(d, now, "peer %s: send: %v", p, err)
 		}
 		return
 	}
@@ -204,7 +246,8 @@ func (d *Device) finishSend(p *Peer, kp *keypair, out [][]byte, data bool, now t
 	}
 }
 
-// sendKeepalive sends an empty data packet to p, if it has a session.
+// sendKeepalive sends p's staged packets, or else an empty data packet, if
+// p has a session. Only the control routine calls it (it may block in Send).
 func (d *Device) sendKeepalive(p *Peer) {
 	p.sendMu.Lock()
 	defer p.sendMu.Unlock()
@@ -218,9 +261,8 @@ func (d *Device) sendKeepalive(p *Peer) {
 		d.flushStagedLocked(p, kp, nil, nonceBuf[:], now)
 		return
 	}
-	buf := make([]byte, headroom+16)
 	var nonceBuf [12]byte
-	b, ok := d.seal(p, kp, buf, 0, nonceBuf[:])
+	b, ok := d.seal(p, kp, d.keepaliveBuf[:], 0, nonceBuf[:])
 	if !ok {
 		return
 	}

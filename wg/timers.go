@@ -20,6 +20,8 @@ func (d *Device) timerTick() time.Duration {
 }
 
 // routineTimers runs the protocol's timers (whitepaper §6) for every peer.
+// It does no I/O and never waits for any: what it decides to send is
+// queued for the control routine.
 func (d *Device) routineTimers() {
 	defer d.routines.Done()
 	tick := time.NewTicker(d.timerTick())
@@ -29,7 +31,6 @@ func (d *Device) routineTimers() {
 		case <-d.closed:
 			return
 		case now := <-tick.C:
-			d.refreshMTU()
 			peers := d.peerList()
 			for _, p := range peers {
 				d.peerTimers(p, now)
@@ -37,6 +38,26 @@ func (d *Device) routineTimers() {
 		}
 	}
 }
+
+// routineMTU refreshes the cached TUN MTU. It has a routine of its own
+// because MTU() may be slow (a round trip to the front in split mode) and
+// must not hold up the timers.
+func (d *Device) routineMTU() {
+	defer d.routines.Done()
+	tick := time.NewTicker(mtuRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.closed:
+			return
+		case <-tick.C:
+			d.refreshMTU()
+		}
+	}
+}
+
+// mtuRefresh is how often routineMTU asks the TUN for its MTU.
+const mtuRefresh = 250 * time.Millisecond
 
 func (d *Device) refreshMTU() {
 	if m, err := d.tun.MTU(); err == nil && m > 0 {
@@ -62,12 +83,12 @@ func (d *Device) peerTimers(p *Peer, now time.Time) {
 	hs := &p.handshake
 	hs.Lock()
 	inFlight := hs.initiator != nil
-	lastSent, started := hs.lastSent, hs.attemptsStarted
+	retryAt, started := hs.retryAt, hs.attemptsStarted
 	hs.Unlock()
 	if inFlight {
 		if now.Sub(started) >= t.RekeyAttemptTime {
 			d.giveUpHandshake(p)
-		} else if now.Sub(lastSent) >= t.RekeyTimeout+jitter() {
+		} else if !now.Before(retryAt) {
 			d.initiateHandshake(p, true)
 		}
 	}
@@ -82,34 +103,35 @@ func (d *Device) peerTimers(p *Peer, now time.Time) {
 	// sender knows the session works.
 	lastData, lastSentAny := p.lastDataReceived.Load(), p.lastSent.Load()
 	if lastData != 0 && lastData > lastSentAny && since(now, lastData) >= t.KeepaliveTimeout {
-		d.sendKeepalive(p)
+		d.requestControl(p, controlKeepalive)
 	}
 
 	// Persistent keepalive keeps NAT mappings open.
 	if iv := p.persistentKeepalive.Load(); iv != 0 && since(now, p.lastSent.Load()) >= time.Duration(iv)*time.Second {
 		if p.keypairs.current.Load() != nil {
-			d.sendKeepalive(p)
+			d.requestControl(p, controlKeepalive)
 		} else {
 			d.initiateHandshake(p, false)
 		}
 	}
 
-	// Forget keys that no handshake has renewed for three reject periods.
-	if lh := p.lastHandshake.Load(); lh != 0 && since(now, lh) >= 3*t.RejectAfterTime {
-		p.lastHandshake.Store(0)
-		p.clearSessions()
-	}
+	// Forget keys that no handshake has renewed for three reject periods
+	// (the latest handshake stays for wg show).
+	p.wipeSessionsOlderThan(now.Add(-3 * t.RejectAfterTime))
 }
 
 // giveUpHandshake ends a handshake attempt that got no answer and discards
 // the packets that waited for it (counted).
 func (d *Device) giveUpHandshake(p *Peer) {
 	p.cancelHandshake()
-	p.sendMu.Lock()
-	d.counters.dropN(dropHandshakeGiveUp, len(p.staged))
-	clear(p.staged)
-	p.staged = p.staged[:0]
-	p.sendMu.Unlock()
+	// sendMu may be held by a send blocked on a full buffer: then the
+	// control routine discards the packets, and the timers go on.
+	if p.sendMu.TryLock() {
+		p.discardStagedLocked()
+		p.sendMu.Unlock()
+	} else {
+		d.requestControl(p, controlGiveUp)
+	}
 	d.logf("peer %s: no handshake response after %v, giving up until there is new traffic", p, d.timers.RekeyAttemptTime)
 }
 

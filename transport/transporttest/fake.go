@@ -46,6 +46,7 @@ type Fake struct {
 	port   uint16     // port of the last Open
 	mark   uint32
 	onSend func(b []byte, to netip.AddrPort)
+	held   chan struct{} // non-nil while HoldSends is in force; closed by its release
 
 	txDatagrams, rxDatagrams, sendWaits       atomic.Uint64
 	dropUnknownEndpoint, dropPeerClosed, drop atomic.Uint64
@@ -115,6 +116,29 @@ func (f *Fake) OnSend(fn func(b []byte, to netip.AddrPort)) {
 	f.mu.Unlock()
 }
 
+// HoldSends makes every Send on this side block, as on a full socket send
+// buffer, until the returned release is called (then the datagrams go on)
+// or this side closes (then Send returns net.ErrClosed). Each blocked Send
+// counts once in fake_send_waits, so a test can wait until a sender is
+// stuck. release may be called more than once.
+func (f *Fake) HoldSends() (release func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.held = ch
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			if f.held == ch {
+				f.held = nil
+			}
+			f.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
 func (f *Fake) current() (*session, func([]byte, netip.AddrPort)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -175,6 +199,18 @@ func (f *Fake) Send(bufs [][]byte, ep netip.AddrPort) error {
 	if s == nil {
 		f.drop.Add(uint64(len(bufs)))
 		return net.ErrClosed
+	}
+	f.mu.Lock()
+	held := f.held
+	f.mu.Unlock()
+	if held != nil {
+		f.sendWaits.Add(1)
+		select {
+		case <-held:
+		case <-s.done:
+			f.drop.Add(uint64(len(bufs)))
+			return net.ErrClosed
+		}
 	}
 	if observe != nil {
 		for _, b := range bufs {

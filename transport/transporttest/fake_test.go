@@ -314,3 +314,46 @@ func BenchmarkPair(bm *testing.B) {
 	}
 	bm.ReportMetric(float64(bm.N*BatchSize)/bm.Elapsed().Seconds(), "pkts/s")
 }
+
+// TestHoldSends: a held side's Send blocks (counted in fake_send_waits)
+// until release, then delivers; Close unblocks it with net.ErrClosed.
+func TestHoldSends(t *testing.T) {
+	a, b := NewPair()
+	openT(t, a, 0)
+	recv := openT(t, b, 0)
+	release := a.HoldSends()
+	sent := make(chan error, 1)
+	go func() { sent <- a.Send(msgs("held", 2), b.LocalAddr(0)) }()
+	for deadline := time.Now().Add(5 * time.Second); counter(a, "fake_send_waits") == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("Send did not block on a held side")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case err := <-sent:
+		t.Fatalf("held Send returned %v", err)
+	default:
+	}
+	release()
+	release()
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readN(t, recv, 2); got[0] != "held0" || got[1] != "held1" {
+		t.Fatalf("received %q", got)
+	}
+
+	a.HoldSends()
+	go func() { sent <- a.Send(msgs("closed", 1), b.LocalAddr(0)) }()
+	for deadline := time.Now().Add(5 * time.Second); counter(a, "fake_send_waits") < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("second Send did not block")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a.Close()
+	if err := <-sent; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("held Send after Close: %v, want net.ErrClosed", err)
+	}
+}

@@ -18,11 +18,18 @@ import (
 // The zero value is an empty table ready for use. A Table is safe for
 // concurrent use: writers take an exclusive lock, lookups take only the read
 // lock and never allocate. A Table must not be copied after first use.
+//
+// Besides the trie, the table keeps for every value the list of the nodes
+// it owns, so that removing or listing one value's prefixes costs time in
+// the number of that value's prefixes, not in the size of the table (a
+// gateway with 10,000 peers removes or lists one peer without walking the
+// others').
 type Table[T comparable] struct {
-	mu   sync.RWMutex
-	v4   *node[T] // guarded by mu; keys in the high 32 bits of key.hi
-	v6   *node[T] // guarded by mu
-	size int      // guarded by mu; number of prefixes held
+	mu    sync.RWMutex
+	v4    *node[T]       // guarded by mu; keys in the high 32 bits of key.hi
+	v6    *node[T]       // guarded by mu
+	size  int            // guarded by mu; number of prefixes held
+	owned map[T]*node[T] // guarded by mu; first node of each value's list (see node.prev, node.next)
 }
 
 // key is an address or a masked prefix as a 128-bit big-endian integer.
@@ -34,12 +41,17 @@ type key struct{ hi, lo uint64 }
 // with a 0 bit at position bits and child[1] with a 1 bit. A node without a
 // value (has == false) only joins two subtrees and always has both
 // children.
+//
+// The fields lookups read come first, to share a cache line.
 type node[T comparable] struct {
-	child [2]*node[T]
-	key   key   // masked to bits
-	bits  uint8 // prefix length
-	has   bool  // whether val is set
-	val   T
+	child      [2]*node[T]
+	key        key   // masked to bits
+	bits       uint8 // prefix length
+	has        bool  // whether val is set
+	is6        bool  // in the IPv6 trie
+	val        T
+	parent     *node[T] // nil at a root
+	prev, next *node[T] // the other nodes owned by val, while has
 }
 
 func keyFrom4(b []byte) key {
@@ -124,42 +136,114 @@ func (t *Table[T]) Insert(p netip.Prefix, v T) {
 	}
 	k, _ := keyOf(p.Addr())
 	plen := p.Bits()
+	is6 := !p.Addr().Is4()
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	slot := t.root(p.Addr().Is4())
+	slot := t.root(!is6)
+	var parent *node[T]
 	for {
 		n := *slot
 		if n == nil {
-			*slot = &node[T]{key: k, bits: uint8(plen), has: true, val: v}
-			t.size++
+			leaf := &node[T]{key: k, bits: uint8(plen), is6: is6, parent: parent}
+			*slot = leaf
+			t.own(leaf, v)
 			return
 		}
 		c := min(commonBits(k, n.key), int(n.bits), plen)
 		if c == int(n.bits) {
 			if c == plen { // same prefix: replace the owner
-				if !n.has {
-					t.size++
+				if n.has {
+					if n.val == v {
+						return
+					}
+					t.disown(n)
 				}
-				n.has, n.val = true, v
+				t.own(n, v)
 				return
 			}
-			slot = &n.child[k.bit(c)]
+			parent, slot = n, &n.child[k.bit(c)]
 			continue
 		}
 		// p and n diverge before n's end: put a node at their fork.
-		leaf := &node[T]{key: k, bits: uint8(plen), has: true, val: v}
-		t.size++
+		leaf := &node[T]{key: k, bits: uint8(plen), is6: is6}
+		t.own(leaf, v)
 		if c == plen { // p contains n
 			leaf.child[n.key.bit(c)] = n
+			leaf.parent, n.parent = parent, leaf
 			*slot = leaf
 			return
 		}
-		fork := &node[T]{key: k.mask(c), bits: uint8(c)}
+		fork := &node[T]{key: k.mask(c), bits: uint8(c), is6: is6, parent: parent}
 		fork.child[k.bit(c)] = leaf
 		fork.child[n.key.bit(c)] = n
+		leaf.parent, n.parent = fork, fork
 		*slot = fork
 		return
+	}
+}
+
+// own gives n (which has no value) to v and puts it on v's list.
+func (t *Table[T]) own(n *node[T], v T) {
+	if t.owned == nil {
+		t.owned = make(map[T]*node[T])
+	}
+	n.has, n.val = true, v
+	n.prev, n.next = nil, t.owned[v]
+	if n.next != nil {
+		n.next.prev = n
+	}
+	t.owned[v] = n
+	t.size++
+}
+
+// disown takes n's value away and takes n off its value's list; the trie's
+// shape is left to tidy.
+func (t *Table[T]) disown(n *node[T]) {
+	if n.prev != nil {
+		n.prev.next = n.next
+	} else if n.next != nil {
+		t.owned[n.val] = n.next
+	} else {
+		delete(t.owned, n.val)
+	}
+	if n.next != nil {
+		n.next.prev = n.prev
+	}
+	var zero T
+	n.has, n.val, n.prev, n.next = false, zero, nil, nil
+	t.size--
+}
+
+// slotOf returns the pointer that points at n: its parent's child slot or
+// its family's root.
+func (t *Table[T]) slotOf(n *node[T]) **node[T] {
+	if n.parent == nil {
+		return t.root(!n.is6)
+	}
+	if n.parent.child[0] == n {
+		return &n.parent.child[0]
+	}
+	return &n.parent.child[1]
+}
+
+// remove disowns n and tidies the trie around it, so that every valueless
+// node keeps two children. At most n and its parent leave the trie.
+func (t *Table[T]) remove(n *node[T]) {
+	t.disown(n)
+	for n != nil && !n.has && (n.child[0] == nil || n.child[1] == nil) {
+		parent := n.parent
+		c := n.child[0]
+		if c == nil {
+			c = n.child[1]
+		}
+		*t.slotOf(n) = c
+		n.parent, n.child = nil, [2]*node[T]{}
+		if c != nil {
+			c.parent = parent
+			return // the parent keeps as many children as before
+		}
+		n = parent // it lost a child: it may now join too few
 	}
 }
 
@@ -175,72 +259,25 @@ func (t *Table[T]) Remove(p netip.Prefix, v T) bool {
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	removed := removeAt(t.root(p.Addr().Is4()), k, plen, v)
-	if removed {
-		t.size--
+	n := *t.root(p.Addr().Is4())
+	for n != nil && int(n.bits) < plen && n.covers(k) {
+		n = n.child[k.bit(int(n.bits))]
 	}
-	return removed
-}
-
-// removeAt removes k/bits below *slot if owned by v, then tidies the path
-// back up so that every valueless node keeps two children.
-func removeAt[T comparable](slot **node[T], k key, plen int, v T) bool {
-	n := *slot
-	if n == nil || int(n.bits) > plen || !n.covers(k) {
+	if n == nil || int(n.bits) != plen || n.key != k.mask(plen) || !n.has || n.val != v {
 		return false
 	}
-	var removed bool
-	if int(n.bits) == plen {
-		if !n.has || n.val != v {
-			return false
-		}
-		var zero T
-		n.has, n.val = false, zero
-		removed = true
-	} else {
-		removed = removeAt(&n.child[k.bit(int(n.bits))], k, plen, v)
-	}
-	if removed {
-		tidy(slot)
-	}
-	return removed
+	t.remove(n)
+	return true
 }
 
-// tidy drops *slot if it holds no value and has fewer than two children.
-func tidy[T comparable](slot **node[T]) {
-	n := *slot
-	if n.has {
-		return
-	}
-	switch {
-	case n.child[0] == nil:
-		*slot = n.child[1]
-	case n.child[1] == nil:
-		*slot = n.child[0]
-	}
-}
-
-// RemoveValue removes every prefix v owns.
+// RemoveValue removes every prefix v owns, in time proportional to their
+// number.
 func (t *Table[T]) RemoveValue(v T) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.size -= removeAll(&t.v4, v)
-	t.size -= removeAll(&t.v6, v)
-}
-
-func removeAll[T comparable](slot **node[T], v T) int {
-	n := *slot
-	if n == nil {
-		return 0
+	for n := t.owned[v]; n != nil; n = t.owned[v] {
+		t.remove(n)
 	}
-	count := removeAll(&n.child[0], v) + removeAll(&n.child[1], v)
-	if n.has && n.val == v {
-		var zero T
-		n.has, n.val = false, zero
-		count++
-	}
-	tidy(slot)
-	return count
 }
 
 // Lookup returns the owner of the longest prefix containing a. An
@@ -316,26 +353,17 @@ func lookup[T comparable](n *node[T], k key) (T, bool) {
 
 // Prefixes returns the prefixes v owns, IPv4 first, each family in address
 // order and shorter prefixes before longer ones at the same address. The
-// slice is newly allocated and belongs to the caller.
+// slice is newly allocated and belongs to the caller. It takes time in the
+// number of v's prefixes, not the table's.
 func (t *Table[T]) Prefixes(v T) []netip.Prefix {
 	var out []netip.Prefix
 	t.mu.RLock()
-	out = collect(t.v4, v, true, out)
-	out = collect(t.v6, v, false, out)
+	for n := t.owned[v]; n != nil; n = n.next {
+		out = append(out, prefixOf(n.key, int(n.bits), !n.is6))
+	}
 	t.mu.RUnlock()
 	slices.SortFunc(out, comparePrefixes)
 	return out
-}
-
-func collect[T comparable](n *node[T], v T, is4 bool, out []netip.Prefix) []netip.Prefix {
-	if n == nil {
-		return out
-	}
-	if n.has && n.val == v {
-		out = append(out, prefixOf(n.key, int(n.bits), is4))
-	}
-	out = collect(n.child[0], v, is4, out)
-	return collect(n.child[1], v, is4, out)
 }
 
 func prefixOf(k key, plen int, is4 bool) netip.Prefix {

@@ -63,6 +63,9 @@ func checkInvariants(t *testing.T, tb *Table[int]) {
 			if !n.covers(c.key) || c.key.bit(int(n.bits)) != i {
 				t.Fatalf("child %v/%d misplaced under %v/%d", c.key, c.bits, n.key, n.bits)
 			}
+			if c.parent != n || c.is6 != n.is6 {
+				t.Fatalf("child %v/%d has the wrong parent or family", c.key, c.bits)
+			}
 			walk(c, int(n.bits), width)
 		}
 	}
@@ -70,6 +73,25 @@ func checkInvariants(t *testing.T, tb *Table[int]) {
 	walk(tb.v6, -1, 128)
 	if count != tb.Len() {
 		t.Fatalf("Len() = %d, trie holds %d", tb.Len(), count)
+	}
+	if tb.v4 != nil && (tb.v4.parent != nil || tb.v4.is6) || tb.v6 != nil && (tb.v6.parent != nil || !tb.v6.is6) {
+		t.Fatal("a root has a parent or the wrong family")
+	}
+	// Every value's list holds exactly the nodes it owns, linked both ways.
+	listed := 0
+	for v, n := range tb.owned {
+		if n == nil || n.prev != nil {
+			t.Fatalf("value %d's list starts wrongly", v)
+		}
+		for ; n != nil; n = n.next {
+			if !n.has || n.val != v || n.next != nil && n.next.prev != n {
+				t.Fatalf("value %d's list holds node %v/%d (has %v, val %d) or is mislinked", v, n.key, n.bits, n.has, n.val)
+			}
+			listed++
+		}
+	}
+	if listed != count {
+		t.Fatalf("value lists hold %d nodes, trie has %d values", listed, count)
 	}
 }
 
@@ -508,4 +530,54 @@ func FuzzLookupPacket(f *testing.F) {
 			}
 		}
 	})
+}
+
+// tenThousandPeers is a gateway's table: 10,000 peers (values 1..10000),
+// each owning a /32 and a /128 of the tunnel pools and a /24 of its own.
+func tenThousandPeers() *Table[int] {
+	var tb Table[int]
+	for v := 1; v <= 10000; v++ {
+		var a4 [4]byte
+		binary.BigEndian.PutUint32(a4[:], 0x64400000|uint32(v)) // 100.64.0.0/10
+		tb.Insert(netip.PrefixFrom(netip.AddrFrom4(a4), 32), v)
+		binary.BigEndian.PutUint32(a4[:], 0xc6000000|uint32(v)<<8) // 198.x.y.0/24
+		tb.Insert(netip.PrefixFrom(netip.AddrFrom4(a4), 24), v)
+		a16 := [16]byte{0x20, 0x01, 0x0d, 0xb8}
+		binary.BigEndian.PutUint32(a16[12:], uint32(v))
+		tb.Insert(netip.PrefixFrom(netip.AddrFrom16(a16), 128), v)
+	}
+	return &tb
+}
+
+// BenchmarkRemovePeer10k removes one peer's prefixes from a table of
+// 10,000 peers and puts them back: the cost of removing a peer on a
+// gateway, which must not grow with the number of other peers.
+func BenchmarkRemovePeer10k(b *testing.B) {
+	tb := tenThousandPeers()
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		v := 1 + i%10000
+		i++
+		ps := tb.Prefixes(v)
+		tb.RemoveValue(v)
+		for _, p := range ps {
+			tb.Insert(p, v)
+		}
+	}
+}
+
+// BenchmarkPrefixes10k lists one peer's prefixes in a table of 10,000
+// peers, as a wg show of one peer does (for every peer, wg show does it
+// 10,000 times).
+func BenchmarkPrefixes10k(b *testing.B) {
+	tb := tenThousandPeers()
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(tb.Prefixes(1+i%10000)) != 3 {
+			b.Fatal("wrong prefix count")
+		}
+		i++
+	}
 }

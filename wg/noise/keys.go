@@ -75,6 +75,20 @@ func (k *PrivateKey) sharedSecret(pub *PublicKey) (ss [KeySize]byte, ok bool) {
 
 var zeroKey [KeySize]byte
 
+// lowOrderProbe is a clamped scalar: clamping makes every scalar a multiple
+// of the cofactor 8, so it maps a point of low order (and only such a
+// point) to the identity, which X25519 reports as an error.
+var lowOrderProbe = [KeySize]byte{0: 8, 31: 64}
+
+// IsLowOrder reports whether k is a point of small order (the all-zero key
+// among them), with which Diffie-Hellman yields nothing secret, so that no
+// handshake with it can succeed. Such a key is still a valid
+// configuration, as in the kernel and wireguard-go.
+func (k PublicKey) IsLowOrder() bool {
+	_, err := curve25519.X25519(lowOrderProbe[:], k[:])
+	return err != nil
+}
+
 // IsZero reports in constant time whether k is all zeros (no key set).
 func (k PrivateKey) IsZero() bool { return subtle.ConstantTimeCompare(k[:], zeroKey[:]) == 1 }
 

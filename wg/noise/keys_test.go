@@ -133,3 +133,34 @@ func TestEncodings(t *testing.T) {
 		}
 	}
 }
+
+// TestIsLowOrder: the all-zero key and the other small-order points of
+// Curve25519 are low order; generated keys are not.
+func TestIsLowOrder(t *testing.T) {
+	lowOrder := []string{
+		"0000000000000000000000000000000000000000000000000000000000000000", // 0
+		"0100000000000000000000000000000000000000000000000000000000000000", // 1
+		"e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800", // order 8
+		"5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157", // order 8
+		"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // p-1
+		"edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f", // p
+	}
+	for _, h := range lowOrder {
+		k, err := ParsePublicKeyHex(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !k.IsLowOrder() {
+			t.Errorf("%s: IsLowOrder = false, want true", h)
+		}
+	}
+	for range 20 {
+		priv, err := GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pub := priv.PublicKey(); pub.IsLowOrder() {
+			t.Errorf("generated key %s reported as low order", pub)
+		}
+	}
+}

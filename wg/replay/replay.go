@@ -14,6 +14,12 @@ const (
 	// is always the partly filled current one, so the window is one word
 	// short of the ring.
 	WindowSize = (ringWords - 1) * wordBits // 8128
+
+	// RejectAfterMessages is WireGuard's per-session message limit
+	// (whitepaper §6, 2^64 - 2^13 - 1): a counter at or above it is never
+	// accepted, and a sender never uses it. It is the limit to pass to
+	// ValidateCounter for a WireGuard session.
+	RejectAfterMessages uint64 = 1<<64 - 1<<13 - 1
 )
 
 // Filter remembers which counters of one session were seen. The zero value

@@ -6,8 +6,25 @@ import (
 	"testing"
 )
 
-// rejectAfterMessages is WireGuard's per-session counter limit.
-const rejectAfterMessages = math.MaxUint64 - (1 << 13) - 1
+// rejectAfterMessages is the package's limit, tested below against the
+// whitepaper's figure rather than copied.
+const rejectAfterMessages = RejectAfterMessages
+
+// TestRejectAfterMessages pins the limit to the whitepaper's 2^64 - 2^13 - 1
+// (§6), computed here another way, and checks that the filter takes the last
+// counter below it and refuses the limit itself.
+func TestRejectAfterMessages(t *testing.T) {
+	want := uint64(math.MaxUint64) - 1<<13
+	if RejectAfterMessages != want {
+		t.Fatalf("RejectAfterMessages = %d, want 2^64-2^13-1 = %d", RejectAfterMessages, want)
+	}
+	var f Filter
+	run(t, &f, RejectAfterMessages, []step{
+		{RejectAfterMessages - 1, true},
+		{RejectAfterMessages, false},
+		{math.MaxUint64, false},
+	})
+}
 
 type step struct {
 	counter uint64
