@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -62,7 +63,7 @@ func TestEngineConfined(t *testing.T) {
 			c.ping(t, s.tun4)
 			pid := oneEngine(t, c)
 			status := procStatus(t, pid)
-			for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapAmb"} {
+			for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"} {
 				v, err := strconv.ParseUint(status[k], 16, 64)
 				if err != nil || v != 0 {
 					t.Errorf("engine %d: %s = %q, want 0", pid, k, status[k])
@@ -71,15 +72,67 @@ func TestEngineConfined(t *testing.T) {
 			if status["NoNewPrivs"] != "1" {
 				t.Errorf("engine %d: NoNewPrivs = %q, want 1", pid, status["NoNewPrivs"])
 			}
+			if status["Seccomp"] != "2" {
+				t.Errorf("engine %d: Seccomp = %q, want 2 (a filter)", pid, status["Seccomp"])
+			}
+			uid := -1
 			for _, k := range []string{"Uid", "Gid"} {
-				for _, id := range strings.Fields(status[k]) {
-					if id == "0" {
-						t.Errorf("engine %d: %s = %q: runs as root", pid, k, status[k])
+				ids := strings.Fields(status[k])
+				for _, id := range ids {
+					n, _ := strconv.Atoi(id)
+					if n < 0x7ffe0000 || id != ids[0] {
+						t.Errorf("engine %d: %s = %q, want one engine uid (not root, not nobody)", pid, k, status[k])
 					}
+					uid = n
 				}
 			}
 			if groups := strings.Fields(status["Groups"]); len(groups) != 0 {
 				t.Errorf("engine %d: supplementary groups %v, want none", pid, groups)
+			}
+			// Each engine has a uid of its own: the server's differs.
+			if other := procStatus(t, oneEngine(t, s))["Uid"]; strings.Fields(other)[0] == strconv.Itoa(uid) {
+				t.Errorf("the client's and the server's engines share uid %d", uid)
+			}
+			// Namespaces of its own: user, network, mount, pid, ipc, uts.
+			front := ptunPIDs(t, c.h)
+			for _, ns := range []string{"user", "net", "mnt", "pid", "ipc", "uts"} {
+				mine, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+				theirs, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", front[0], ns))
+				if err1 != nil || err2 != nil || mine == theirs {
+					t.Errorf("engine %d shares its %s namespace with its front (%s, %v %v)", pid, ns, mine, err1, err2)
+				}
+			}
+			// Its filesystem: its own /proc and, for a dynamically linked
+			// binary, the library directories; nothing else.
+			root, err := os.ReadDir(fmt.Sprintf("/proc/%d/root/", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range root {
+				switch e.Name() {
+				case "proc", "lib", "lib64", "lib32", "usr":
+				default:
+					t.Errorf("engine %d sees /%s", pid, e.Name())
+				}
+			}
+			limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{`Max open files\s+256\s+256`, `Max processes\s+512\s+512`, `Max core file size\s+0\s+0`} {
+				if !regexp.MustCompile(want).Match(limits) {
+					t.Errorf("engine %d: no limit %q in\n%s", pid, want, limits)
+				}
+			}
+			// Not dumpable: another process of its very uid cannot read its
+			// memory or environment.
+			for _, file := range []string{"mem", "environ"} {
+				cmd := exec.Command("cat", fmt.Sprintf("/proc/%d/%s", pid, file))
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+				out, err := cmd.CombinedOutput()
+				if err == nil || !strings.Contains(string(out), "Permission denied") {
+					t.Errorf("uid %d read engine %d's %s: %v %q", uid, pid, file, err, out)
+				}
 			}
 			fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 			if err != nil {
@@ -218,18 +271,43 @@ func oneEngine(t *testing.T, n *node) int {
 	return pids[0]
 }
 
-// enginePIDs lists n's engine processes: ptun processes in n's namespace
+// enginePIDs lists n's engine processes: children of a ptun process in n's
+// namespace (the front; an engine has a network namespace of its own)
 // whose command line is the engine role for n's interface.
 func enginePIDs(t *testing.T, n *node) []int {
 	t.Helper()
-	var out []int
+	fronts := map[string]bool{}
 	for _, pid := range ptunPIDs(t, n.h) {
+		fronts[strconv.Itoa(pid)] = true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) >= 3 && args[1] == "--engine-of" && args[2] == n.ifname {
+		if len(args) < 3 || args[1] != "--engine-of" || args[2] != n.ifname {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut after ')'.
+		rest := string(st)
+		if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		if f := strings.Fields(rest); len(f) > 1 && fronts[f[1]] {
 			out = append(out, pid)
 		}
 	}

@@ -112,7 +112,7 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 	errorf("interface %s starting (pid %d, ipc %s, mtu %d)", name, os.Getpid(), mode, mtu)
 	err := front.Run(front.Config{
 		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef,
-		EngineCommand: func() *exec.Cmd { return engineCommand(name) },
+		EngineCommand: func() (*exec.Cmd, error) { return engine.Command(name, os.Args[0], engineRole, name) },
 	}, stop, ready)
 	if err != nil {
 		errorf("interface %s: %v", name, err)
@@ -126,18 +126,10 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 // interface name (a leading "-"), so no interface can be mistaken for it.
 const engineRole = "--engine-of"
 
-// engineCommand is the command that runs an engine for interface name:
-// this same binary, through /proc/self/exe so that it is the very file
-// running now.
-func engineCommand(name string) *exec.Cmd {
-	cmd := exec.Command("/proc/self/exe", engineRole, name)
-	cmd.Args[0] = os.Args[0]
-	return cmd
-}
-
 // runEngine is `ptun --engine-of IFNAME [--confined]`, started by a front
-// with its control channel on descriptor 3. The first stage gives up every
-// privilege and re-executes itself as the second, which runs the engine.
+// (engine.Command) in namespaces of its own with its control channel on
+// descriptor 3. The first stage confines itself and re-executes itself as
+// the second, which locks itself down, checks it all and runs the engine.
 func runEngine(args []string) int {
 	if len(args) < 2 || len(args) > 3 {
 		fmt.Fprintln(os.Stderr, "ptun: the engine role is started by a ptun front, not by hand")
@@ -145,6 +137,10 @@ func runEngine(args []string) int {
 	}
 	if len(args) == 2 {
 		err := engine.Confine([]string{os.Args[0], engineRole, args[1], "--confined"})
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	if err := engine.Lockdown(); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}

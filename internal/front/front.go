@@ -31,8 +31,8 @@ type Config struct {
 	Logf, Verbosef func(format string, args ...any)
 	// EngineCommand returns the command that runs one engine process for
 	// this interface; Run adds the control channel as descriptor 3
-	// (ExtraFiles[0]). Not used in ipc.Inproc mode.
-	EngineCommand func() *exec.Cmd
+	// (ExtraFiles[0], which the command leaves nil). Not used in ipc.Inproc mode.
+	EngineCommand func() (*exec.Cmd, error)
 	// HeartbeatEvery and HeartbeatTimeout tune the engine watchdog
 	// (0: every second, and 5 s to answer).
 	HeartbeatEvery, HeartbeatTimeout time.Duration

@@ -257,10 +257,10 @@ func startFront(t *testing.T, behaviour string) *frontTest {
 	ft := &frontTest{t: t, dir: t.TempDir(), log: &logSink{}}
 	cfg := Config{
 		Name: "hostile0", MTU: 1420, Mode: ipc.Seqpacket, Logf: ft.log.logf, Verbosef: ft.log.logf,
-		EngineCommand: func() *exec.Cmd {
+		EngineCommand: func() (*exec.Cmd, error) {
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), envEngine+"="+behaviour, envDir+"="+ft.dir)
-			return cmd
+			return cmd, nil
 		},
 		HeartbeatEvery: 50 * time.Millisecond, HeartbeatTimeout: 500 * time.Millisecond,
 	}

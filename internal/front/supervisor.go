@@ -159,8 +159,17 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := s.cfg.EngineCommand()
-	cmd.ExtraFiles = []*os.File{b}
+	cmd, err := s.cfg.EngineCommand()
+	if err != nil {
+		a.Close()
+		b.Close()
+		return nil, err
+	}
+	if len(cmd.ExtraFiles) == 0 {
+		cmd.ExtraFiles = []*os.File{b}
+	} else {
+		cmd.ExtraFiles[0] = b
+	}
 	// The engine's stderr (a panic, a failure before its control channel
 	// is up) reaches the front's log through a pipe: the engine holds no
 	// file of the front's.
