@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/front"
 )
 
 // The front/engine split: every IPC mode carries traffic, the engine holds
@@ -354,5 +356,28 @@ func TestInterfaceDeletedStops(t *testing.T) {
 				t.Errorf("%s still exists", socketPath(c.ifname))
 			}
 		})
+	}
+}
+
+// TestFrontCapabilities: once up, the front holds only the capabilities it
+// needs (front.Keep), in every set, and cannot get others back.
+func TestFrontCapabilities(t *testing.T) {
+	t.Parallel()
+	c, s := modePair(t, "fd")
+	c.ping(t, s.tun4)
+	var want uint64
+	for _, cp := range front.Keep {
+		want |= 1 << cp
+	}
+	fronts := ptunPIDs(t, c.h)
+	if len(fronts) != 1 {
+		t.Fatalf("fronts of %v: %v, want one", c, fronts)
+	}
+	status := procStatus(t, fronts[0])
+	for _, k := range []string{"CapPrm", "CapEff", "CapBnd", "CapAmb"} {
+		v, err := strconv.ParseUint(status[k], 16, 64)
+		if err != nil || v != want {
+			t.Errorf("front %d: %s = %q, want %016x", fronts[0], k, status[k], want)
+		}
 	}
 }

@@ -9,13 +9,14 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // writeFullWait bounds how long Write waits for a full kernel queue
@@ -117,7 +118,7 @@ func setup(fd int, name string, opts Options) (_ Device, err error) {
 		switch {
 		case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 			return nil, fmt.Errorf("tun: create %q: needs root or CAP_NET_ADMIN: %w", name, err)
-		case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EINVAL) && linkExists(name):
+		case errors.Is(err, unix.EBUSY), errors.Is(err, unix.EINVAL) && LinkExists(name):
 			return nil, fmt.Errorf("tun: create %q: %w; choose another name or delete it (%v)", name, ErrNameInUse, err)
 		case errors.Is(err, unix.EINVAL):
 			return nil, fmt.Errorf("tun: create %q: %w (%v)", name, ErrInvalidName, err)
@@ -257,16 +258,14 @@ func limitGSOSegments(name string, segs int) error {
 // validName applies the kernel's dev_valid_name rules so a bad name gets a
 // clear error. The empty name lets the kernel pick tunN.
 func validName(name string) error {
-	if len(name) >= unix.IFNAMSIZ {
-		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidName, unix.IFNAMSIZ-1)
-	}
-	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") {
-		return fmt.Errorf("%w: %q", ErrInvalidName, name)
+	if err := wgcfg.CheckInterfaceName(name); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidName, err)
 	}
 	return nil
 }
 
-func linkExists(name string) bool {
+// LinkExists reports whether a network interface called name exists.
+func LinkExists(name string) bool {
 	_, err := net.InterfaceByName(name)
 	return err == nil
 }

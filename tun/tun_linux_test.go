@@ -764,7 +764,7 @@ func TestParkAndFromFD(t *testing.T) {
 	}
 	handed.Close()
 	var exists bool
-	ns.Do(func() error { exists = linkExists(testIfName); return nil })
+	ns.Do(func() error { exists = LinkExists(testIfName); return nil })
 	if !exists {
 		t.Fatal("the interface went away with the handed descriptor while the parked device is open")
 	}

@@ -9,20 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
-)
 
-// checkIfname accepts the names Linux accepts for an interface.
-func checkIfname(ifname string) error {
-	if ifname == "" || len(ifname) > 15 || ifname == "." || ifname == ".." ||
-		strings.ContainsAny(ifname, "/: \t\n\r\v\f\x00") {
-		return fmt.Errorf("%q is not a valid interface name", ifname)
-	}
-	return nil
-}
+	"github.com/ptun-vpn/ptun/wgcfg"
+)
 
 // Listen creates the UAPI socket of interface ifname, SocketPath(ifname),
 // and listens on it. It creates SocketDir (mode 0755) if needed. The socket
@@ -35,7 +27,7 @@ func checkIfname(ifname string) error {
 // meanwhile. Closing the listener removes the socket file if it is still
 // this listener's.
 func Listen(ifname string) (net.Listener, error) {
-	if err := checkIfname(ifname); err != nil {
+	if err := wgcfg.CheckInterfaceName(ifname); err != nil {
 		return nil, err
 	}
 	path := SocketPath(ifname)
@@ -46,13 +38,18 @@ func Listen(ifname string) (net.Listener, error) {
 		return nil, err
 	}
 
-	// Bind under a temporary name, set the mode, then hard-link the socket
+	// Bind under a temporary name (under umask 077), set the mode, then hard-link the socket
 	// to its real name: it is never reachable with a looser mode, and the
 	// link fails instead of replacing a socket that appeared meanwhile.
 	var suffix [6]byte
 	rand.Read(suffix[:])
 	tmp := filepath.Join(SocketDir, "."+ifname+"."+hex.EncodeToString(suffix[:])+".tmp")
+	// Bound under umask 077: not even the temporary name is ever open to
+	// others. The umask is the process's: nothing else creates files
+	// while an interface comes up.
+	old := syscall.Umask(0o077)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	syscall.Umask(old)
 	if err != nil {
 		return nil, permissionHint(fmt.Errorf("creating UAPI socket %s: %w", path, err))
 	}

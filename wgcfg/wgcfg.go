@@ -8,7 +8,9 @@ package wgcfg
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 	"time"
 
@@ -119,4 +121,15 @@ func Errno(err error, def syscall.Errno) syscall.Errno {
 		return errno
 	}
 	return def
+}
+
+// CheckInterfaceName accepts the names Linux accepts for a network
+// interface: 1 to 15 bytes, not "." or "..", without '/', ':', white space
+// or NUL. Every part of ptun that takes an interface name checks it here.
+func CheckInterfaceName(name string) error {
+	if name == "" || len(name) > 15 || name == "." || name == ".." ||
+		strings.ContainsAny(name, "/: \t\n\r\v\f\x00") {
+		return fmt.Errorf("%q is not a valid interface name (1-15 characters, no '/', ':' or white space)", name)
+	}
+	return nil
 }

@@ -39,3 +39,16 @@ func TestErrno(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckInterfaceName(t *testing.T) {
+	for _, ok := range []string{"wg0", "a", "ptun-gw_1", "123456789012345", "été"} {
+		if err := CheckInterfaceName(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", ".", "..", "1234567890123456", "a/b", "a:1", "a b", "a\tb", "a\nb", "a\x00"} {
+		if err := CheckInterfaceName(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

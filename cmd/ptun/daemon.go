@@ -17,6 +17,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // readyFDEnv names the fd on which a daemonized child reports readiness
@@ -45,8 +46,8 @@ func runInterface(args []string) int {
 		return 2
 	}
 	name := fs.Arg(0)
-	if len(name) == 0 || len(name) > 15 || strings.ContainsAny(name, "/ \t\n:") {
-		fmt.Fprintf(os.Stderr, "ptun: %q is not a valid interface name (1-15 characters, no '/', ':' or spaces)\n", name)
+	if err := wgcfg.CheckInterfaceName(name); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
 	if *mtu < 576 || *mtu > 65535 {
@@ -67,6 +68,13 @@ func runInterface(args []string) int {
 		return daemonize(args)
 	}
 
+	// Before anything else: the front holds only the capabilities it
+	// needs from here on (a re-exec that returns here with them).
+	if err := front.DropCapabilities(); err != nil {
+		readyReporter()(err)
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
 	ready := readyReporter()
 	logger, closeLog, err := openLog(*logFile, *foreground, name)
 	if err != nil {

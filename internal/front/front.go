@@ -9,7 +9,6 @@ package front
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"time"
@@ -76,8 +75,7 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 		return err
 	}
 	sock := uapi.SocketPath(cfg.Name)
-	defer os.Remove(sock)
-	defer ln.Close()
+	defer ln.Close() // removes the socket, if it is still this one
 
 	dev, err := tun.Create(cfg.Name, tun.OptionsFromEnv(tun.Options{MTU: cfg.MTU, Logf: cfg.Verbosef}))
 	if err != nil {
@@ -129,9 +127,4 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 		}
 	}
 	return nil
-}
-
-func linkExists(name string) bool {
-	_, err := net.InterfaceByName(name)
-	return err == nil
 }

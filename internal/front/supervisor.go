@@ -113,7 +113,7 @@ type supervisor struct {
 func newSupervisor(cfg Config, dev tun.Device) *supervisor {
 	return &supervisor{cfg: cfg, dev: dev, changed: make(chan struct{}),
 		held: newHeldConfig(), logLimit: newTokenBucket(logRate, logBurst),
-		linkExists: linkExists, roamedEvery: roamedEvery,
+		linkExists: tun.LinkExists, roamedEvery: roamedEvery,
 		stop: make(chan struct{}), loopDone: make(chan struct{}), gone: make(chan struct{})}
 }
 
