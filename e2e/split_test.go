@@ -46,16 +46,24 @@ func TestIPCModes(t *testing.T) {
 				if mode == "seqpacket" && (st["flow_packets_to_engine"] == 0 || st["flow_packets_from_engine"] == 0) {
 					t.Errorf("%v: seqpacket relay counted %d packets to and %d from the engine", n, st["flow_packets_to_engine"], st["flow_packets_from_engine"])
 				}
+				// The front's check of the engine's packets (shm, seqpacket)
+				// refuses none of an honest engine's.
+				if st["drop_front_source"] != 0 || st["drop_front_malformed"] != 0 {
+					t.Errorf("%v: the front refused %d packets of an honest engine by source, %d as malformed", n, st["drop_front_source"], st["drop_front_malformed"])
+				}
 				logDrops(t, n)
 			}
 		})
 	}
 }
 
-// TestEngineConfined: the engine of each split mode has no capability in
-// any set, no_new_privs, a uid other than root, and no descriptor but
-// sockets, anonymous inodes (eventfd, epoll, memfd), pipes, /dev/null and
-// the TUN device.
+// TestEngineConfined checks the engine of each split mode from outside:
+// no capability in any set (bounding included), no_new_privs, a seccomp
+// filter, a uid of its own (neither root nor shared), namespaces of its
+// own, a filesystem with nothing of the host's, its resource limits, not
+// readable by another process of its uid (not dumpable), and no descriptor
+// but sockets, anonymous inodes (eventfd, epoll, memfd), pipes, /dev/null
+// and the TUN device.
 func TestEngineConfined(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []string{"fd", "shm", "seqpacket"} {

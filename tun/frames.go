@@ -60,6 +60,10 @@ type Format struct {
 	GRO     bool   // coalesce packets of one flow on Write (TCP; UDP too with USO)
 }
 
+// VirtioNetHdrLen is the size of the virtio-net header that starts each
+// frame of a Format with VnetHdr.
+const VirtioNetHdrLen = virtioNetHdrLen
+
 // Framed is implemented by the Devices Create and NewDevice return: the
 // layers under the Device, for a front that relays frames to an engine.
 type Framed interface {

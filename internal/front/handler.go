@@ -78,6 +78,9 @@ func (s *supervisor) Set(cfg *wgcfg.DeviceConfig) error {
 	s.held = s.held.apply(cfg)
 	s.configured = true
 	s.cfgMu.Unlock()
+	if cur, _ := s.current(); cur != nil {
+		s.updateSourceCheck(cur)
+	}
 	if now, _ := s.current(); now != nil && now != ep {
 		if _, err := s.callOn(now, &ctl.Msg{Op: ctl.OpSet, Body: ctl.Body(s.replayConfig())}); err != nil {
 			s.cfg.Logf("front: giving the new engine its configuration: %v", err)

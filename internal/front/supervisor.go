@@ -17,6 +17,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ctl"
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/tun"
+	"github.com/ptun-vpn/ptun/wg/allowedips"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
@@ -209,6 +210,7 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	if ep.link, err = ipc.NewLink(s.cfg.Mode, s.dev, s.cfg.Logf); err != nil {
 		return ep, err
 	}
+	s.updateSourceCheck(ep)
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 	s.cfgMu.Lock()
@@ -235,9 +237,29 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 		if err != nil {
 			return ep, fmt.Errorf("front: giving the new engine its configuration: %w", s.explain(ep, err))
 		}
+		s.updateSourceCheck(ep) // a set request may have changed it meanwhile
 	}
 	go s.watch(ep)
 	return ep, nil
+}
+
+// updateSourceCheck gives ep's link, if it relays the engine's packets,
+// the check of their sources against the allowed IPs the front holds.
+func (s *supervisor) updateSourceCheck(ep *engineProc) {
+	sc, ok := ep.link.(ipc.SourceChecker)
+	if !ok {
+		return
+	}
+	var t allowedips.Table[bool]
+	s.cfgMu.Lock()
+	for p := range s.held.owner {
+		t.Insert(p, true)
+	}
+	s.cfgMu.Unlock()
+	sc.SetSourceCheck(func(pkt []byte) bool {
+		_, ok := t.LookupPacketSrc(pkt)
+		return ok
+	})
 }
 
 // relayStderr copies the engine's stderr into the front's log, a line at a

@@ -3,6 +3,7 @@ package ipc
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -27,6 +28,9 @@ func pairUp(t testing.TB, m Mode, fake *fakeFrames) (Link, tun.Device) {
 	if err != nil {
 		link.Close()
 		t.Fatal(err)
+	}
+	if sc, ok := link.(SourceChecker); ok {
+		sc.SetSourceCheck(func([]byte) bool { return true }) // tests of the check set their own
 	}
 	link.Start()
 	t.Cleanup(func() {
@@ -216,5 +220,62 @@ func TestOpenRefusesWrongFiles(t *testing.T) {
 	}
 	if _, err := Open(Setup{Mode: Inproc}, nil, nil, nil); err == nil {
 		t.Error("Open(inproc) in an engine succeeded")
+	}
+}
+
+// TestSourceCheck: in the relaying modes the front writes to the TUN only
+// the engine's packets whose source the check allows; the others, and
+// frames too short to have a source, are dropped and counted.
+func TestSourceCheck(t *testing.T) {
+	for _, m := range []Mode{Shm, Seqpacket} {
+		t.Run(string(m), func(t *testing.T) {
+			fake := newFakeFrames(100, 1)
+			fake.limit = 0
+			fake.keep = true
+			link, eng := pairUp(t, m, fake)
+			allowed := netip.MustParsePrefix("100.64.0.0/24")
+			link.(SourceChecker).SetSourceCheck(func(pkt []byte) bool {
+				return pkt[0]>>4 == 4 && allowed.Contains(netip.AddrFrom4([4]byte(pkt[12:16])))
+			})
+			packet := func(src string, size int) []byte {
+				p := make([]byte, testOffset+size, testOffset+tun.MaxSegmentSize)
+				p[testOffset] = 0x45
+				a := netip.MustParseAddr(src).As4()
+				copy(p[testOffset+12:], a[:])
+				return p
+			}
+			batch := [][]byte{
+				packet("100.64.0.7", 60),  // allowed
+				packet("198.18.0.1", 60),  // not a peer's
+				packet("127.0.0.1", 60),   // forged local
+				packet("100.64.0.9", 60),  // allowed
+				packet("100.64.0.10", 12), // too short
+			}
+			if _, err := eng.Write(batch, testOffset); err != nil {
+				t.Fatal(err)
+			}
+			if !fake.waitWritten(2, 10*time.Second) {
+				t.Fatalf("the front wrote %d of 2 packets", fake.nWritten.Load())
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for counter(link.Stats(), "drop_front_source") < 2 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			st := link.Stats()
+			if counter(st, "drop_front_source") != 2 || counter(st, "drop_front_malformed") != 1 {
+				t.Errorf("drop_front_source %d (want 2), drop_front_malformed %d (want 1)",
+					counter(st, "drop_front_source"), counter(st, "drop_front_malformed"))
+			}
+			fake.wmu.Lock()
+			defer fake.wmu.Unlock()
+			if len(fake.written) != 2 {
+				t.Fatalf("%d packets written, want 2", len(fake.written))
+			}
+			for _, p := range fake.written {
+				if !allowed.Contains(netip.AddrFrom4([4]byte(p[12:16]))) {
+					t.Errorf("a packet from %v reached the TUN", netip.AddrFrom4([4]byte(p[12:16])))
+				}
+			}
+		})
 	}
 }

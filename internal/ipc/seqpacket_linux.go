@@ -124,6 +124,7 @@ type seqpacketLink struct {
 	tunGone
 
 	toEngine, fromEngine atomic.Uint64
+	sourceFilter
 }
 
 func newSeqpacketLink(dev tun.Device, logf func(string, ...any)) (*seqpacketLink, error) {
@@ -196,6 +197,10 @@ func (l *seqpacketLink) down() {
 				l.stopped("from engine", err)
 				return
 			}
+			if !l.allow(b[relayOffset:relayOffset+n], 0) {
+				l.fromEngine.Add(1)
+				continue
+			}
 			batch = append(batch, b[:relayOffset+n])
 		}
 		l.fromEngine.Add(uint64(len(batch)))
@@ -232,10 +237,10 @@ func (l *seqpacketLink) Close() error {
 }
 
 func (l *seqpacketLink) Stats() []metrics.Counter {
-	return []metrics.Counter{
+	return append([]metrics.Counter{
 		{Name: "flow_packets_to_engine", Value: l.toEngine.Load()},
 		{Name: "flow_packets_from_engine", Value: l.fromEngine.Load()},
-	}
+	}, l.sourceFilter.stats()...)
 }
 
 func tunDeadliner(dev tun.Device) deadliner {

@@ -106,6 +106,7 @@ type shmLink struct {
 
 	framesToEngine, framesFromEngine atomic.Uint64
 	drops                            sync.Map // reason string -> *atomic.Uint64
+	sourceFilter
 }
 
 func newShmLink(dev tun.Device, logf func(string, ...any)) (_ *shmLink, err error) {
@@ -205,6 +206,10 @@ func (l *shmLink) down() {
 			l.stopped("from engine", err)
 			return
 		}
+		if !l.allow(rec, frameHeader(l.ft)) {
+			done++
+			continue
+		}
 		if err := l.frames.WriteFrame(rec); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				l.stopped("writing the TUN", err)
@@ -274,6 +279,7 @@ func (l *shmLink) Stats() []metrics.Counter {
 		out = append(out, metrics.Counter{Name: k.(string), Value: v.(*atomic.Uint64).Load()})
 		return true
 	})
+	out = append(out, l.sourceFilter.stats()...)
 	out = append(out, metrics.Prefixed("flow_to_engine_", l.prod.Stats())...)
 	out = append(out, metrics.Prefixed("flow_to_front_", l.cons.Stats())...)
 	return out
