@@ -39,6 +39,9 @@ type kernelFrames struct {
 	// file (and so took it out of Go's netpoller); -1 when not parked.
 	// Set once, before the Device is shared.
 	parked int
+	// offload is the TUNSETOFFLOAD argument Create set (-1: none), which
+	// Reassert sets again.
+	offload int
 
 	// Write syscall state for the RawConn callbacks, guarded by the
 	// single-writer rule. The callbacks are method values made once so a
@@ -58,7 +61,7 @@ type kernelFrames struct {
 var _ Frames = (*kernelFrames)(nil)
 
 func newKernelFrames(file *os.File, name string, ctl int, mtu func() (int, error)) (*kernelFrames, error) {
-	k := &kernelFrames{file: file, name: name, ctl: ctl, mtu: mtu, parked: -1}
+	k := &kernelFrames{file: file, name: name, ctl: ctl, mtu: mtu, parked: -1, offload: -1}
 	k.writeFn, k.retryFn, k.readFn = k.rawWrite, k.rawRetry, k.rawRead
 	rc, err := file.SyscallConn()
 	if err != nil {
@@ -132,6 +135,7 @@ func setup(fd int, name string, opts Options) (_ Device, err error) {
 		}
 	}
 	var usoUnavailable, offloadUnavailable bool
+	offload := -1
 	features := "none"
 	if ft.VnetHdr {
 		// No TUNSETVNETHDRSZ: the kernel's default header size is
@@ -146,6 +150,7 @@ func setup(fd int, name string, opts Options) (_ Device, err error) {
 		if !opts.DisableUSO {
 			if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, base|unix.TUN_F_USO4|unix.TUN_F_USO6); err == nil {
 				ft.USO = true
+				offload = base | unix.TUN_F_USO4 | unix.TUN_F_USO6
 			} else {
 				usoUnavailable = true
 				log("tun: %s: kernel has no UDP segmentation offload (%v); continuing without USO", ft.Name, err)
@@ -155,6 +160,8 @@ func setup(fd int, name string, opts Options) (_ Device, err error) {
 			if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, base); err != nil {
 				offloadUnavailable = true
 				log("tun: %s: TUNSETOFFLOAD refused (%v); continuing without offloads", ft.Name, err)
+			} else {
+				offload = base
 			}
 		}
 		// A super-packet must fit in one Read's batch: ask the kernel
@@ -192,6 +199,7 @@ func setup(fd int, name string, opts Options) (_ Device, err error) {
 		file.Close()
 		return nil, fmt.Errorf("tun: create %q: %w", name, err)
 	}
+	k.offload = offload
 	d := NewDevice(k, ft, opts.Logf).(*device)
 	if usoUnavailable {
 		d.st.usoUnavailable.Store(1)
@@ -490,6 +498,52 @@ func Park(d Device) error {
 	}
 	k.parked = fd
 	return k.file.Close()
+}
+
+// Reassert sets again the state of d's TUN file that another process
+// holding the same open file (an engine in fd mode) could have changed:
+// non-blocking, the offloads Create chose and, with a virtio-net header,
+// its size. The front calls it before it hands the file to a new engine.
+func Reassert(d Device) error {
+	fr, ok := d.(Framed)
+	if !ok {
+		return errors.New("tun: not a framed device")
+	}
+	k, ok := fr.Frames().(*kernelFrames)
+	if !ok {
+		return errors.New("tun: not a kernel TUN device")
+	}
+	fd := k.parked
+	if fd < 0 {
+		sc, err := k.file.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = sc.Control(func(f uintptr) { serr = reassert(int(f), k.offload, fr.Format()) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	return reassert(fd, k.offload, fr.Format())
+}
+
+func reassert(fd, offload int, ft Format) error {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("tun: %s: non-blocking: %w", ft.Name, err)
+	}
+	if ft.VnetHdr {
+		if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, virtioNetHdrLen); err != nil {
+			return fmt.Errorf("tun: %s: TUNSETVNETHDRSZ: %w", ft.Name, err)
+		}
+	}
+	if offload >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offload); err != nil {
+			return fmt.Errorf("tun: %s: TUNSETOFFLOAD: %w", ft.Name, err)
+		}
+	}
+	return nil
 }
 
 // SetReadDeadline lets a relay interrupt a blocked ReadFrame (it then

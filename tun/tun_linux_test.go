@@ -769,3 +769,44 @@ func TestParkAndFromFD(t *testing.T) {
 		t.Fatal("the interface went away with the handed descriptor while the parked device is open")
 	}
 }
+
+// TestReassert: what a process holding the same open TUN file changes (the
+// blocking flag, the virtio-net header size, the offloads), Reassert sets
+// back before the file is handed on.
+func TestReassert(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if err := Park(dev); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := DupFD(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	// A hostile holder of the file.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, 12); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := Reassert(dev); err != nil {
+		t.Fatal(err)
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_NONBLOCK == 0 {
+		t.Errorf("O_NONBLOCK not set again (flags %#x, %v)", fl, err)
+	}
+	if sz, err := unix.IoctlGetInt(fd, unix.TUNGETVNETHDRSZ); err != nil || sz != virtioNetHdrLen {
+		t.Errorf("vnet header size %d (%v), want %d", sz, err, virtioNetHdrLen)
+	}
+	// Reassert sets the offloads Create chose (TUNSETOFFLOAD cannot be
+	// read back): Create must have recorded them.
+	if k := dev.f.(*kernelFrames); k.offload <= 0 {
+		t.Fatalf("Create recorded offload %d", k.offload)
+	}
+}

@@ -10,8 +10,9 @@ import (
 
 // The engine's system call allow-list. Everything else fails with EPERM:
 // the engine opens no socket or file, executes nothing, mounts nothing,
-// traces nothing and makes no namespace (clone with a CLONE_NEW* flag is
-// refused too). The list is per architecture (seccomp_linux_ARCH.go); on
+// traces nothing, makes no namespace (clone with a CLONE_NEW* flag is
+// refused too) and calls no ioctl, so in fd mode it cannot change the TUN's
+// offloads, header size, queues or filters that the next engine inherits. The list is per architecture (seccomp_linux_ARCH.go); on
 // an architecture without one, no filter is installed and CheckConfined
 // says so.
 

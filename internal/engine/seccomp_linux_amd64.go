@@ -12,7 +12,7 @@ const seccompArch = unix.AUDIT_ARCH_X86_64
 var seccompAllowed = []uintptr{
 	// I/O on the descriptors the front handed over
 	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV, unix.SYS_PREAD64, unix.SYS_PWRITE64,
-	unix.SYS_CLOSE, unix.SYS_FCNTL, unix.SYS_IOCTL, unix.SYS_DUP, unix.SYS_DUP2, unix.SYS_DUP3,
+	unix.SYS_CLOSE, unix.SYS_FCNTL, unix.SYS_DUP, unix.SYS_DUP2, unix.SYS_DUP3,
 	unix.SYS_FSTAT, unix.SYS_NEWFSTATAT, unix.SYS_LSEEK,
 	unix.SYS_RECVMSG, unix.SYS_SENDMSG, unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
 	unix.SYS_RECVFROM, unix.SYS_SENDTO, unix.SYS_GETSOCKOPT, unix.SYS_SETSOCKOPT,

@@ -8,7 +8,7 @@ const seccompArch = unix.AUDIT_ARCH_AARCH64
 // names (no poll, epoll_wait, dup2, arch_prctl; the *at and p* forms).
 var seccompAllowed = []uintptr{
 	unix.SYS_READ, unix.SYS_WRITE, unix.SYS_READV, unix.SYS_WRITEV, unix.SYS_PREAD64, unix.SYS_PWRITE64,
-	unix.SYS_CLOSE, unix.SYS_FCNTL, unix.SYS_IOCTL, unix.SYS_DUP, unix.SYS_DUP3,
+	unix.SYS_CLOSE, unix.SYS_FCNTL, unix.SYS_DUP, unix.SYS_DUP3,
 	unix.SYS_FSTAT, unix.SYS_FSTATAT, unix.SYS_LSEEK,
 	unix.SYS_RECVMSG, unix.SYS_SENDMSG, unix.SYS_RECVMMSG, unix.SYS_SENDMMSG,
 	unix.SYS_RECVFROM, unix.SYS_SENDTO, unix.SYS_GETSOCKOPT, unix.SYS_SETSOCKOPT,

@@ -49,6 +49,8 @@ func seccompChild() int {
 	fmt.Println("clone3:", errno(e))
 	fmt.Println("execve:", errno(syscall.Exec("/bin/true", []string{"true"}, nil)))
 	fmt.Println("ptrace:", errno(unix.PtraceAttach(1)))
+	_, err = unix.IoctlGetInt(0, unix.TUNGETVNETHDRSZ)
+	fmt.Println("ioctl:", errno(err))
 	// The runtime still makes threads (clone without namespace flags),
 	// and pipes, eventfds and reads work.
 	var wg sync.WaitGroup
@@ -89,7 +91,7 @@ func TestSeccompFilter(t *testing.T) {
 	got := string(out)
 	for _, want := range []string{
 		"socket: operation not permitted", "open: operation not permitted", "unshare: operation not permitted",
-		"clone3: function not implemented", "execve: operation not permitted", "ptrace: operation not permitted",
+		"clone3: function not implemented", "execve: operation not permitted", "ptrace: operation not permitted", "ioctl: operation not permitted",
 		"eventfd: ok", "pid: ok true",
 	} {
 		if !strings.Contains(got, want+"\n") {

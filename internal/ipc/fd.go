@@ -19,6 +19,11 @@ func newFDLink(dev tun.Device) (*fdLink, error) {
 	if !ok {
 		return nil, errNotFramed
 	}
+	// What the last engine may have changed on the shared open file, the
+	// next does not inherit.
+	if err := tun.Reassert(dev); err != nil {
+		return nil, err
+	}
 	fd, err := tun.DupFD(dev)
 	if err != nil {
 		return nil, err

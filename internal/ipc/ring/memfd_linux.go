@@ -2,6 +2,7 @@ package ring
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -23,7 +24,12 @@ func Create(dataSize int) (fd int, err error) {
 	if !ValidDataSize(dataSize) {
 		return -1, fmt.Errorf("ring: data size %d is not a power of two in [%d, %d]", dataSize, MinDataSize, MaxDataSize)
 	}
-	fd, err = unix.MemfdCreate("ptun-ring", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	// Never executable (MFD_NOEXEC_SEAL, Linux 6.3); older kernels refuse
+	// the flag.
+	fd, err = unix.MemfdCreate("ptun-ring", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_NOEXEC_SEAL)
+	if errors.Is(err, unix.EINVAL) {
+		fd, err = unix.MemfdCreate("ptun-ring", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	}
 	if err != nil {
 		return -1, fmt.Errorf("ring: memfd_create: %w", err)
 	}
