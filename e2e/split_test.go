@@ -228,8 +228,11 @@ func TestEngineCrashRecovery(t *testing.T) {
 			if st["engine_restarts"] != 1 {
 				t.Errorf("engine_restarts = %d, want 1", st["engine_restarts"])
 			}
-			if us := st["engine_last_restart_us"]; us == 0 || us >= 1e6 {
-				t.Errorf("engine_last_restart_us = %d, want a restart under a second", us)
+			// How long it took is for the log (and ptun bench), not an
+			// assertion: the machine is shared.
+			t.Logf("engine_last_restart_us = %d", st["engine_last_restart_us"])
+			if us := st["engine_last_restart_us"]; us == 0 {
+				t.Errorf("engine_last_restart_us = 0: the restart was not measured")
 			}
 			after := c.show(t)
 			if after.PublicKey != before.PublicKey || after.ListenPort != before.ListenPort || len(after.Peers) != len(before.Peers) {

@@ -254,7 +254,7 @@ func TestWriteUDPCoalesced(t *testing.T) {
 	ns := newTestNetns(t)
 	dev := upTUN(t, ns, Options{})
 	if !dev.w.udpGRO {
-		t.Skip("kernel without USO: no UDP coalescing")
+		testenv.SkipOrFail(t, "kernel without USO: no UDP coalescing")
 	}
 	sock := listenUDP(t, ns, "198.18.77.1:0")
 	f := flow4(40000, true)
@@ -423,7 +423,7 @@ func TestReadUSOSplit(t *testing.T) {
 	ns := newTestNetns(t)
 	dev := upTUN(t, ns, Options{})
 	if stat(dev, "tun_uso_unavailable") != 0 {
-		t.Skip("kernel without USO (Linux < 6.2)")
+		testenv.SkipOrFail(t, "kernel without USO (Linux < 6.2)")
 	}
 	data := sendSegmented(t, ns, 9998)
 	pkts, calls := readMatching(t, dev, 20, udpTo(9998))
@@ -510,7 +510,7 @@ func TestReadKeepsSuperPacketForNextRead(t *testing.T) {
 	ns := newTestNetns(t)
 	dev := upTUN(t, ns, Options{})
 	if stat(dev, "tun_uso_unavailable") != 0 {
-		t.Skip("kernel without USO (Linux < 6.2)")
+		testenv.SkipOrFail(t, "kernel without USO (Linux < 6.2)")
 	}
 	first := sendPlain(t, ns, 9995, 1, 500)
 	data := sendSegmented(t, ns, 9995)

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // pair returns two running Conns joined by a socketpair.
@@ -121,7 +123,7 @@ func TestPeerGone(t *testing.T) {
 	defer close(block)
 	errc := make(chan error, 1)
 	go func() { _, err := a.Call(ctx(t), &Msg{Op: "slow"}); errc <- err }()
-	time.Sleep(50 * time.Millisecond)
+	testenv.WaitBlocked(t, "ctl.(*Conn).Call")
 	b.Close()
 	select {
 	case err := <-errc:

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/tun"
 )
@@ -126,23 +127,29 @@ func TestRoundTrip(t *testing.T) {
 }
 
 // TestBackpressure: an engine that stops reading makes the front's relay
-// wait, not drop: it takes only what the flow holds, counts no drop, and
+// wait, not drop: once the relay has found the flow full (its full-wait
+// counter), it has taken no more than the flow holds, counted no drop, and
 // everything it took arrives, in order, once the engine reads again.
 func TestBackpressure(t *testing.T) {
 	for _, m := range []Mode{Shm, Seqpacket} {
 		t.Run(string(m), func(t *testing.T) {
 			fake := newFakeFrames(1400, 0) // an endless burst
 			link, eng := pairUp(t, m, fake)
-			time.Sleep(300 * time.Millisecond)
+			waits := map[Mode]string{Shm: "flow_to_engine_ring_tx_full_waits", Seqpacket: "flow_to_engine_full_waits"}[m]
+			deadline := time.Now().Add(10 * time.Second)
+			for counter(link.Stats(), waits) == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the relay never waited on a full flow (%s = 0)", waits)
+				}
+				time.Sleep(time.Millisecond)
+			}
 			fake.mu.Lock()
 			taken := fake.next
 			fake.mu.Unlock()
-			time.Sleep(200 * time.Millisecond)
-			fake.mu.Lock()
-			later := fake.next
-			fake.mu.Unlock()
-			if later-taken > 1 {
-				t.Fatalf("the relay went on taking packets (%d then %d) while the engine read nothing", taken, later)
+			// What the flow can hold: the ring's data, or the socket's
+			// buffer, in 1400-byte packets, and a batch in the relay's hands.
+			if limit := int64(4<<20/1400 + 2*eng.BatchSize()); taken > limit {
+				t.Errorf("the relay took %d packets while the engine read nothing, over the %d the flow can hold", taken, limit)
 			}
 			for _, c := range link.Stats() {
 				if len(c.Name) > 5 && c.Name[:5] == "drop_" && c.Value != 0 {
@@ -163,7 +170,7 @@ func TestBackpressure(t *testing.T) {
 					next++
 				}
 			}
-			t.Logf("%s held %d packets of 1400 bytes while the engine did not read", m, taken)
+			t.Logf("%s held %d packets of 1400 bytes when its relay first waited", m, taken)
 		})
 	}
 }
@@ -182,7 +189,7 @@ func TestCloseUnblocks(t *testing.T) {
 			}
 			errc := make(chan error, 1)
 			go func() { _, err := eng.Read(b, sizes, testOffset); errc <- err }()
-			time.Sleep(50 * time.Millisecond)
+			testenv.WaitBlocked(t, "tun.(*device).Read")
 			eng.Close()
 			select {
 			case err := <-errc:

@@ -41,6 +41,8 @@ type msgSocket struct {
 	wbuf    []byte
 	werr    error
 	writeFn func(fd uintptr) bool
+
+	fullWaits atomic.Uint64 // writes that found the other side's queue full and waited
 }
 
 func newMsgSocket(f *os.File) (*msgSocket, error) {
@@ -64,7 +66,11 @@ func (s *msgSocket) rawRead(fd uintptr) bool {
 
 func (s *msgSocket) rawWrite(fd uintptr) bool {
 	_, s.werr = unix.Write(int(fd), s.wbuf)
-	return s.werr != unix.EAGAIN
+	if s.werr == unix.EAGAIN {
+		s.fullWaits.Add(1)
+		return false
+	}
+	return true
 }
 
 // recv reads one message into b; with wait false it returns
@@ -240,6 +246,7 @@ func (l *seqpacketLink) Stats() []metrics.Counter {
 	return append([]metrics.Counter{
 		{Name: "flow_packets_to_engine", Value: l.toEngine.Load()},
 		{Name: "flow_packets_from_engine", Value: l.fromEngine.Load()},
+		{Name: "flow_to_engine_full_waits", Value: l.front.fullWaits.Load()},
 	}, l.sourceFilter.stats()...)
 }
 

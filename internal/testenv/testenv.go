@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 )
 
 // UnderCI reports whether the tests run in CI (CI=true).
@@ -41,4 +44,40 @@ func RequireTool(t testing.TB, name, pkg string) string {
 		SkipOrFail(t, "needs %s (Debian package %s)", name, pkg)
 	}
 	return path
+}
+
+// WaitBlocked waits (up to 10 s) until some goroutine is blocked (in a
+// channel operation, a select, a lock, or the network poller) with a frame
+// whose function name contains fn, and fails t if none is. A test that
+// checks that Close unblocks a call uses it instead of a sleep, so it
+// really tests a blocked call, not one that had not started.
+func WaitBlocked(t testing.TB, fn string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			header, _, _ := strings.Cut(g, "\n")
+			if blockedState(header) && strings.Contains(g, fn) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no goroutine blocked in %s within 10s:\n%s", fn, buf[:n])
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// blockedState reports whether a goroutine header ("goroutine 7 [chan
+// receive]:") names a waiting state.
+func blockedState(header string) bool {
+	for _, s := range []string{"[chan receive", "[chan send", "[select", "[IO wait", "[sync.Mutex.Lock",
+		"[sync.RWMutex", "[sync.Cond.Wait", "[semacquire", "[sleep"} {
+		if strings.Contains(header, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/ptun-vpn/ptun/transport"
 )
 
@@ -250,7 +251,7 @@ func TestOpenCloseOpen(t *testing.T) {
 		_, err := r1(bufs, sizes, eps)
 		blocked <- err
 	}()
-	time.Sleep(10 * time.Millisecond)
+	testenv.WaitBlocked(t, "transporttest.(*session).receive")
 	a.Close()
 	a.Close()
 	select {

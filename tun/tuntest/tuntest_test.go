@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 func bufs(n, size int) [][]byte {
@@ -78,7 +80,8 @@ func TestCloseUnblocks(t *testing.T) {
 		_, err := c.Write(bufs(1, 20), 10) // nobody reads Outbound: blocks
 		writeErr <- err
 	}()
-	time.Sleep(10 * time.Millisecond)
+	testenv.WaitBlocked(t, "tuntest.(*ChannelTUN).Read")
+	testenv.WaitBlocked(t, "tuntest.(*ChannelTUN).Write")
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
