@@ -504,3 +504,38 @@ func TestDropNames(t *testing.T) {
 		seen[name] = true
 	}
 }
+
+// TestRefreshMTUPadsTheNextPacket: once told the MTU changed (the front
+// watches the interface), the very next packet is padded to the new MTU,
+// not to the old one until a periodic refresh.
+func TestRefreshMTUPadsTheNextPacket(t *testing.T) {
+	a, b := newTestPair(t, DefaultTimers())
+	sizes := make(chan int, 16)
+	a.fake.OnSend(func(p []byte, _ netip.AddrPort) {
+		if len(p) > 0 && p[0] == 4 { // transport data
+			sizes <- len(p)
+		}
+	})
+	send := func() int {
+		t.Helper()
+		pkt := ipv4Packet(a.addr, b.addr, make([]byte, 1405-28))
+		a.tun.Inbound <- pkt
+		expectPacket(t, b, pkt)
+		select {
+		case n := <-sizes:
+			return n
+		case <-time.After(5 * time.Second):
+			t.Fatal("no transport data sent")
+			return 0
+		}
+	}
+	// 1405 bytes pad to 1408 under MTU 1420: 32 bytes of header and tag more.
+	if got := send(); got != 1408+32 {
+		t.Fatalf("under MTU 1420: %d bytes on the wire, want %d", got, 1408+32)
+	}
+	a.tun.SetMTU(1406)
+	a.dev.RefreshMTU()
+	if got := send(); got != 1406+32 {
+		t.Fatalf("right after the MTU became 1406: %d bytes on the wire, want %d", got, 1406+32)
+	}
+}

@@ -59,6 +59,11 @@ func (d *Device) routineMTU() {
 // mtuRefresh is how often routineMTU asks the TUN for its MTU.
 const mtuRefresh = 250 * time.Millisecond
 
+// RefreshMTU reads the TUN's MTU now, for whoever learns that it changed
+// (the front watches the interface): the next packet is padded to it,
+// without waiting for the periodic refresh.
+func (d *Device) RefreshMTU() { d.refreshMTU() }
+
 func (d *Device) refreshMTU() {
 	if m, err := d.tun.MTU(); err == nil && m > 0 {
 		d.cachedMTU.Store(int32(m))

@@ -17,7 +17,8 @@ import (
 //
 // The front asks: setup (a Setup body and the packet flow's fds),
 // get (answers a Config body), set (a wgcfg.DeviceConfig body), stats
-// (answers []metrics.Counter) and ping (the watchdog's heartbeat).
+// (answers []metrics.Counter), ping (the watchdog's heartbeat) and mtu (a
+// notice with an int32 body: the interface's MTU changed).
 // The engine asks: socket (a SocketRequest; answers one fd), setmark (a
 // uint32 body and one fd), mtu (answers an int) and log (a notice whose Text
 // is one line).

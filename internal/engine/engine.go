@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,8 @@ const callTimeout = 10 * time.Second
 type engine struct {
 	conn    *ctl.Conn
 	verbose bool
+
+	pushedMTU atomic.Int32 // the MTU the front last pushed; 0: ask it
 
 	mu  sync.Mutex // guards dev
 	dev *wg.Device
@@ -90,6 +93,17 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 	case ctl.OpSetup:
 		return e.setup(req)
 	case ctl.OpPing:
+		return nil
+	case ctl.OpMTU:
+		// The front says the interface's MTU changed.
+		var m int32
+		if err := ctl.Decode(req.Body, &m); err != nil || m <= 0 {
+			return ctl.Fail(fmt.Errorf("engine: mtu notice: %w", syscall.EINVAL))
+		}
+		e.pushedMTU.Store(m)
+		if d := e.device(); d != nil {
+			d.RefreshMTU()
+		}
 		return nil
 	}
 	d := e.device()
@@ -177,6 +191,9 @@ func (e *engine) call(m *ctl.Msg) (*ctl.Msg, error) {
 
 // mtu asks the front for the interface's MTU.
 func (e *engine) mtu() (int, error) {
+	if m := e.pushedMTU.Load(); m > 0 {
+		return int(m), nil
+	}
 	rep, err := e.call(&ctl.Msg{Op: ctl.OpMTU})
 	if err != nil {
 		return 0, err

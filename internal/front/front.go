@@ -84,8 +84,9 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 	defer dev.Close()
 
 	var (
-		handler uapi.Handler
-		gone    <-chan struct{}
+		handler    uapi.Handler
+		gone       <-chan struct{}
+		mtuChanged func(int)
 	)
 	if cfg.Mode == ipc.Inproc {
 		tr := udp.New(udp.OptionsFromEnv(udp.Options{Logf: cfg.Verbosef}))
@@ -96,6 +97,7 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 		}
 		defer d.Close()
 		handler, gone = d, d.Done()
+		mtuChanged = func(int) { d.RefreshMTU() }
 	} else {
 		if cfg.Mode == ipc.FD {
 			// The engine reads and writes the device; the front must
@@ -110,10 +112,14 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 		}
 		defer s.shutdown()
 		handler, gone = s, s.gone
+		mtuChanged = s.pushMTU
 	}
 
+	watchStop := make(chan struct{})
+	defer close(watchStop)
 	served := make(chan error, 1)
 	go func() { served <- uapi.Serve(ln, handler, cfg.Verbosef) }()
+	go watchMTU(cfg.Name, cfg.MTU, watchStop, mtuChanged, cfg.Verbosef)
 	cfg.Verbosef("interface %s is up (UAPI %s, IPC %s)", cfg.Name, sock, cfg.Mode)
 	readyOnce = true
 	ready(nil)

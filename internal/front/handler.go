@@ -89,6 +89,16 @@ func (s *supervisor) Set(cfg *wgcfg.DeviceConfig) error {
 	return nil
 }
 
+// pushMTU tells the current engine that the interface's MTU changed.
+func (s *supervisor) pushMTU(mtu int) {
+	s.mu.Lock()
+	ep := s.cur
+	s.mu.Unlock()
+	if ep != nil {
+		ep.conn.Send(&ctl.Msg{Op: ctl.OpMTU, Body: ctl.Body(int32(mtu))})
+	}
+}
+
 // replayConfig is what a new engine is given: the held configuration.
 func (s *supervisor) replayConfig() *wgcfg.DeviceConfig {
 	s.cfgMu.Lock()

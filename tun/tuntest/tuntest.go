@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ptun-vpn/ptun/tun"
 )
@@ -30,7 +31,7 @@ type ChannelTUN struct {
 	done   chan struct{}
 	once   sync.Once
 	mu     sync.RWMutex // held for reading by Write while it sends on out; Close takes it to close out
-	mtu    int
+	mtu    atomic.Int32
 	closed bool // guarded by mu
 }
 
@@ -42,8 +43,8 @@ func NewChannelTUN(mtu int) *ChannelTUN {
 		in:   make(chan []byte, BatchSize),
 		out:  make(chan []byte),
 		done: make(chan struct{}),
-		mtu:  mtu,
 	}
+	c.mtu.Store(int32(mtu))
 	c.Inbound, c.Outbound = c.in, c.out
 	return c
 }
@@ -110,7 +111,10 @@ func (c *ChannelTUN) Write(bufs [][]byte, offset int) (int, error) {
 func (c *ChannelTUN) BatchSize() int { return BatchSize }
 
 // MTU implements tun.Device.
-func (c *ChannelTUN) MTU() (int, error) { return c.mtu, nil }
+func (c *ChannelTUN) MTU() (int, error) { return int(c.mtu.Load()), nil }
+
+// SetMTU changes the MTU that MTU reports, as `ip link set … mtu` would.
+func (c *ChannelTUN) SetMTU(mtu int) { c.mtu.Store(int32(mtu)) }
 
 // Name implements tun.Device.
 func (c *ChannelTUN) Name() string { return "tuntest" }
