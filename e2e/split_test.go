@@ -392,3 +392,49 @@ func TestFrontCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivateBinary: a ptun binary that only root may read and execute
+// (built or installed under umask 077) still starts its engine, which no
+// uid of its own could execute: the front starts it from a sealed copy in
+// memory.
+func TestPrivateBinary(t *testing.T) {
+	t.Parallel()
+	requireLab(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	bin := filepath.Join(dir, "ptun")
+	src, err := os.ReadFile(ptun.bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, src, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	private := &impl{name: "ptun (mode 0700)", short: "pv", bin: bin, env: ptun.env}
+	c, s := newLab(t).pair(pairOpts{client: private, server: ptun})
+	c.ping(t, s.tun4)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) < 3 || args[1] != "--engine-of" || args[2] != c.ifname {
+			continue
+		}
+		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		t.Logf("engine %s of %s runs %s", e.Name(), c, exe)
+		if !strings.HasPrefix(exe, "/memfd:ptun-engine") {
+			t.Errorf("engine %s runs %q, want the sealed copy /memfd:ptun-engine", e.Name(), exe)
+		}
+		found = true
+	}
+	if !found {
+		t.Fatalf("no engine of %s found", c)
+	}
+}
