@@ -128,9 +128,13 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 	case <-gone:
 		cfg.Verbosef("interface %s went away: shutting down", cfg.Name)
 	case err := <-served:
-		if err != nil && !errors.Is(err, os.ErrClosed) {
-			cfg.Logf("UAPI server stopped: %v", err)
+		// The interface cannot be configured any more: stop, and say why
+		// (the daemon exits non-zero).
+		if err == nil || errors.Is(err, os.ErrClosed) {
+			err = errors.New("the UAPI socket closed")
 		}
+		cfg.Logf("UAPI server stopped: %v", err)
+		return fmt.Errorf("front: UAPI server: %w", err)
 	}
 	return nil
 }
