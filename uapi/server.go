@@ -51,7 +51,13 @@ func Serve(ln net.Listener, h Handler, logf func(format string, args ...any)) er
 			return fmt.Errorf("uapi: accept: %w", err)
 		}
 		backoff = 0
-		if !s.track(c) {
+		ok, full := s.track(c)
+		if full {
+			logf("uapi: %d connections open already: refusing another", MaxConns)
+			c.Close()
+			continue
+		}
+		if !ok {
 			c.Close()
 			return nil
 		}
@@ -80,15 +86,29 @@ type server struct {
 	wg     sync.WaitGroup        // one per connection goroutine
 }
 
-func (s *server) track(c net.Conn) bool {
+// MaxConns bounds the connections served at once; IdleTimeout is how long
+// a connection may wait between requests, and WriteTimeout how long an
+// answer may take to be read. Only root can connect, but a stuck client
+// must not pin the server's goroutines and descriptors.
+const (
+	MaxConns     = 64
+	IdleTimeout  = time.Minute
+	WriteTimeout = 10 * time.Second
+)
+
+// track records c; full says MaxConns are open, !ok that the server closed.
+func (s *server) track(c net.Conn) (ok, full bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return false, false
+	}
+	if len(s.conns) >= MaxConns {
+		return false, true
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
-	return true
+	return true, false
 }
 
 func (s *server) untrack(c net.Conn) {
@@ -113,8 +133,10 @@ func (s *server) serveConn(c net.Conn) {
 	defer s.untrack(c)
 	r := bufio.NewReader(c)
 	for {
+		c.SetReadDeadline(time.Now().Add(IdleTimeout))
 		out, keep := s.request(r)
 		if len(out) > 0 {
+			c.SetWriteDeadline(time.Now().Add(WriteTimeout))
 			if _, err := c.Write(out); err != nil {
 				return
 			}

@@ -496,3 +496,24 @@ func TestListenPermissionError(t *testing.T) {
 		t.Fatalf("Listen in a read-only directory: %v", err)
 	}
 }
+
+// TestConnectionsBounded: past MaxConns open connections, a new one is
+// closed at once, and the ones open still work.
+func TestConnectionsBounded(t *testing.T) {
+	sock := serve(t, &fakeHandler{})
+	conns := make([]*rawConn, MaxConns)
+	for i := range conns {
+		conns[i] = dialRaw(t, sock)
+		conns[i].send("get=1\n\n") // served: the connection is tracked
+		conns[i].answer()
+	}
+	extra := dialRaw(t, sock)
+	extra.send("get=1\n\n")
+	if line, err := extra.r.ReadString('\n'); err == nil {
+		t.Fatalf("connection %d was served (%q)", MaxConns+1, line)
+	}
+	conns[0].send("get=1\n\n")
+	if a := conns[0].answer(); !strings.HasSuffix(a, "errno=0\n\n") {
+		t.Fatalf("an open connection stopped working: %q", a)
+	}
+}
