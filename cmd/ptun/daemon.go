@@ -103,8 +103,9 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 			logger.Printf(format, args...)
 		}
 	}
+	verbose := level == "verbose" || level == "debug"
 	verbosef := func(format string, args ...any) {
-		if level == "verbose" || level == "debug" {
+		if verbose {
 			logger.Printf(format, args...)
 		}
 	}
@@ -119,7 +120,7 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 	}()
 	errorf("interface %s starting (pid %d, ipc %s, mtu %d)", name, os.Getpid(), mode, mtu)
 	err := front.Run(front.Config{
-		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef,
+		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef, Verbose: verbose,
 		EngineCommand: func() (*exec.Cmd, error) { return engine.Command(name, os.Args[0], engineRole, name) },
 	}, stop, ready)
 	if err != nil {

@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/ipc"
 )
 
 // MaxFrame bounds one frame's JSON, enough for a UAPI answer with
@@ -208,7 +210,7 @@ func (c *Conn) Run() error {
 			return err
 		}
 		if !m.Reply && c.maxRequest > 0 && m.size > c.maxRequest {
-			closeFiles(m.Files)
+			ipc.CloseFiles(m.Files)
 			err := fmt.Errorf("ctl: %q request of %d bytes is over this side's limit of %d", m.Op, m.size, c.maxRequest)
 			c.shut(err)
 			return err
@@ -219,7 +221,7 @@ func (c *Conn) Run() error {
 			delete(c.pending, m.ID)
 			c.mu.Unlock()
 			if ch == nil {
-				closeFiles(m.Files)
+				ipc.CloseFiles(m.Files)
 				continue
 			}
 			ch <- m
@@ -233,7 +235,7 @@ func (c *Conn) Run() error {
 		}
 		// Too many at once: refuse at once rather than stop reading, since
 		// the replies that would free a slot arrive on this same stream.
-		closeFiles(m.Files)
+		ipc.CloseFiles(m.Files)
 		c.refused.Add(1)
 		if m.ID != 0 {
 			rep := Fail(fmt.Errorf("ctl: %q: %d requests in flight already: %w", m.Op, MaxInFlight, syscall.EAGAIN))
@@ -259,7 +261,7 @@ func (c *Conn) Refused() uint64 { return c.refused.Load() }
 func (c *Conn) serve(req *Msg) {
 	defer func() { <-c.inflight }()
 	// Whatever the handler did not take is closed, also when it panics.
-	defer func() { closeFiles(req.Files) }()
+	defer func() { ipc.CloseFiles(req.Files) }()
 	if req.ID == 0 {
 		// A notice (Send): handled, never answered.
 		if c.handler != nil {
@@ -280,7 +282,7 @@ func (c *Conn) serve(req *Msg) {
 	if err := c.write(rep); err != nil {
 		c.shut(err)
 	}
-	closeFiles(rep.Files)
+	ipc.CloseFiles(rep.Files)
 }
 
 // Call sends req and waits for its reply, or until ctx ends or the
@@ -318,7 +320,7 @@ func (c *Conn) Call(ctx context.Context, req *Msg) (*Msg, error) {
 		select {
 		case rep, ok := <-ch: // it came as we gave up: nobody will use it
 			if ok {
-				closeFiles(rep.Files)
+				ipc.CloseFiles(rep.Files)
 			}
 		default:
 		}
@@ -388,28 +390,28 @@ func (c *Conn) read() (*Msg, error) {
 		ferr = fmt.Errorf("ctl: more than %d descriptors in one frame", MaxFiles)
 	}
 	if ferr != nil {
-		closeFiles(files)
+		ipc.CloseFiles(files)
 		return nil, ferr
 	}
 	if n < 4 {
 		if _, err := io.ReadFull(c.c, hdr[n:]); err != nil {
-			closeFiles(files)
+			ipc.CloseFiles(files)
 			return nil, err
 		}
 	}
 	size := binary.BigEndian.Uint32(hdr[:])
 	if size > MaxFrame {
-		closeFiles(files)
+		ipc.CloseFiles(files)
 		return nil, fmt.Errorf("ctl: frame of %d bytes is over %d", size, MaxFrame)
 	}
 	body := make([]byte, size)
 	if _, err := io.ReadFull(c.c, body); err != nil {
-		closeFiles(files)
+		ipc.CloseFiles(files)
 		return nil, fmt.Errorf("ctl: frame cut short: %w", err)
 	}
 	m := &Msg{}
 	if err := json.Unmarshal(body, m); err != nil {
-		closeFiles(files)
+		ipc.CloseFiles(files)
 		return nil, fmt.Errorf("ctl: malformed frame: %w", err)
 	}
 	m.Files, m.size = files, len(body)
@@ -438,10 +440,4 @@ func parseRights(oob []byte) ([]*os.File, error) {
 		return files, fmt.Errorf("ctl: %d descriptors in one frame, over %d", len(files), MaxFiles)
 	}
 	return files, nil
-}
-
-func closeFiles(files []*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
 }

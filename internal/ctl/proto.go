@@ -40,6 +40,9 @@ const (
 type Setup struct {
 	Flow       ipc.Setup `json:"flow"`
 	ListenPort uint16    `json:"listen_port"`
+	// Verbose asks the engine for its detailed log lines too: the front
+	// decides, so the engine reads nothing from its environment for it.
+	Verbose bool `json:"verbose,omitempty"`
 }
 
 // SocketRequest is the body of a socket request: the address family and

@@ -34,7 +34,7 @@ const callTimeout = 10 * time.Second
 
 type engine struct {
 	conn    *ctl.Conn
-	verbose bool
+	verbose atomic.Bool // set by the setup request
 
 	pushedMTU atomic.Int32 // the MTU the front last pushed; 0: ask it
 
@@ -47,8 +47,6 @@ type engine struct {
 // away or the packet flow closes. Call it only after CheckConfined.
 func Run(f *os.File) error {
 	e := &engine{up: make(chan struct{})}
-	lvl := os.Getenv("LOG_LEVEL")
-	e.verbose = lvl == "verbose" || lvl == "debug"
 	conn, err := ctl.FromFile(f, e.handle)
 	if err != nil {
 		return err
@@ -83,7 +81,7 @@ func (e *engine) logf(format string, args ...any) {
 }
 
 func (e *engine) verbosef(format string, args ...any) {
-	if e.verbose {
+	if e.verbose.Load() {
 		e.logf(format, args...)
 	}
 }
@@ -160,6 +158,7 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(fmt.Errorf("engine: setup: %w", err))
 	}
 	s := setup.Flow
+	e.verbose.Store(setup.Verbose)
 	files := req.Files
 	req.Files = nil // ipc.Open takes them, also when it fails
 	dev, err := ipc.Open(s, files, e.mtu, e.verbosef)

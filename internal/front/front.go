@@ -32,6 +32,9 @@ type Config struct {
 	// this interface; Run adds the control channel as descriptor 3
 	// (ExtraFiles[0], which the command leaves nil). Not used in ipc.Inproc mode.
 	EngineCommand func() (*exec.Cmd, error)
+	// Verbose says that Verbosef logs: the engine is told to send its
+	// detailed lines too.
+	Verbose bool
 	// HeartbeatEvery and HeartbeatTimeout tune the engine watchdog
 	// (0: every second, and 5 s to answer).
 	HeartbeatEvery, HeartbeatTimeout time.Duration

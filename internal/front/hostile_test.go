@@ -337,6 +337,10 @@ func TestHostileFlood(t *testing.T) {
 	if r.Granted != socketBudget || r.Refused != 3*socketBudget || ft.s.socketsGranted.Load() != socketBudget {
 		t.Errorf("granted %d sockets (front counted %d), refused %d: want %d and %d", r.Granted, ft.s.socketsGranted.Load(), r.Refused, socketBudget, 3*socketBudget)
 	}
+	// Refused: the sockets past the budget, port 22, fwmark 0xbad.
+	if got := ft.s.grantsRefused.Load(); got != uint64(3*socketBudget+2) {
+		t.Errorf("engine_requests_refused = %d, want %d", got, 3*socketBudget+2)
+	}
 	if !strings.Contains(r.LowPort, "not the configured listen port") || !strings.Contains(r.OtherMark, "not the configured one") {
 		t.Errorf("port 22: %q; fwmark 0xbad: %q", r.LowPort, r.OtherMark)
 	}

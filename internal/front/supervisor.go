@@ -216,11 +216,11 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	s.cfgMu.Lock()
 	port := s.listenPort()
 	s.cfgMu.Unlock()
-	setup := ctl.Setup{Flow: ep.link.Setup(), ListenPort: port}
+	setup := ctl.Setup{Flow: ep.link.Setup(), ListenPort: port, Verbose: s.cfg.Verbose}
 	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: ep.link.Files()})
 	ep.link.HandedOver()
 	if rep != nil {
-		closeFiles(rep.Files)
+		ipc.CloseFiles(rep.Files)
 	}
 	if err != nil {
 		return ep, fmt.Errorf("front: engine setup: %w", s.explain(ep, err))
@@ -232,7 +232,7 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	if configured {
 		rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSet, Body: ctl.Body(s.replayConfig())})
 		if rep != nil {
-			closeFiles(rep.Files)
+			ipc.CloseFiles(rep.Files)
 		}
 		if err != nil {
 			return ep, fmt.Errorf("front: giving the new engine its configuration: %w", s.explain(ep, err))
@@ -463,7 +463,7 @@ func (s *supervisor) callOn(ep *engineProc, m *ctl.Msg) (*ctl.Msg, error) {
 	defer cancel()
 	rep, err := ep.conn.Call(ctx, m)
 	if rep != nil {
-		closeFiles(rep.Files)
+		ipc.CloseFiles(rep.Files)
 		rep.Files = nil
 	}
 	if err == nil {
@@ -474,10 +474,4 @@ func (s *supervisor) callOn(ep *engineProc, m *ctl.Msg) (*ctl.Msg, error) {
 		return nil, &wgcfg.Error{Errno: re.Errno, Err: errors.New(escapeLine(re.Msg, maxLogLine))}
 	}
 	return nil, &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine did not answer: %w", err)}
-}
-
-func closeFiles(fs []*os.File) {
-	for _, f := range fs {
-		f.Close()
-	}
 }

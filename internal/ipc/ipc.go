@@ -130,11 +130,13 @@ func Open(s Setup, files []*os.File, mtu func() (int, error), logf func(format s
 	case Seqpacket:
 		return openSeqpacket(s, files, mtu)
 	}
-	closeAll(files)
+	CloseFiles(files)
 	return nil, fmt.Errorf("flow: cannot open mode %q in an engine", s.Mode)
 }
 
-func closeAll(files []*os.File) {
+// CloseFiles closes every file of files (nil entries are skipped): the
+// descriptors a message carried that nobody took.
+func CloseFiles(files []*os.File) {
 	for _, f := range files {
 		if f != nil {
 			f.Close()
@@ -158,7 +160,7 @@ func (g *tunGone) closedTUN() { g.once.Do(func() { close(g.ch) }) }
 // wantFiles checks that the front handed n files.
 func wantFiles(m Mode, files []*os.File, n int) error {
 	if len(files) != n {
-		closeAll(files)
+		CloseFiles(files)
 		return fmt.Errorf("flow: %s needs %d descriptors, got %d", m, n, len(files))
 	}
 	return nil

@@ -145,7 +145,7 @@ func (l *shmLink) Setup() Setup {
 }
 func (l *shmLink) Files() []*os.File { return l.handed }
 func (l *shmLink) HandedOver() {
-	closeAll(l.handed)
+	CloseFiles(l.handed)
 	l.handed = nil
 }
 
@@ -256,7 +256,7 @@ func (l *shmLink) Close() error {
 
 // release unmaps the rings and closes what the front still holds.
 func (l *shmLink) release() {
-	closeAll(l.handed)
+	CloseFiles(l.handed)
 	l.handed = nil
 	for _, r := range []*shmRing{l.toEngine, l.toFront} {
 		if r == nil {
