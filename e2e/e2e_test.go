@@ -582,19 +582,23 @@ func ptunPIDs(t *testing.T, h *host) []int {
 		return nil // the namespace is gone, and with it anything we could find
 	}
 	wantNS := fmt.Sprintf("net:[%d]", st.Ino)
+	return processes(t, func(pid int) bool {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		netns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		return exe == ptun.bin && netns == wantNS && processAlive(pid)
+	})
+}
+
+// processes lists the pids of the machine's processes for which keep holds.
+func processes(t *testing.T, keep func(pid int) bool) []int {
+	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pids []int
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		netns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
-		if exe == ptun.bin && netns == wantNS && processAlive(pid) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && keep(pid) {
 			pids = append(pids, pid)
 		}
 	}

@@ -293,38 +293,32 @@ func enginePIDs(t *testing.T, n *node) []int {
 	for _, pid := range ptunPIDs(t, n.h) {
 		fronts[strconv.Itoa(pid)] = true
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) < 3 || args[1] != "--engine-of" || args[2] != n.ifname {
-			continue
+	return processes(t, func(pid int) bool {
+		if !isEngineOf(pid, n.ifname) {
+			return false
 		}
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			continue
+			return false
 		}
 		// pid (comm) state ppid ...: comm may hold spaces, so cut after ')'.
 		rest := string(st)
 		if i := strings.LastIndexByte(rest, ')'); i >= 0 {
 			rest = rest[i+1:]
 		}
-		if f := strings.Fields(rest); len(f) > 1 && fronts[f[1]] {
-			out = append(out, pid)
-		}
+		f := strings.Fields(rest)
+		return len(f) > 1 && fronts[f[1]]
+	})
+}
+
+// isEngineOf reports whether process pid runs the engine role of ifname.
+func isEngineOf(pid int, ifname string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
 	}
-	return out
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return len(args) >= 3 && args[1] == "--engine-of" && args[2] == ifname
 }
 
 // procStatus returns /proc/PID/status as a map.
@@ -413,28 +407,15 @@ func TestPrivateBinary(t *testing.T) {
 	private := &impl{name: "ptun (mode 0700)", short: "pv", bin: bin, env: ptun.env}
 	c, s := newLab(t).pair(pairOpts{client: private, server: ptun})
 	c.ping(t, s.tun4)
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) < 3 || args[1] != "--engine-of" || args[2] != c.ifname {
-			continue
-		}
-		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		t.Logf("engine %s of %s runs %s", e.Name(), c, exe)
+	engines := processes(t, func(pid int) bool { return isEngineOf(pid, c.ifname) })
+	for _, pid := range engines {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		t.Logf("engine %d of %s runs %s", pid, c, exe)
 		if !strings.HasPrefix(exe, "/memfd:ptun-engine") {
-			t.Errorf("engine %s runs %q, want the sealed copy /memfd:ptun-engine", e.Name(), exe)
+			t.Errorf("engine %d runs %q, want the sealed copy /memfd:ptun-engine", pid, exe)
 		}
-		found = true
 	}
-	if !found {
+	if len(engines) == 0 {
 		t.Fatalf("no engine of %s found", c)
 	}
 }

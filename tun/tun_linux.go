@@ -229,17 +229,26 @@ func FromFD(fd int, ft Format, mtu func() (int, error), logf func(format string,
 	return NewDevice(k, ft, logf), nil
 }
 
+// kernelFramesOf returns the kernel TUN file under d.
+func kernelFramesOf(d Device) (*kernelFrames, error) {
+	fr, ok := d.(Framed)
+	if !ok {
+		return nil, errors.New("tun: not a framed device")
+	}
+	k, ok := fr.Frames().(*kernelFrames)
+	if !ok {
+		return nil, errors.New("tun: not a kernel TUN device")
+	}
+	return k, nil
+}
+
 // DupFD returns a new file descriptor (close-on-exec) for the kernel TUN
 // file under d, to hand to another process. It fails when d's Frames are
 // not a kernel TUN file.
 func DupFD(d Device) (int, error) {
-	fr, ok := d.(Framed)
-	if !ok {
-		return -1, errors.New("tun: not a framed device")
-	}
-	k, ok := fr.Frames().(*kernelFrames)
-	if !ok {
-		return -1, errors.New("tun: not a kernel TUN device")
+	k, err := kernelFramesOf(d)
+	if err != nil {
+		return -1, err
 	}
 	if k.parked >= 0 {
 		return unix.FcntlInt(uintptr(k.parked), unix.F_DUPFD_CLOEXEC, 0)
@@ -481,13 +490,9 @@ func (k *kernelFrames) waitWrite(b []byte) error {
 // every packet through the device would also wake the front. Afterwards
 // Read and Write fail with os.ErrClosed; MTU, DupFD and Close work.
 func Park(d Device) error {
-	fr, ok := d.(Framed)
-	if !ok {
-		return errors.New("tun: not a framed device")
-	}
-	k, ok := fr.Frames().(*kernelFrames)
-	if !ok {
-		return errors.New("tun: not a kernel TUN device")
+	k, err := kernelFramesOf(d)
+	if err != nil {
+		return err
 	}
 	if k.parked >= 0 {
 		return nil
@@ -505,13 +510,9 @@ func Park(d Device) error {
 // non-blocking, the offloads Create chose and, with a virtio-net header,
 // its size. The front calls it before it hands the file to a new engine.
 func Reassert(d Device) error {
-	fr, ok := d.(Framed)
-	if !ok {
-		return errors.New("tun: not a framed device")
-	}
-	k, ok := fr.Frames().(*kernelFrames)
-	if !ok {
-		return errors.New("tun: not a kernel TUN device")
+	k, err := kernelFramesOf(d)
+	if err != nil {
+		return err
 	}
 	fd := k.parked
 	if fd < 0 {
@@ -520,13 +521,13 @@ func Reassert(d Device) error {
 			return err
 		}
 		var serr error
-		err = sc.Control(func(f uintptr) { serr = reassert(int(f), k.offload, fr.Format()) })
+		err = sc.Control(func(f uintptr) { serr = reassert(int(f), k.offload, d.(Framed).Format()) })
 		if err != nil {
 			return err
 		}
 		return serr
 	}
-	return reassert(fd, k.offload, fr.Format())
+	return reassert(fd, k.offload, d.(Framed).Format())
 }
 
 func reassert(fd, offload int, ft Format) error {
