@@ -1,9 +1,9 @@
 package wg
 
 import (
-	"net/netip"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wg/wire"
 )
@@ -18,11 +18,11 @@ const handshakeQueueLen = 1024
 type handshakeMessage struct {
 	buf [wire.InitiationSize]byte // the largest handshake message
 	n   int
-	src netip.AddrPort
+	src transport.Endpoint
 }
 
 // queueHandshake copies a handshake message to the handshake routine.
-func (d *Device) queueHandshake(msg []byte, src netip.AddrPort) {
+func (d *Device) queueHandshake(msg []byte, src transport.Endpoint) {
 	if len(msg) > wire.InitiationSize {
 		d.counters.drop(dropMalformed)
 		return
@@ -52,7 +52,7 @@ func (d *Device) routineHandshakes() {
 
 func (d *Device) underLoad() bool { return len(d.handshakes) > handshakeQueueLen/4 }
 
-func (d *Device) handleHandshake(msg []byte, src netip.AddrPort) {
+func (d *Device) handleHandshake(msg []byte, src transport.Endpoint) {
 	typ, _ := wire.MessageType(msg)
 	local := d.local.Load()
 	checker := d.cookies.Load()
@@ -104,21 +104,21 @@ func (d *Device) handleHandshake(msg []byte, src netip.AddrPort) {
 
 // checkMACs verifies mac1 and, under load, mac2, answering with a cookie
 // reply when mac2 is missing. It reports whether to go on.
-func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src netip.AddrPort) bool {
+func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src transport.Endpoint) bool {
 	if !checker.CheckMAC1(msg) {
 		d.counters.drop(dropHandshakeMAC1)
 		return false
 	}
-	if !d.underLoad() || checker.CheckMAC2(msg, src) {
+	if !d.underLoad() || checker.CheckMAC2(msg, src.Remote) {
 		return true
 	}
-	reply, err := checker.CreateReply(msg, src)
+	reply, err := checker.CreateReply(msg, src.Remote)
 	if err != nil {
 		return false
 	}
 	var b [wire.CookieReplySize]byte
 	reply.Marshal(b[:])
-	if err := d.transport.Send([][]byte{b[:]}, src); err == nil {
+	if err := d.sendToEndpoint([][]byte{b[:]}, src); err == nil {
 		d.counters.cookieRepliesSent.Add(1)
 	}
 	return false
@@ -126,7 +126,7 @@ func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src netip.A
 
 // consumeInitiation answers a peer's initiation with a response and installs
 // the new session as next.
-func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src netip.AddrPort) {
+func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src transport.Endpoint) {
 	info, err := noise.ConsumeInitiation(local, m)
 	if err != nil {
 		d.counters.drop(dropHandshakeInvalid)
@@ -183,7 +183,7 @@ func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src n
 }
 
 // consumeResponse completes a handshake we initiated.
-func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src netip.AddrPort) {
+func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src transport.Endpoint) {
 	e := d.indices.lookup(m.Receiver)
 	p := e.peer
 	if p == nil || e.kp != nil {
