@@ -34,7 +34,9 @@ type sender struct {
 	// was at fault; srcTried once that was tried; srcCleared once it
 	// proved gone (Send then returns transport.ErrSourceCleared).
 	srcTrial, srcTried, srcCleared bool
-	srcSaved                       int // srcLen during a trial
+	srcSaved                       int        // srcLen during a trial
+	srcAddr                        netip.Addr // the source, for the log
+	srcErrno                       unix.Errno // what the kernel said to it
 
 	// The arguments and results of write, which is made once so that
 	// RawConn.Write needs no new closure per call.
@@ -119,6 +121,7 @@ func (s *socket) send(bufs [][]byte, ep netip.AddrPort, local netip.Addr, ifinde
 	if local.IsValid() {
 		tx.srcLen = putPktinfo(tx.src[:], local, ifindex, s.v6)
 	}
+	tx.srcAddr = local
 	var firstErr error
 	for off := 0; off < len(bufs); off += BatchSize {
 		chunk := bufs[off:min(off+BatchSize, len(bufs))]
@@ -192,6 +195,7 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 				// Without the source it goes: the source was at fault.
 				tx.srcTrial, tx.srcCleared = false, true
 				t.stats.stickySourceCleared.Add(1)
+				t.opts.logf("udp: the kernel refused source address %v (%v); sending from the route's source", tx.srcAddr, tx.srcErrno)
 			}
 			t.stats.txDatagrams.Add(uint64(tx.first[start+n] - tx.first[start]))
 			segmented := 0
@@ -222,6 +226,7 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 			// The source address may be gone. Try once without it;
 			// success (above) proves it and clears it for this Send.
 			tx.srcTrial, tx.srcTried, tx.srcSaved, tx.srcLen = true, true, tx.srcLen, 0
+			tx.srcErrno = errno
 			m = tx.build(chunk, start, tx.first[start], gso, maxBytes)
 		case errno == unix.EAGAIN || errno == unix.ENOBUFS:
 			t.stats.txWaits.Add(1)
