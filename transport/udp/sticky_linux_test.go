@@ -312,3 +312,125 @@ func (h *stickyHost) delAddr(t *testing.T, a netip.Addr, v6 bool) {
 		t.Fatalf("delete %v: %v", a, err)
 	}
 }
+
+// TestStickyLoopback: over loopback, without privileges, received
+// endpoints carry the local address and lo's index, and a reply to one
+// arrives.
+func TestStickyLoopback(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skipf("no lo: %v", err)
+	}
+	for _, addr := range []netip.Addr{lo4, lo6} {
+		a, fnsA, portA := open(t, Options{})
+		b, fnsB, portB := open(t, Options{})
+		chA, chB := collect(t, a, fnsA), collect(t, b, fnsB)
+		if err := a.Send([][]byte{[]byte("ping")}, transport.EndpointFrom(netip.AddrPortFrom(addr, portB))); err != nil {
+			t.Fatal(err)
+		}
+		r := expect(t, chB, 1)[0]
+		want := transport.Endpoint{Remote: netip.AddrPortFrom(addr, portA), Local: addr, IfIndex: uint32(lo.Index)}
+		if r.ep != want {
+			t.Fatalf("received endpoint %v, want %v", r.ep, want)
+		}
+		if err := b.Send([][]byte{[]byte("pong")}, r.ep); err != nil {
+			t.Fatal(err)
+		}
+		if got := expect(t, chA, 1)[0]; string(got.b) != "pong" || got.from != netip.AddrPortFrom(addr, portB) {
+			t.Fatalf("reply %q from %v", got.b, got.from)
+		}
+	}
+}
+
+// TestStickyFallbacks drives Send's handling of a refused source with a
+// fake kernel: a gone source is dropped for the rest of the Send, counted
+// and reported, GSO staying on; a GSO failure with a good source turns GSO
+// off and keeps the source; an error the source is not to blame for
+// drops the datagrams and keeps the source.
+func TestStickyFallbacks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// refuse is the fake kernel's errno for a message with (src) or
+		// without a source, segmented or not; 0 sends it.
+		refuse      func(src, segmented bool) unix.Errno
+		wantErr     error
+		wantCleared uint64
+		wantGSOOff  uint64
+		wantArrive  bool
+		wantSource  bool // the last messages sent still carry the source
+	}{
+		{"source gone", func(src, _ bool) unix.Errno {
+			if src {
+				return unix.ENETUNREACH
+			}
+			return 0
+		}, transport.ErrSourceCleared, 1, 0, true, false},
+		{"source gone, EINVAL", func(src, _ bool) unix.Errno {
+			if src {
+				return unix.EINVAL
+			}
+			return 0
+		}, transport.ErrSourceCleared, 1, 0, true, false},
+		{"gso broken", func(_, segmented bool) unix.Errno {
+			if segmented {
+				return unix.EINVAL
+			}
+			return 0
+		}, nil, 0, 1, true, true},
+		{"unreachable", func(bool, bool) unix.Errno { return unix.ENETUNREACH }, unix.ENETUNREACH, 0, 0, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, _, portA := open(t, Options{})
+			if gso, _ := a.Offloads(); !gso {
+				t.Skip("the kernel has no UDP GSO")
+			}
+			lastSource, calls := false, 0
+			withSendmmsg(a, func(fd uintptr, hdrs []unix.Mmsghdr) (int, unix.Errno) {
+				calls++
+				for i := range hdrs {
+					h := &hdrs[i].Hdr
+					if e := tc.refuse(hasSource(h), h.Iovlen > 1); e != 0 {
+						if i == 0 {
+							return 0, e
+						}
+						hdrs = hdrs[:i]
+						break
+					}
+				}
+				lastSource = hasSource(&hdrs[len(hdrs)-1].Hdr)
+				return sendmmsg(fd, hdrs)
+			})
+			b, fns, portB := open(t, Options{})
+			ch := collect(t, b, fns)
+			bufs := make([][]byte, 2*BatchSize)
+			for i := range bufs {
+				bufs[i] = payload(i, 600)
+			}
+			ep := transport.Endpoint{Remote: netip.AddrPortFrom(lo4, portB), Local: lo4}
+			err := a.Send(bufs, ep)
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Send: %v, want %v", err, tc.wantErr)
+			}
+			if tc.wantArrive {
+				checkSame(t, expect(t, ch, len(bufs)), bufs, netip.AddrPortFrom(lo4, portA))
+				if lastSource != tc.wantSource {
+					t.Fatalf("the last messages carry a source: %v, want %v", lastSource, tc.wantSource)
+				}
+			} else if n := counter(a, "drop_udp_send_enetunreach"); n != uint64(len(bufs)) {
+				t.Fatalf("drop_udp_send_enetunreach = %d, want %d", n, len(bufs))
+			}
+			if n := counter(a, "udp_sticky_source_cleared"); n != tc.wantCleared {
+				t.Fatalf("udp_sticky_source_cleared = %d, want %d", n, tc.wantCleared)
+			}
+			if n := counter(a, "udp_gso_disabled"); n != tc.wantGSOOff {
+				t.Fatalf("udp_gso_disabled = %d, want %d", n, tc.wantGSOOff)
+			}
+			if tc.wantGSOOff == 0 && tc.wantArrive && counter(a, "udp_tx_gso_messages") == 0 {
+				t.Fatal("no segmented sends after the source fallback")
+			}
+			if calls > 8 {
+				t.Fatalf("%d sendmmsg calls for two chunks", calls)
+			}
+		})
+	}
+}
