@@ -651,9 +651,10 @@ func TestSocketBuffers(t *testing.T) {
 }
 
 // TestNoAllocations pins rule 6: a steady-state send and receive of a
-// batch allocates nothing, with and without offloads.
+// batch allocates nothing, with and without offloads, with and without a
+// sticky source.
 func TestNoAllocations(t *testing.T) {
-	for _, opts := range []Options{{}, {DisableGSO: true, DisableGRO: true}} {
+	for i, opts := range []Options{{}, {DisableGSO: true, DisableGRO: true}, {}, {DisableGSO: true, DisableGRO: true}} {
 		a, _, _ := open(t, opts)
 		_, fns, portB := open(t, opts)
 		send := make([][]byte, 64)
@@ -662,6 +663,9 @@ func TestNoAllocations(t *testing.T) {
 		}
 		rb, sizes, eps := batch(BatchSize)
 		to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))
+		if i >= 2 {
+			to.Local = lo4
+		}
 		round := func() {
 			if err := a.Send(send, to); err != nil {
 				t.Fatal(err)
@@ -676,7 +680,7 @@ func TestNoAllocations(t *testing.T) {
 		}
 		round()
 		if allocs := testing.AllocsPerRun(50, round); allocs != 0 {
-			t.Fatalf("%+v: %.1f allocations per batch, want 0", opts, allocs)
+			t.Fatalf("%+v, to %v: %.1f allocations per batch, want 0", opts, to, allocs)
 		}
 	}
 }
@@ -704,26 +708,33 @@ func TestStatsNames(t *testing.T) {
 // BenchmarkSendReceive sends batches of 1, 32 and 128 (BatchSize)
 // 1420-byte datagrams over IPv4 loopback with one Send and reads each batch
 // back with the receive function, in lockstep, with offloads on (gso+gro),
-// GSO only, and off (none). One op is one batch both ways: bytes/s counts
-// datagram payload bytes, and txcalls/op and rxcalls/op the syscalls.
+// GSO only, and off (none); sticky sources are on in all three (received
+// endpoints carry the local address), and "+src" sends to the endpoint as
+// received, from its local address, while "nosticky" turns sticky sources
+// off. One op is one batch both ways: bytes/s counts datagram payload
+// bytes, and txcalls/op and rxcalls/op the syscalls.
 func BenchmarkSendReceive(bm *testing.B) {
 	for _, mode := range []struct {
 		name string
 		opts Options
+		src  bool
 	}{
-		{"gso+gro", Options{}},
-		{"gso", Options{DisableGRO: true}},
-		{"none", Options{DisableGSO: true, DisableGRO: true}},
+		{"gso+gro", Options{}, false},
+		{"gso", Options{DisableGRO: true}, false},
+		{"none", Options{DisableGSO: true, DisableGRO: true}, false},
+		{"gso+gro+src", Options{}, true},
+		{"none+src", Options{DisableGSO: true, DisableGRO: true}, true},
+		{"gso+gro+nosticky", Options{DisableSticky: true}, false},
 	} {
 		for _, n := range []int{1, 32, BatchSize} {
 			bm.Run(mode.name+"/batch="+strconv.Itoa(n), func(bm *testing.B) {
-				benchSendReceive(bm, mode.opts, n)
+				benchSendReceive(bm, mode.opts, n, mode.src)
 			})
 		}
 	}
 }
 
-func benchSendReceive(bm *testing.B, opts Options, n int) {
+func benchSendReceive(bm *testing.B, opts Options, n int, src bool) {
 	a, _, portA := open(bm, opts)
 	b, fns, portB := open(bm, opts)
 	// A lost datagram must fail the benchmark, not hang it.
@@ -734,6 +745,9 @@ func benchSendReceive(bm *testing.B, opts Options, n int) {
 	}
 	rb, sizes, eps := batch(BatchSize)
 	to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))
+	if src {
+		to.Local = lo4
+	}
 	from := netip.AddrPortFrom(lo4, portA)
 	// round sends the batch and receives it back; full checks that each
 	// datagram arrives whole, in order, from a (otherwise only its size).
