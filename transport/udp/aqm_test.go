@@ -154,6 +154,7 @@ func TestAQMOnSocket(t *testing.T) {
 			}
 		}
 		time.Sleep(20 * time.Millisecond) // the head now waited far above target
+		failLosses(t, b, 10*time.Second)
 		rb, sizes, eps := batch(32)
 		gotBulk, gotSmall := 0, 0
 		deadline := time.Now().Add(10 * time.Second)
