@@ -77,7 +77,8 @@ type Transport interface {
 	// bufs after returning. It blocks while the socket's send buffer is
 	// full (backpressure) rather than dropping. When ep.Local is no
 	// longer an address of this host, Send sends from the address the
-	// route picks instead and returns ErrSourceCleared.
+	// route picks instead and returns ErrSourceCleared, unless another
+	// error occurred, which it returns instead.
 	Send(bufs [][]byte, ep Endpoint) error
 
 	// SetMark sets SO_MARK on the sockets (0 clears it).

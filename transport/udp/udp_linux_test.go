@@ -706,7 +706,8 @@ func TestStatsNames(t *testing.T) {
 		seen[c.Name] = true
 	}
 	for _, name := range []string{"udp_rx_datagrams", "udp_tx_datagrams", "udp_rx_syscalls",
-		"udp_tx_syscalls", "udp_gso_disabled", "udp_gro_disabled"} {
+		"udp_tx_syscalls", "udp_gso_disabled", "udp_gro_disabled", "udp_sticky_unavailable",
+		"udp_sticky_source_cleared"} {
 		if !seen[name] {
 			t.Errorf("Stats lacks %s", name)
 		}
@@ -772,7 +773,8 @@ func benchSendReceive(bm *testing.B, opts Options, n int, src bool) {
 				bm.Fatal(err)
 			}
 			for i := range m {
-				if full && (!bytes.Equal(rb[i][:sizes[i]], send[got+i]) || eps[i].Remote != from) {
+				if full && (!bytes.Equal(rb[i][:sizes[i]], send[got+i]) || eps[i].Remote != from ||
+					eps[i].Local.IsValid() == opts.DisableSticky) {
 					bm.Fatalf("datagram %d: %d bytes from %v, want datagram %d from %v", got+i, sizes[i], eps[i], got+i, from)
 				}
 				if sizes[i] != 1420 {
