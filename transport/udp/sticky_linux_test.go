@@ -102,7 +102,8 @@ func newStickyHost(t *testing.T, opts Options) *stickyHost {
 	}
 	t.Cleanup(func() { h.tr.Close() })
 	if len(fns) != 2 {
-		t.Fatalf("%d sockets in the gateway, want IPv4 and IPv6", len(fns))
+		h.tr.Close()
+		testenv.SkipOrFail(t, "%d sockets in the gateway namespace: it lacks IPv4 or IPv6", len(fns))
 	}
 	h.rx = collect(t, h.tr, fns)
 	return h
