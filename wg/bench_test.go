@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
@@ -42,10 +43,10 @@ var blackhole = netip.MustParseAddrPort("198.18.0.99:9")
 // out (bufSize bytes, the packet at headroom).
 type batchBench struct {
 	a, b    *testNode
-	pa      *Peer          // b as a peer of a
-	kpB     *keypair       // b's session with a, which opens what a seals
-	srcA    netip.AddrPort // where b sees a's datagrams come from
-	pkt     []byte         // the plaintext inner packet, a to b
+	pa      *Peer              // b as a peer of a
+	kpB     *keypair           // b's session with a, which opens what a seals
+	srcA    transport.Endpoint // where b sees a's datagrams come from
+	pkt     []byte             // the plaintext inner packet, a to b
 	n       int
 	bufs    [][]byte
 	sizes   []int
@@ -53,7 +54,7 @@ type batchBench struct {
 	out     [][]byte
 	nonce   [12]byte
 	toTUN   [][]byte
-	recvEps []netip.AddrPort
+	recvEps []transport.Endpoint
 }
 
 func newBatchBench(tb testing.TB, n int) *batchBench {
@@ -67,7 +68,7 @@ func newBatchBench(tb testing.TB, n int) *batchBench {
 	if s.pa.keypairs.current.Load() == nil {
 		tb.Fatal("a has no session after the first packet")
 	}
-	s.srcA = a.ep
+	s.srcA = receivedEndpoint(a, b)
 	pb := b.dev.lookupPeer(a.priv.PublicKey())
 	if s.kpB = pb.keypairs.current.Load(); s.kpB == nil {
 		tb.Fatal("b has no confirmed session after the first packet")
@@ -76,7 +77,7 @@ func newBatchBench(tb testing.TB, n int) *batchBench {
 	// KeepaliveTimeout, an hour here), so a learns no endpoint for b from
 	// now on, and a's endpoint for b can move to the blackhole for good.
 	b.dev.syncControl()
-	s.pa.setEndpoint(blackhole)
+	s.pa.setConfiguredEndpoint(blackhole)
 	s.pkt = ipv4Packet(a.addr, b.addr, payloadOf(benchPacketLen-28))
 	s.bufs = make([][]byte, n)
 	for i := range s.bufs {
@@ -86,7 +87,7 @@ func newBatchBench(tb testing.TB, n int) *batchBench {
 	s.groups = make([]peerBatch, 0, 8)
 	s.out = make([][]byte, 0, n)
 	s.toTUN = make([][]byte, 0, n)
-	s.recvEps = make([]netip.AddrPort, n)
+	s.recvEps = make([]transport.Endpoint, n)
 	for i := range s.recvEps {
 		s.recvEps[i] = s.srcA
 	}

@@ -1,10 +1,10 @@
 package wg
 
 import (
-	"net/netip"
 	"sync/atomic"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/wg/wire"
 )
 
@@ -26,8 +26,8 @@ const (
 // controlMsg is one request to the control routine.
 type controlMsg struct {
 	kind controlKind
-	peer *Peer          // nil for a cookie reply
-	ep   netip.AddrPort // a cookie reply's destination; a peer's messages go to its endpoint when sent
+	peer *Peer              // nil for a cookie reply
+	ep   transport.Endpoint // a cookie reply's destination; a peer's messages go to its endpoint when sent
 	n    int
 	buf  [wire.InitiationSize]byte // the largest control datagram
 	done chan struct{}             // controlBarrier
@@ -53,7 +53,7 @@ func (d *Device) queueControl(m *controlMsg) bool {
 }
 
 // sendControl queues the datagram b for p (or, p nil, for ep).
-func (d *Device) sendControl(p *Peer, ep netip.AddrPort, b []byte) {
+func (d *Device) sendControl(p *Peer, ep transport.Endpoint, b []byte) {
 	m := controlMsg{kind: controlDatagram, peer: p, ep: ep}
 	m.n = copy(m.buf[:], b)
 	d.queueControl(&m)
@@ -109,7 +109,7 @@ func (d *Device) doControl(m *controlMsg) {
 	case controlDatagram:
 		b := m.buf[:m.n]
 		if p == nil { // a cookie reply
-			if d.transport.Send([][]byte{b}, m.ep) == nil {
+			if d.sendToEndpoint([][]byte{b}, m.ep) == nil {
 				d.counters.cookieRepliesSent.Add(1)
 			}
 			return

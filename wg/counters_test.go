@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/transport/transporttest"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
 	"github.com/ptun-vpn/ptun/uapi"
@@ -156,7 +157,7 @@ func TestBadTransportDataIsCounted(t *testing.T) {
 	a, b := newTestPair(t, Timers{})
 	var mu sync.Mutex
 	var captured []byte
-	a.fake.OnSend(func(msg []byte, _ netip.AddrPort) {
+	a.fake.OnSend(func(msg []byte, _ transport.Endpoint) {
 		mu.Lock()
 		defer mu.Unlock()
 		if typ, _ := wire.MessageType(msg); typ == wire.TypeTransport && len(msg) > 32 {
@@ -210,7 +211,7 @@ func TestHandshakeReplayAndFloodAreCounted(t *testing.T) {
 	a, b := newTestPair(t, Timers{})
 	var mu sync.Mutex
 	var initiation []byte
-	b.fake.OnSend(func(msg []byte, _ netip.AddrPort) {
+	b.fake.OnSend(func(msg []byte, _ transport.Endpoint) {
 		mu.Lock()
 		defer mu.Unlock()
 		if typ, _ := wire.MessageType(msg); typ == wire.TypeInitiation && initiation == nil {
@@ -265,7 +266,7 @@ func TestHandshakeQueueFullIsCounted(t *testing.T) {
 	junk := make([]byte, wire.InitiationSize)
 	junk[0] = byte(wire.TypeInitiation)
 	for range handshakeQueueLen + 1 {
-		a.dev.queueHandshake(junk, b.ep)
+		a.dev.queueHandshake(junk, transport.EndpointFrom(b.ep))
 	}
 	if got := counter(a.dev, "drop_handshake_queue_full"); got != 1 {
 		t.Fatalf("drop_handshake_queue_full = %d, want 1", got)
@@ -331,8 +332,8 @@ func TestLowOrderPeerIsAcceptedAndNeverSentTo(t *testing.T) {
 	ep := netip.MustParseAddrPort("198.18.0.2:9")
 	var mu sync.Mutex
 	sentThere := 0
-	a.fake.OnSend(func(_ []byte, to netip.AddrPort) {
-		if to == ep {
+	a.fake.OnSend(func(_ []byte, to transport.Endpoint) {
+		if to.Remote == ep {
 			mu.Lock()
 			sentThere++
 			mu.Unlock()

@@ -286,16 +286,32 @@ func (d *Device) lookupPeer(pk noise.PublicKey) *Peer {
 	return p
 }
 
-// sendTo sends bufs to p's endpoint, counting failures.
+// sendTo sends bufs to p's endpoint, counting failures. When the
+// endpoint's local address is gone, the transport sends from another and
+// the endpoint forgets it.
 func (d *Device) sendTo(p *Peer, bufs [][]byte) error {
-	ep, ok := p.Endpoint()
+	ep, ok := p.sendEndpoint()
 	if !ok {
 		d.counters.dropN(dropNoEndpoint, len(bufs))
 		return errNoEndpoint
 	}
 	// A failed Send is counted by the transport, which alone knows how
 	// many datagrams it dropped and why (drop_udp_send_<errno>).
-	return d.transport.Send(bufs, ep)
+	err := d.transport.Send(bufs, ep)
+	if err == transport.ErrSourceCleared {
+		p.clearLocal(ep)
+		return nil
+	}
+	return err
+}
+
+// sendToEndpoint sends bufs to ep, which belongs to no peer (a cookie
+// reply); a source address that is gone is no error.
+func (d *Device) sendToEndpoint(bufs [][]byte, ep transport.Endpoint) error {
+	if err := d.transport.Send(bufs, ep); err != transport.ErrSourceCleared {
+		return err
+	}
+	return nil
 }
 
 var errNoEndpoint = errors.New("peer has no endpoint")

@@ -511,7 +511,7 @@ func TestDropNames(t *testing.T) {
 func TestRefreshMTUPadsTheNextPacket(t *testing.T) {
 	a, b := newTestPair(t, DefaultTimers())
 	sizes := make(chan int, 16)
-	a.fake.OnSend(func(p []byte, _ netip.AddrPort) {
+	a.fake.OnSend(func(p []byte, _ transport.Endpoint) {
 		if len(p) > 0 && p[0] == 4 { // transport data
 			sizes <- len(p)
 		}

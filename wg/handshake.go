@@ -1,9 +1,9 @@
 package wg
 
 import (
-	"net/netip"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wg/wire"
 )
@@ -18,11 +18,11 @@ const handshakeQueueLen = 1024
 type handshakeMessage struct {
 	buf [wire.InitiationSize]byte // the largest handshake message
 	n   int
-	src netip.AddrPort
+	src transport.Endpoint
 }
 
 // queueHandshake copies a handshake message to the handshake routine.
-func (d *Device) queueHandshake(msg []byte, src netip.AddrPort) {
+func (d *Device) queueHandshake(msg []byte, src transport.Endpoint) {
 	if len(msg) > wire.InitiationSize {
 		d.counters.drop(dropMalformed)
 		return
@@ -65,7 +65,7 @@ func (d *Device) underLoad(now time.Time) bool {
 	return now.UnixNano() < d.underLoadUntil.Load()
 }
 
-func (d *Device) handleHandshake(msg []byte, src netip.AddrPort) {
+func (d *Device) handleHandshake(msg []byte, src transport.Endpoint) {
 	typ, _ := wire.MessageType(msg)
 	local := d.local.Load()
 	checker := d.cookies.Load()
@@ -117,15 +117,15 @@ func (d *Device) handleHandshake(msg []byte, src netip.AddrPort) {
 
 // checkMACs verifies mac1 and, under load, mac2, answering with a cookie
 // reply when mac2 is missing. It reports whether to go on.
-func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src netip.AddrPort) bool {
+func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src transport.Endpoint) bool {
 	if !checker.CheckMAC1(msg) {
 		d.counters.drop(dropHandshakeMAC1)
 		return false
 	}
-	if !d.underLoad(time.Now()) || checker.CheckMAC2(msg, src) {
+	if !d.underLoad(time.Now()) || checker.CheckMAC2(msg, src.Remote) {
 		return true
 	}
-	reply, err := checker.CreateReply(msg, src)
+	reply, err := checker.CreateReply(msg, src.Remote)
 	if err != nil {
 		d.counters.drop(dropHandshakeInternal)
 		return false
@@ -140,7 +140,7 @@ func (d *Device) checkMACs(checker *noise.CookieChecker, msg []byte, src netip.A
 // the new session as next. The handshake completes (latest handshake,
 // handshakes_completed) only when the initiator's first packet on the
 // session confirms it; see confirmNext.
-func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src netip.AddrPort) {
+func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src transport.Endpoint) {
 	info, err := noise.ConsumeInitiation(local, m)
 	if err != nil {
 		d.counters.drop(dropHandshakeInvalid)
@@ -197,11 +197,11 @@ func (d *Device) consumeInitiation(local *noise.Local, m *wire.Initiation, src n
 	var b [wire.ResponseSize]byte
 	resp.Marshal(b[:])
 	p.cookies.AddMACs(b[:])
-	d.sendControl(p, netip.AddrPort{}, b[:])
+	d.sendControl(p, transport.Endpoint{}, b[:])
 }
 
 // consumeResponse completes a handshake we initiated.
-func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src netip.AddrPort) {
+func (d *Device) consumeResponse(local *noise.Local, m *wire.Response, src transport.Endpoint) {
 	e := d.indices.lookup(m.Receiver)
 	p := e.peer
 	if p == nil || e.kp != nil {
@@ -303,5 +303,5 @@ func (d *Device) initiateHandshake(p *Peer, retry bool) {
 	msg.Marshal(b[:])
 	p.cookies.AddMACs(b[:])
 	d.counters.handshakesInitiated.Add(1)
-	d.sendControl(p, netip.AddrPort{}, b[:])
+	d.sendControl(p, transport.Endpoint{}, b[:])
 }

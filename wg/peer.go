@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ptun-vpn/ptun/transport"
 	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
@@ -25,7 +26,10 @@ type Peer struct {
 	publicKey noise.PublicKey
 	cookies   *noise.CookieGenerator
 
-	endpoint atomic.Pointer[netip.AddrPort] // nil until configured or learned; follows the latest authenticated packet
+	// endpoint is nil until configured or learned; it follows the latest
+	// authenticated packet, with the local address that packet arrived on
+	// (replies leave from it). A configured endpoint has no local address.
+	endpoint atomic.Pointer[transport.Endpoint]
 
 	keypairs keypairs
 
@@ -71,25 +75,52 @@ func newPeer(d *Device, pk noise.PublicKey) *Peer {
 	return &Peer{dev: d, publicKey: pk, cookies: noise.NewCookieGenerator(pk), unusableKey: pk.IsLowOrder()}
 }
 
-// Endpoint returns the peer's current endpoint, if any.
+// Endpoint returns the peer's current endpoint's remote address, if any.
 func (p *Peer) Endpoint() (netip.AddrPort, bool) {
 	ep := p.endpoint.Load()
 	if ep == nil {
 		return netip.AddrPort{}, false
 	}
+	return ep.Remote, true
+}
+
+// sendEndpoint returns the peer's current endpoint with its local address,
+// if any.
+func (p *Peer) sendEndpoint() (transport.Endpoint, bool) {
+	ep := p.endpoint.Load()
+	if ep == nil {
+		return transport.Endpoint{}, false
+	}
 	return *ep, true
 }
 
-// setEndpoint records the address of the latest authenticated packet.
-// It allocates only when the endpoint changes (roaming).
-func (p *Peer) setEndpoint(ep netip.AddrPort) {
-	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+// setEndpoint records the endpoint of the latest authenticated packet, or
+// a configured one. It allocates only when the endpoint changes (roaming).
+func (p *Peer) setEndpoint(ep transport.Endpoint) {
+	ep.Remote = netip.AddrPortFrom(ep.Remote.Addr().Unmap(), ep.Remote.Port())
 	if cur := p.endpoint.Load(); cur != nil && *cur == ep {
 		return
 	}
-	changed := new(netip.AddrPort) // allocated here only, not on every call
+	changed := new(transport.Endpoint) // allocated here only, not on every call
 	*changed = ep
 	p.endpoint.Store(changed)
+}
+
+// setConfiguredEndpoint records an endpoint from configuration: it has no
+// local address, so the route picks the source until the peer is heard.
+func (p *Peer) setConfiguredEndpoint(remote netip.AddrPort) {
+	p.setEndpoint(transport.EndpointFrom(remote))
+}
+
+// clearLocal drops the local address of the endpoint ep, which the host no
+// longer has, unless the endpoint has changed since.
+func (p *Peer) clearLocal(ep transport.Endpoint) {
+	cur := p.endpoint.Load()
+	if cur == nil || *cur != ep {
+		return
+	}
+	cleared := ep.WithoutLocal()
+	p.endpoint.CompareAndSwap(cur, &cleared)
 }
 
 // installSession makes kp this peer's session and points its index at it.

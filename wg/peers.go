@@ -36,7 +36,7 @@ func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
 		}
 	}
 	if pc.Endpoint != nil {
-		p.setEndpoint(*pc.Endpoint)
+		p.setConfiguredEndpoint(*pc.Endpoint)
 	}
 	if pc.ReplaceAllowedIPs {
 		d.allowed.RemoveValue(p)

@@ -2,7 +2,6 @@ package wg
 
 import (
 	"encoding/binary"
-	"net/netip"
 	"time"
 
 	"github.com/ptun-vpn/ptun/transport"
@@ -19,7 +18,7 @@ func (d *Device) routineReceive(recv transport.ReceiveFunc) {
 	bufs := d.takeRxBufs(batch)
 	defer d.putRxBufs(bufs)
 	sizes := make([]int, batch)
-	eps := make([]netip.AddrPort, batch)
+	eps := make([]transport.Endpoint, batch)
 	toTUN := make([][]byte, 0, batch)
 	var nonceBuf [12]byte
 	for {
@@ -66,7 +65,7 @@ func (d *Device) routineReceive(recv transport.ReceiveFunc) {
 // open authenticates and decrypts one transport message in place. It returns
 // the inner packet's length (0 for a keepalive or a drop) and the peer it
 // came from (nil for a drop).
-func (d *Device) open(msg []byte, src netip.AddrPort, nonceBuf []byte, now time.Time) (int, *Peer) {
+func (d *Device) open(msg []byte, src transport.Endpoint, nonceBuf []byte, now time.Time) (int, *Peer) {
 	receiver, counter, err := wire.ParseTransportHeader(msg)
 	if err != nil {
 		d.counters.drop(dropMalformed)

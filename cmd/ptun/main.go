@@ -65,6 +65,8 @@ Environment:
   PTUN_DISABLE_TUN_GRO=1            no coalescing of packets written to the TUN
   PTUN_DISABLE_UDP_GSO=1            no UDP segmentation offload on send
   PTUN_DISABLE_UDP_GRO=1            no UDP receive offload
+  PTUN_DISABLE_STICKY=1             replies leave from the route's source address, not the one
+                                    the peer sent to (no IP_PKTINFO)
   PTUN_DISABLE_AQM=1                no CoDel on the UDP receive queue
   PTUN_AQM_TARGET=DURATION          CoDel's target queue delay (default 1ms)
   PTUN_AQM_INTERVAL=DURATION        CoDel's interval (default 10ms)

@@ -1,12 +1,16 @@
 // Package transporttest is an in-memory transport.Transport for unit tests:
 // two Fakes joined like two hosts on one network, with bounded queues that
-// push back on the sender instead of dropping.
+// push back on the sender instead of dropping. A side may have several
+// addresses, and its sources are sticky as transport/udp's are: received
+// endpoints carry the local address a datagram was sent to, and a send
+// leaves from the endpoint's local address.
 package transporttest
 
 import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -31,13 +35,13 @@ var (
 )
 
 // Fake is one side of an in-memory network of two hosts. Datagrams sent to
-// the other side's endpoint (its address and the port it is open on) land
-// in the other side's queue; datagrams to any other endpoint, or to a side
-// that is closed, are counted and dropped, as a network would. A full queue
-// blocks the sender until there is room or either side closes. All methods
-// are safe for concurrent use.
+// the other side's endpoint (one of its addresses and the port it is open
+// on) land in the other side's queue; datagrams to any other endpoint, or
+// to a side that is closed, are counted and dropped, as a network would. A
+// full queue blocks the sender until there is room or either side closes.
+// All methods are safe for concurrent use.
 type Fake struct {
-	ip       netip.Addr
+	ip       netip.Addr // the first address, the "route's" source
 	peer     *Fake
 	queueLen int
 
@@ -45,12 +49,17 @@ type Fake struct {
 	sess   *session   // nil while closed
 	port   uint16     // port of the last Open
 	mark   uint32
-	onSend func(b []byte, to netip.AddrPort)
+	onSend func(b []byte, to transport.Endpoint)
 	held   chan struct{} // non-nil while HoldSends is in force; closed by its release
+	extra  []netip.Addr  // addresses added with AddAddr
 
 	txDatagrams, rxDatagrams, sendWaits       atomic.Uint64
 	dropUnknownEndpoint, dropPeerClosed, drop atomic.Uint64
+	sourceCleared                             atomic.Uint64
 }
+
+// IfIndex is the interface index a Fake reports for every datagram.
+const IfIndex = 1
 
 var (
 	_ transport.Transport = (*Fake)(nil)
@@ -70,6 +79,7 @@ type session struct {
 type datagram struct {
 	b    []byte
 	from netip.AddrPort
+	to   netip.Addr // the receiver's address it was sent to
 }
 
 // NewPair returns two joined, closed Fakes at AddrA and AddrB with
@@ -100,6 +110,33 @@ func (f *Fake) LocalAddr(port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(f.ip, port)
 }
 
+// AddAddr gives this side another address: datagrams sent to it arrive,
+// and sends may leave from it.
+func (f *Fake) AddAddr(a netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a = a.Unmap()
+	if a != f.ip && !slices.Contains(f.extra, a) {
+		f.extra = append(f.extra, a)
+	}
+}
+
+// RemoveAddr takes an address added with AddAddr away again: datagrams to
+// it are dropped as to an unknown endpoint, and a send from it leaves from
+// the first address instead (counted as fake_sticky_source_cleared).
+func (f *Fake) RemoveAddr(a netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.extra = slices.DeleteFunc(f.extra, func(x netip.Addr) bool { return x == a.Unmap() })
+}
+
+// hasAddr reports whether a is one of this side's addresses.
+func (f *Fake) hasAddr(a netip.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return a == f.ip || slices.Contains(f.extra, a)
+}
+
 // Mark returns the mark last set with SetMark.
 func (f *Fake) Mark() uint32 {
 	f.mu.Lock()
@@ -108,9 +145,9 @@ func (f *Fake) Mark() uint32 {
 }
 
 // OnSend makes every datagram this side sends (delivered or not) visible
-// to fn, called in Send's goroutine before delivery. b is valid only during
-// the call. nil stops observing.
-func (f *Fake) OnSend(fn func(b []byte, to netip.AddrPort)) {
+// to fn, called in Send's goroutine before delivery, with the endpoint Send
+// was given. b is valid only during the call. nil stops observing.
+func (f *Fake) OnSend(fn func(b []byte, to transport.Endpoint)) {
 	f.mu.Lock()
 	f.onSend = fn
 	f.mu.Unlock()
@@ -139,7 +176,7 @@ func (f *Fake) HoldSends() (release func()) {
 	}
 }
 
-func (f *Fake) current() (*session, func([]byte, netip.AddrPort)) {
+func (f *Fake) current() (*session, func([]byte, transport.Endpoint)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.sess, f.onSend
@@ -194,7 +231,11 @@ func (f *Fake) BatchSize() int { return BatchSize }
 // peer's queue, blocking while the queue is full. It returns net.ErrClosed
 // when this side is closed (before or while blocked); datagrams to an
 // unknown endpoint or a closed peer are counted and dropped without error.
-func (f *Fake) Send(bufs [][]byte, ep netip.AddrPort) error {
+// They leave from ep.Local when it is set; when it is not (or no longer)
+// one of this side's addresses they leave from the first address, and
+// Send returns transport.ErrSourceCleared after counting it, as
+// transport/udp does.
+func (f *Fake) Send(bufs [][]byte, ep transport.Endpoint) error {
 	s, observe := f.current()
 	if s == nil {
 		f.drop.Add(uint64(len(bufs)))
@@ -217,40 +258,56 @@ func (f *Fake) Send(bufs [][]byte, ep netip.AddrPort) error {
 			observe(b, ep)
 		}
 	}
-	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
-	if ep.Addr() != f.peer.ip {
+	src, cleared := f.ip, false
+	if local := ep.Local.Unmap(); local.IsValid() {
+		if f.hasAddr(local) {
+			src = local
+		} else {
+			cleared = true
+			f.sourceCleared.Add(1)
+		}
+	}
+	done := func(err error) error {
+		if err == nil && cleared {
+			return transport.ErrSourceCleared
+		}
+		return err
+	}
+	to := netip.AddrPortFrom(ep.Remote.Addr().Unmap(), ep.Remote.Port())
+	if !f.peer.hasAddr(to.Addr()) {
 		f.dropUnknownEndpoint.Add(uint64(len(bufs)))
-		return nil
+		return done(nil)
 	}
 	ps, _ := f.peer.current()
-	if ps == nil || ps.port != ep.Port() {
+	if ps == nil || ps.port != to.Port() {
 		// The peer's host is there but nothing listens on that port.
 		f.dropPeerClosed.Add(uint64(len(bufs)))
-		return nil
+		return done(nil)
 	}
-	from := netip.AddrPortFrom(f.ip, s.port)
+	from := netip.AddrPortFrom(src, s.port)
 	for i, b := range bufs {
-		switch ps.deliver(b, from, s.done, &f.sendWaits) {
+		switch ps.deliver(b, from, to.Addr(), s.done, &f.sendWaits) {
 		case errSenderClosed:
 			f.drop.Add(uint64(len(bufs) - i))
 			return net.ErrClosed
 		case errReceiverClosed:
 			f.dropPeerClosed.Add(uint64(len(bufs) - i))
-			return nil
+			return done(nil)
 		}
 		f.txDatagrams.Add(1)
 	}
-	return nil
+	return done(nil)
 }
 
-// Inject queues b on this side as if it came from from, blocking while the
-// queue is full. It returns net.ErrClosed if this side is closed.
+// Inject queues b on this side as if it came from from to its first
+// address, blocking while the queue is full. It returns net.ErrClosed if
+// this side is closed.
 func (f *Fake) Inject(b []byte, from netip.AddrPort) error {
 	s, _ := f.current()
 	if s == nil {
 		return net.ErrClosed
 	}
-	if s.deliver(b, from, nil, &f.sendWaits) != nil {
+	if s.deliver(b, from, f.ip, nil, &f.sendWaits) != nil {
 		return net.ErrClosed
 	}
 	return nil
@@ -265,15 +322,16 @@ const (
 	errReceiverClosed
 )
 
-// deliver copies b into s's queue, waiting for room (counted in waits)
-// until s or the sender's session (senderDone, may be nil) closes.
-func (s *session) deliver(b []byte, from netip.AddrPort, senderDone chan struct{}, waits *atomic.Uint64) error {
+// deliver copies b, from from to the local address to, into s's queue,
+// waiting for room (counted in waits) until s or the sender's session
+// (senderDone, may be nil) closes.
+func (s *session) deliver(b []byte, from netip.AddrPort, to netip.Addr, senderDone chan struct{}, waits *atomic.Uint64) error {
 	var buf []byte
 	select {
 	case buf = <-s.free:
 	default:
 	}
-	d := datagram{b: append(buf[:0], b...), from: from}
+	d := datagram{b: append(buf[:0], b...), from: from, to: to}
 	select {
 	case s.q <- d:
 		return nil
@@ -292,7 +350,7 @@ func (s *session) deliver(b []byte, from netip.AddrPort, senderDone chan struct{
 
 // receive is the session's ReceiveFunc: it waits for one datagram, then
 // takes whatever else is queued, up to a batch.
-func (s *session) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+func (s *session) receive(bufs [][]byte, sizes []int, eps []transport.Endpoint) (int, error) {
 	room := min(len(bufs), len(sizes), len(eps), BatchSize)
 	if room == 0 {
 		return 0, io.ErrShortBuffer
@@ -311,7 +369,7 @@ func (s *session) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int
 	n := 0
 	for more := true; more; {
 		sizes[n] = copy(bufs[n], d.b)
-		eps[n] = d.from
+		eps[n] = transport.Endpoint{Remote: d.from, Local: d.to, IfIndex: IfIndex}
 		n++
 		select {
 		case s.free <- d.b:
@@ -331,12 +389,14 @@ func (s *session) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int
 }
 
 // Stats returns the fake's counters: datagrams each way, how often a
-// sender had to wait for room, and drops by reason.
+// sender had to wait for room, sends whose local address was not this
+// side's, and drops by reason.
 func (f *Fake) Stats() []metrics.Counter {
 	return []metrics.Counter{
 		{Name: "fake_tx_datagrams", Value: f.txDatagrams.Load()},
 		{Name: "fake_rx_datagrams", Value: f.rxDatagrams.Load()},
 		{Name: "fake_send_waits", Value: f.sendWaits.Load()},
+		{Name: "fake_sticky_source_cleared", Value: f.sourceCleared.Load()},
 		{Name: "drop_unknown_endpoint", Value: f.dropUnknownEndpoint.Load()},
 		{Name: "drop_peer_closed", Value: f.dropPeerClosed.Load()},
 		{Name: "drop_closed", Value: f.drop.Load()},

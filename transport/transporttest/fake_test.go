@@ -25,20 +25,31 @@ func openT(t *testing.T, f *Fake, port uint16) transport.ReceiveFunc {
 	return fns[0]
 }
 
-func batch() ([][]byte, []int, []netip.AddrPort) {
+func batch() ([][]byte, []int, []transport.Endpoint) {
 	bufs := make([][]byte, BatchSize)
 	for i := range bufs {
 		bufs[i] = make([]byte, transport.MaxDatagramSize)
 	}
-	return bufs, make([]int, BatchSize), make([]netip.AddrPort, BatchSize)
+	return bufs, make([]int, BatchSize), make([]transport.Endpoint, BatchSize)
 }
 
 // readN reads n datagrams with recv, in order, failing after a timeout.
 func readN(t *testing.T, recv transport.ReceiveFunc, n int) ([]string, []netip.AddrPort) {
 	t.Helper()
+	data, eps := readEndpoints(t, recv, n)
+	remotes := make([]netip.AddrPort, len(eps))
+	for i, ep := range eps {
+		remotes[i] = ep.Remote
+	}
+	return data, remotes
+}
+
+// readEndpoints is readN returning the whole endpoints.
+func readEndpoints(t *testing.T, recv transport.ReceiveFunc, n int) ([]string, []transport.Endpoint) {
+	t.Helper()
 	type result struct {
 		data []string
-		eps  []netip.AddrPort
+		eps  []transport.Endpoint
 		err  error
 	}
 	done := make(chan result, 1)
@@ -91,7 +102,7 @@ func TestPairDeliversBothWays(t *testing.T) {
 	a, b := NewPair()
 	ra := openT(t, a, 0)
 	rb := openT(t, b, 4242)
-	if err := a.Send(msgs("ab", 200), b.LocalAddr(0)); err != nil {
+	if err := a.Send(msgs("ab", 200), transport.EndpointFrom(b.LocalAddr(0))); err != nil {
 		t.Fatal(err)
 	}
 	data, eps := readN(t, rb, 200)
@@ -102,7 +113,7 @@ func TestPairDeliversBothWays(t *testing.T) {
 	}
 	// Reply to the source seen, IPv4-mapped as a dual-stack socket might.
 	mapped := netip.AddrPortFrom(netip.AddrFrom16(eps[0].Addr().As16()), eps[0].Port())
-	if err := b.Send(msgs("ba", 3), mapped); err != nil {
+	if err := b.Send(msgs("ba", 3), transport.EndpointFrom(mapped)); err != nil {
 		t.Fatal(err)
 	}
 	data, eps = readN(t, ra, 3)
@@ -120,19 +131,19 @@ func TestPairDeliversBothWays(t *testing.T) {
 func TestUnknownEndpointAndClosedPeerDrop(t *testing.T) {
 	a, b := NewPair()
 	openT(t, a, 0)
-	if err := a.Send(msgs("x", 3), netip.MustParseAddrPort("198.18.9.9:51820")); err != nil {
+	if err := a.Send(msgs("x", 3), transport.EndpointFrom(netip.MustParseAddrPort("198.18.9.9:51820"))); err != nil {
 		t.Fatalf("send to unknown endpoint: %v", err)
 	}
 	if got := counter(a, "drop_unknown_endpoint"); got != 3 {
 		t.Fatalf("drop_unknown_endpoint = %d, want 3", got)
 	}
 	// b is closed: like a host with no listener.
-	if err := a.Send(msgs("y", 2), b.LocalAddr(0)); err != nil {
+	if err := a.Send(msgs("y", 2), transport.EndpointFrom(b.LocalAddr(0))); err != nil {
 		t.Fatal(err)
 	}
 	openT(t, b, 0)
 	// Open, but on another port.
-	if err := a.Send(msgs("z", 1), netip.AddrPortFrom(AddrB, 9)); err != nil {
+	if err := a.Send(msgs("z", 1), transport.EndpointFrom(netip.AddrPortFrom(AddrB, 9))); err != nil {
 		t.Fatal(err)
 	}
 	if got := counter(a, "drop_peer_closed"); got != 3 {
@@ -145,7 +156,7 @@ func TestBackpressure(t *testing.T) {
 	openT(t, a, 0)
 	rb := openT(t, b, 0)
 	sent := make(chan error, 1)
-	go func() { sent <- a.Send(msgs("m", 10), b.LocalAddr(0)) }()
+	go func() { sent <- a.Send(msgs("m", 10), transport.EndpointFrom(b.LocalAddr(0))) }()
 	select {
 	case err := <-sent:
 		t.Fatalf("Send of 10 into a queue of 4 returned (%v) without a reader", err)
@@ -180,7 +191,7 @@ func TestCloseUnblocksSenders(t *testing.T) {
 			openT(t, a, 0)
 			openT(t, b, 0)
 			sent := make(chan error, 1)
-			go func() { sent <- a.Send(msgs("m", 5), b.LocalAddr(0)) }()
+			go func() { sent <- a.Send(msgs("m", 5), transport.EndpointFrom(b.LocalAddr(0))) }()
 			time.Sleep(20 * time.Millisecond)
 			closing := a
 			if who == "receiver" {
@@ -228,12 +239,12 @@ func TestOnSend(t *testing.T) {
 	a, _ := NewPair()
 	openT(t, a, 0)
 	var seen []string
-	a.OnSend(func(b []byte, to netip.AddrPort) { seen = append(seen, string(b)+"@"+to.String()) })
-	if err := a.Send(msgs("o", 2), netip.MustParseAddrPort("198.18.7.7:1")); err != nil {
+	a.OnSend(func(b []byte, to transport.Endpoint) { seen = append(seen, string(b)+"@"+to.String()) })
+	if err := a.Send(msgs("o", 2), transport.EndpointFrom(netip.MustParseAddrPort("198.18.7.7:1"))); err != nil {
 		t.Fatal(err)
 	}
 	a.OnSend(nil)
-	a.Send(msgs("p", 1), netip.MustParseAddrPort("198.18.7.7:1"))
+	a.Send(msgs("p", 1), transport.EndpointFrom(netip.MustParseAddrPort("198.18.7.7:1")))
 	if len(seen) != 2 || seen[1] != "o1@198.18.7.7:1" {
 		t.Fatalf("observed %q", seen)
 	}
@@ -266,12 +277,12 @@ func TestOpenCloseOpen(t *testing.T) {
 	if _, err := r1(bufs, sizes, eps); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("receive after Close: %v", err)
 	}
-	if err := a.Send(msgs("c", 1), b.LocalAddr(0)); !errors.Is(err, net.ErrClosed) {
+	if err := a.Send(msgs("c", 1), transport.EndpointFrom(b.LocalAddr(0))); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Send after Close: %v", err)
 	}
 	r2 := openT(t, a, 7000)
 	openT(t, b, 0)
-	if err := b.Send(msgs("again", 1), a.LocalAddr(0)); err != nil {
+	if err := b.Send(msgs("again", 1), transport.EndpointFrom(a.LocalAddr(0))); err != nil {
 		t.Fatal(err)
 	}
 	if data, _ := readN(t, r2, 1); data[0] != "again0" {
@@ -302,7 +313,7 @@ func BenchmarkPair(bm *testing.B) {
 	bm.ReportAllocs()
 	bm.ResetTimer()
 	for range bm.N {
-		if err := a.Send(send, to); err != nil {
+		if err := a.Send(send, transport.EndpointFrom(to)); err != nil {
 			bm.Fatal(err)
 		}
 		for got := 0; got < BatchSize; {
@@ -324,7 +335,7 @@ func TestHoldSends(t *testing.T) {
 	recv := openT(t, b, 0)
 	release := a.HoldSends()
 	sent := make(chan error, 1)
-	go func() { sent <- a.Send(msgs("held", 2), b.LocalAddr(0)) }()
+	go func() { sent <- a.Send(msgs("held", 2), transport.EndpointFrom(b.LocalAddr(0))) }()
 	for deadline := time.Now().Add(5 * time.Second); counter(a, "fake_send_waits") == 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("Send did not block on a held side")
@@ -346,7 +357,7 @@ func TestHoldSends(t *testing.T) {
 	}
 
 	a.HoldSends()
-	go func() { sent <- a.Send(msgs("closed", 1), b.LocalAddr(0)) }()
+	go func() { sent <- a.Send(msgs("closed", 1), transport.EndpointFrom(b.LocalAddr(0))) }()
 	for deadline := time.Now().Add(5 * time.Second); counter(a, "fake_send_waits") < 2; {
 		if time.Now().After(deadline) {
 			t.Fatal("second Send did not block")
@@ -356,5 +367,46 @@ func TestHoldSends(t *testing.T) {
 	a.Close()
 	if err := <-sent; !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("held Send after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// TestStickySource: a side with two addresses hears a datagram on the
+// second, and the reply to the endpoint as received leaves from it; once
+// the address is gone the reply leaves from the first address, counted,
+// with ErrSourceCleared.
+func TestStickySource(t *testing.T) {
+	a, b := NewPair()
+	ra := openT(t, a, 0)
+	rb := openT(t, b, 0)
+	second := netip.MustParseAddr("198.18.0.12")
+	b.AddAddr(second)
+	if err := a.Send(msgs("q", 1), transport.EndpointFrom(netip.AddrPortFrom(second, DefaultPort))); err != nil {
+		t.Fatal(err)
+	}
+	_, eps := readEndpoints(t, rb, 1)
+	want := transport.Endpoint{Remote: netip.AddrPortFrom(AddrA, DefaultPort), Local: second, IfIndex: IfIndex}
+	if eps[0] != want {
+		t.Fatalf("received endpoint %v, want %v", eps[0], want)
+	}
+	if err := b.Send(msgs("r", 1), eps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := readEndpoints(t, ra, 1); got[0].Remote.Addr() != second || got[0].Local != AddrA {
+		t.Fatalf("reply %v, want from %v to %v", got[0], second, AddrA)
+	}
+	b.RemoveAddr(second)
+	if err := b.Send(msgs("s", 2), eps[0]); !errors.Is(err, transport.ErrSourceCleared) {
+		t.Fatalf("Send from a removed address: %v, want ErrSourceCleared", err)
+	}
+	if _, got := readN(t, ra, 2); got[1].Addr() != AddrB {
+		t.Fatalf("reply from %v after the address went, want %v", got[1], AddrB)
+	}
+	if n := counter(b, "fake_sticky_source_cleared"); n != 1 {
+		t.Fatalf("fake_sticky_source_cleared = %d, want 1", n)
+	}
+	// Datagrams to the removed address are lost, as on a network.
+	a.Send(msgs("t", 1), transport.EndpointFrom(netip.AddrPortFrom(second, DefaultPort)))
+	if n := counter(a, "drop_unknown_endpoint"); n != 1 {
+		t.Fatalf("drop_unknown_endpoint = %d, want 1", n)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 const ms = int64(time.Millisecond)
@@ -141,7 +143,7 @@ func TestAQMOnSocket(t *testing.T) {
 			t.Skip("no SO_TIMESTAMPNS")
 		}
 		const bulk, small = 1500, 100
-		to := netip.AddrPortFrom(lo4, portB)
+		to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))
 		for i := range bulk {
 			msgs := [][]byte{payload(i, 1400)}
 			if i%(bulk/small) == 0 {
@@ -152,6 +154,7 @@ func TestAQMOnSocket(t *testing.T) {
 			}
 		}
 		time.Sleep(20 * time.Millisecond) // the head now waited far above target
+		failLosses(t, b, 10*time.Second)
 		rb, sizes, eps := batch(32)
 		gotBulk, gotSmall := 0, 0
 		deadline := time.Now().Add(10 * time.Second)

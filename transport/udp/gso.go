@@ -1,6 +1,6 @@
 package udp
 
-import "net/netip"
+import "github.com/ptun-vpn/ptun/transport"
 
 // maxGSOSegments is the most datagrams the kernel accepts in one segmented
 // (UDP_SEGMENT) send, and the most GRO puts in one received message.
@@ -41,12 +41,13 @@ func gsoRunEnd(bufs [][]byte, start, maxBytes int) int {
 	return end
 }
 
-// rxMsg is one received message before it is split: n bytes from ep that
+// rxMsg is one received message before it is split: n bytes from ep (the
+// sender, and the local address it arrived on) that
 // GRO may have coalesced from datagrams of seg bytes each (the last may be
 // shorter; seg 0 means one datagram). A dropped message yields nothing.
 type rxMsg struct {
 	n, seg int
-	ep     netip.AddrPort
+	ep     transport.Endpoint
 	drop   bool
 }
 
@@ -73,7 +74,7 @@ func (m rxMsg) segments() int {
 // back: message j's datagrams land at or after index j, in buffers whose
 // messages have already moved, so no bytes are overwritten before they are
 // copied. msgs is reordered in the process.
-func split(bufs [][]byte, sizes []int, eps []netip.AddrPort, msgs []rxMsg, stash *pending) int {
+func split(bufs [][]byte, sizes []int, eps []transport.Endpoint, msgs []rxMsg, stash *pending) int {
 	room := min(len(bufs), len(sizes), len(eps))
 	kept := 0
 	for j, m := range msgs {
@@ -141,19 +142,19 @@ type pending struct {
 
 type pendingMsg struct {
 	off, n, seg int // bytes buf[off:off+n], datagrams of seg bytes (0: one)
-	ep          netip.AddrPort
+	ep          transport.Endpoint
 }
 
 func (p *pending) empty() bool { return p.head == len(p.ents) }
 
-func (p *pending) push(b []byte, seg int, ep netip.AddrPort) {
+func (p *pending) push(b []byte, seg int, ep transport.Endpoint) {
 	p.ents = append(p.ents, pendingMsg{off: len(p.buf), n: len(b), seg: seg, ep: ep})
 	p.buf = append(p.buf, b...)
 }
 
 // drain hands out stashed datagrams in order, one per buffer, and returns
 // how many.
-func (p *pending) drain(bufs [][]byte, sizes []int, eps []netip.AddrPort) int {
+func (p *pending) drain(bufs [][]byte, sizes []int, eps []transport.Endpoint) int {
 	room := min(len(bufs), len(sizes), len(eps))
 	out := 0
 	for out < room && p.head < len(p.ents) {

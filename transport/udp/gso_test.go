@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 // payload is datagram i's content: recognisable bytes of length n.
@@ -49,10 +51,10 @@ func sizesFromBytes(data []byte) []int {
 
 // spread runs split then drains the stash until empty, with room buffers
 // per call, and returns every datagram handed out.
-func spread(t testing.TB, bufs [][]byte, msgs []rxMsg, room int) (out [][]byte, eps []netip.AddrPort) {
+func spread(t testing.TB, bufs [][]byte, msgs []rxMsg, room int) (out [][]byte, eps []transport.Endpoint) {
 	var st pending
 	sizes := make([]int, len(bufs))
-	ep := make([]netip.AddrPort, len(bufs))
+	ep := make([]transport.Endpoint, len(bufs))
 	n := split(bufs[:room], sizes[:room], ep[:room], msgs, &st)
 	for i := range n {
 		out = append(out, bytes.Clone(bufs[i][:sizes[i]]))
@@ -105,7 +107,11 @@ func roundTrip(t testing.TB, dgrams [][]byte, maxBytes, room int) {
 		if end-i > 1 {
 			seg = len(dgrams[i])
 		}
-		ep := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(len(msgs))}), uint16(i))
+		ep := transport.Endpoint{
+			Remote:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(len(msgs))}), uint16(i)),
+			Local:   netip.AddrFrom4([4]byte{198, 19, 0, byte(len(msgs))}),
+			IfIndex: uint32(len(msgs)),
+		}
 		msgs = append(msgs, rxMsg{n: len(run), seg: seg, ep: ep})
 		joined = append(joined, run)
 		bufLen = max(bufLen, len(run))
@@ -208,7 +214,8 @@ func TestSplitOverflowKeepsOrder(t *testing.T) {
 			joined = append(joined, d...)
 		}
 		copy(bufs[j], joined)
-		msgs = append(msgs, rxMsg{n: len(joined), seg: seg, ep: netip.AddrPortFrom(netip.IPv6Loopback(), uint16(j+1))})
+		msgs = append(msgs, rxMsg{n: len(joined), seg: seg, ep: transport.Endpoint{
+			Remote: netip.AddrPortFrom(netip.IPv6Loopback(), uint16(j+1)), Local: netip.IPv6Loopback(), IfIndex: 1}})
 	}
 	add(100, 100, 100, 100, 100, 100)
 	add(0, 33)
@@ -223,7 +230,7 @@ func TestSplitOverflowKeepsOrder(t *testing.T) {
 		if !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("datagram %d differs: got %d bytes, want %d", i, len(got[i]), len(want[i]))
 		}
-		if eps[i].Port() != wantPorts[i] {
+		if eps[i].Remote.Port() != wantPorts[i] || eps[i].Local != netip.IPv6Loopback() || eps[i].IfIndex != 1 {
 			t.Fatalf("datagram %d from %v, want port %d", i, eps[i], wantPorts[i])
 		}
 	}
@@ -322,7 +329,7 @@ func FuzzSplit(f *testing.F) {
 			n := int(data[i]) * 13
 			seg := int(data[i+1])
 			msgs = append(msgs, rxMsg{n: n, seg: seg, drop: data[i+2] == 1,
-				ep: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(len(msgs)))})
+				ep: transport.EndpointFrom(netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(len(msgs))))})
 		}
 		bufLen := 1
 		for _, m := range msgs {

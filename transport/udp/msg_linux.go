@@ -11,8 +11,9 @@ import (
 const sockaddrSize = unix.SizeofSockaddrInet6
 
 // oobSize is the control buffer of one received message: room for the GRO
-// segment size (an int) and a receive timestamp (a timespec).
-const oobSize = 64
+// segment size (an int), a receive timestamp (a timespec) and the packet
+// info (an in_pktinfo or in6_pktinfo), with some to spare.
+const oobSize = 128
 
 // gsoCmsgSpace is the control buffer of one segmented send: the
 // UDP_SEGMENT size (a uint16).
@@ -20,6 +21,14 @@ var gsoCmsgSpace = unix.CmsgSpace(2)
 
 // gsoCmsgMax is a compile-time upper bound of gsoCmsgSpace for array sizes.
 const gsoCmsgMax = 32
+
+// pktinfoCmsgMax is a compile-time upper bound of the control message that
+// carries a send's source: an in_pktinfo (12 bytes) or in6_pktinfo (20).
+const pktinfoCmsgMax = 48
+
+// txOOBSize is the control buffer of one sent message: its source, then
+// its segment size.
+const txOOBSize = pktinfoCmsgMax + gsoCmsgMax
 
 // putSockaddr writes ep as a sockaddr_in (v6 false) or sockaddr_in6 into b
 // and returns its length. ep must be an IPv4 address for v6 false.
@@ -141,18 +150,99 @@ func cmsgData(oob []byte, level, typ int) []byte {
 	return nil
 }
 
+// The layouts of struct in_pktinfo {ifindex int32; spec_dst, addr [4]byte}
+// and struct in6_pktinfo {addr [16]byte; ifindex int32}.
+const (
+	sizeofInet4Pktinfo = 12
+	sizeofInet6Pktinfo = 20
+)
+
+// pktinfo returns the local address and interface of a received datagram
+// from its IP_PKTINFO (v6 false) or IPV6_PKTINFO control message in oob.
+// For IPv4 the address is ipi_spec_dst, the one the kernel would answer
+// from, which differs from the header's destination for broadcasts. local
+// is the zero Addr when there is no such message or the address cannot be
+// a source (unspecified, multicast, limited broadcast).
+func pktinfo(oob []byte, v6 bool) (local netip.Addr, ifindex uint32) {
+	if !v6 {
+		data := cmsgData(oob, unix.IPPROTO_IP, unix.IP_PKTINFO)
+		if len(data) < sizeofInet4Pktinfo {
+			return netip.Addr{}, 0
+		}
+		ifindex = binary.NativeEndian.Uint32(data[0:4])
+		local = netip.AddrFrom4([4]byte(data[4:8]))
+		if local.IsUnspecified() {
+			local = netip.AddrFrom4([4]byte(data[8:12]))
+		}
+		if !usableSource(local) {
+			return netip.Addr{}, ifindex
+		}
+		return local, ifindex
+	}
+	data := cmsgData(oob, unix.IPPROTO_IPV6, unix.IPV6_PKTINFO)
+	if len(data) < sizeofInet6Pktinfo {
+		return netip.Addr{}, 0
+	}
+	local = netip.AddrFrom16([16]byte(data[0:16]))
+	ifindex = binary.NativeEndian.Uint32(data[16:20])
+	if local.Is4In6() || !usableSource(local) {
+		return netip.Addr{}, ifindex
+	}
+	return local, ifindex
+}
+
+// usableSource reports whether a can be the source of a unicast datagram.
+func usableSource(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// putPktinfo writes the control message that makes a send leave from local
+// into b and returns its length: IP_PKTINFO with ipi_spec_dst for IPv4 (v6
+// false), IPV6_PKTINFO for IPv6. The interface index goes into the IPv6
+// message only for a link-local local address, which needs it; otherwise
+// the route alone picks the interface. local must be of the socket's
+// family and b at least pktinfoCmsgMax long.
+func putPktinfo(b []byte, local netip.Addr, ifindex uint32, v6 bool) int {
+	level, typ, size := unix.IPPROTO_IP, unix.IP_PKTINFO, sizeofInet4Pktinfo
+	if v6 {
+		level, typ, size = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, sizeofInet6Pktinfo
+	}
+	space := unix.CmsgSpace(size)
+	b = b[:space]
+	clear(b)
+	putCmsgHeader(b, level, typ, size)
+	data := b[cmsgAlign(unix.SizeofCmsghdr):]
+	if !v6 {
+		a := local.As4()
+		copy(data[4:8], a[:]) // ipi_spec_dst; ipi_ifindex and ipi_addr stay 0
+		return space
+	}
+	a := local.As16()
+	copy(data[0:16], a[:])
+	if local.IsLinkLocalUnicast() {
+		binary.NativeEndian.PutUint32(data[16:20], ifindex)
+	}
+	return space
+}
+
+// putCmsgHeader writes a control-message header for size bytes of data.
+func putCmsgHeader(b []byte, level, typ, size int) {
+	if unix.SizeofPtr == 8 {
+		binary.NativeEndian.PutUint64(b[0:8], uint64(unix.CmsgLen(size)))
+	} else {
+		binary.NativeEndian.PutUint32(b[0:4], uint32(unix.CmsgLen(size)))
+	}
+	binary.NativeEndian.PutUint32(b[unix.SizeofPtr:], uint32(level))
+	binary.NativeEndian.PutUint32(b[unix.SizeofPtr+4:], uint32(typ))
+}
+
 // putGSOSize writes a UDP_SEGMENT control message for segments of seg bytes
 // into b and returns its length.
 func putGSOSize(b []byte, seg int) int {
 	b = b[:gsoCmsgSpace]
 	clear(b)
-	if unix.SizeofPtr == 8 {
-		binary.NativeEndian.PutUint64(b[0:8], uint64(unix.CmsgLen(2)))
-	} else {
-		binary.NativeEndian.PutUint32(b[0:4], uint32(unix.CmsgLen(2)))
-	}
-	binary.NativeEndian.PutUint32(b[unix.SizeofPtr:], unix.SOL_UDP)
-	binary.NativeEndian.PutUint32(b[unix.SizeofPtr+4:], unix.UDP_SEGMENT)
+	putCmsgHeader(b, unix.SOL_UDP, unix.UDP_SEGMENT, 2)
 	binary.NativeEndian.PutUint16(b[cmsgAlign(unix.SizeofCmsghdr):], uint16(seg))
 	return gsoCmsgSpace
 }

@@ -134,3 +134,132 @@ func TestRxTimestamp(t *testing.T) {
 		t.Fatal("accepted a truncated timestamp")
 	}
 }
+
+func TestPktinfoParse(t *testing.T) {
+	ts := cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, make([]byte, 2*unix.SizeofPtr))
+	gro := groCmsg(1420, false)
+	for _, tc := range []struct {
+		name    string
+		oob     []byte
+		v6      bool
+		local   string // "" for none
+		ifindex uint32
+	}{
+		{"v4", unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 3, Spec_dst: [4]byte{198, 18, 0, 2}, Addr: [4]byte{198, 18, 0, 2}}), false, "198.18.0.2", 3},
+		// A broadcast's reply address is spec_dst, not the header's.
+		{"v4 broadcast", unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 2, Spec_dst: [4]byte{198, 18, 0, 1}, Addr: [4]byte{198, 18, 0, 255}}), false, "198.18.0.1", 2},
+		{"v4 no spec_dst", unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 2, Addr: [4]byte{198, 18, 0, 7}}), false, "198.18.0.7", 2},
+		{"v4 limited broadcast", unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 2, Addr: [4]byte{255, 255, 255, 255}}), false, "", 2},
+		{"v4 multicast", unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 2, Spec_dst: [4]byte{224, 0, 0, 1}}), false, "", 2},
+		{"v4 among others", append(append(append([]byte{}, gro...), unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 9, Spec_dst: [4]byte{198, 19, 1, 1}})...), ts...), false, "198.19.1.1", 9},
+		{"v4 wanted, v6 there", unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 2}, Ifindex: 4}), false, "", 0},
+		{"v6", unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 2}, Ifindex: 4}), true, "2001:db8::2", 4},
+		{"v6 link-local", unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0xfe, 0x80, 15: 1}, Ifindex: 5}), true, "fe80::1", 5},
+		{"v6 multicast", unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0xff, 0x02, 15: 1}, Ifindex: 5}), true, "", 5},
+		{"v6 mapped", unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{10: 0xff, 11: 0xff, 198, 18, 0, 1}, Ifindex: 5}), true, "", 5},
+		{"v6 among others", append(append([]byte{}, ts...), unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 9}, Ifindex: 1})...), true, "2001:db8::9", 1},
+		{"none", gro, false, "", 0},
+		{"short v4", cmsg(unix.IPPROTO_IP, unix.IP_PKTINFO, []byte{1, 0, 0, 0, 198, 18, 0, 1}), false, "", 0},
+		{"short v6", cmsg(unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, make([]byte, 16)), true, "", 0},
+	} {
+		local, ifindex := pktinfo(tc.oob, tc.v6)
+		want := netip.Addr{}
+		if tc.local != "" {
+			want = netip.MustParseAddr(tc.local)
+		}
+		if local != want || ifindex != tc.ifindex {
+			t.Errorf("%s: pktinfo = %v, %d; want %v, %d", tc.name, local, ifindex, want, tc.ifindex)
+		}
+	}
+}
+
+func TestPutPktinfoParsesBack(t *testing.T) {
+	for _, tc := range []struct {
+		local       string
+		ifindex     uint32
+		wantIfindex uint32
+	}{
+		{"198.18.0.2", 7, 0}, // IPv4: the source only, the route picks the interface
+		{"2001:db8::2", 7, 0},
+		{"fe80::2", 7, 7}, // a link-local source needs its interface
+	} {
+		local := netip.MustParseAddr(tc.local)
+		v6 := local.Is6()
+		b := make([]byte, txOOBSize)
+		n := putPktinfo(b, local, tc.ifindex, v6)
+		// The kernel's own reading of it: level, type and layout.
+		msgs, err := unix.ParseSocketControlMessage(b[:n])
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("%v: ParseSocketControlMessage: %v, %d messages", local, err, len(msgs))
+		}
+		m := msgs[0]
+		if !v6 {
+			if m.Header.Level != unix.IPPROTO_IP || m.Header.Type != unix.IP_PKTINFO || len(m.Data) != unix.SizeofInet4Pktinfo {
+				t.Fatalf("%v: level %d type %d, %d bytes", local, m.Header.Level, m.Header.Type, len(m.Data))
+			}
+			if got := netip.AddrFrom4([4]byte(m.Data[4:8])); got != local ||
+				binary.NativeEndian.Uint32(m.Data[0:4]) != tc.wantIfindex || [4]byte(m.Data[8:12]) != [4]byte{} {
+				t.Fatalf("%v: in_pktinfo %x", local, m.Data)
+			}
+		} else {
+			if m.Header.Level != unix.IPPROTO_IPV6 || m.Header.Type != unix.IPV6_PKTINFO || len(m.Data) != unix.SizeofInet6Pktinfo {
+				t.Fatalf("%v: level %d type %d, %d bytes", local, m.Header.Level, m.Header.Type, len(m.Data))
+			}
+			if got := netip.AddrFrom16([16]byte(m.Data[0:16])); got != local || binary.NativeEndian.Uint32(m.Data[16:20]) != tc.wantIfindex {
+				t.Fatalf("%v: in6_pktinfo %x", local, m.Data)
+			}
+		}
+		// Our parser reads back what we wrote (the receive side's layout
+		// is the same).
+		if got, _ := pktinfo(b[:n], v6); got != local {
+			t.Fatalf("%v: parsed back as %v", local, got)
+		}
+		// Followed by a GSO message, as build lays them out, both parse.
+		n += putGSOSize(b[n:], 1200)
+		if got, _ := pktinfo(b[:n], v6); got != local || groSizeOf(b[:n]) != 1200 {
+			t.Fatalf("%v: source and segment size together: %v, %d", local, got, groSizeOf(b[:n]))
+		}
+	}
+}
+
+// groSizeOf reads a UDP_SEGMENT size the way groSize reads UDP_GRO's.
+func groSizeOf(oob []byte) int {
+	data := cmsgData(oob, unix.SOL_UDP, unix.UDP_SEGMENT)
+	if len(data) < 2 {
+		return 0
+	}
+	return int(binary.NativeEndian.Uint16(data))
+}
+
+// FuzzPktinfo feeds the packet-info parser arbitrary bytes (it must not
+// panic, and must return only addresses a datagram can come from) and
+// checks that what putPktinfo writes, alone or after another message,
+// parses back.
+func FuzzPktinfo(f *testing.F) {
+	f.Add(unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: 3, Spec_dst: [4]byte{198, 18, 0, 2}}), []byte{198, 18, 0, 2}, uint32(3), false)
+	f.Add(unix.PktInfo6(&unix.Inet6Pktinfo{Addr: [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 2}, Ifindex: 4}), []byte{0x20, 0x01, 0x0d, 0xb8, 15: 2}, uint32(4), true)
+	f.Add(groCmsg(1420, true), []byte{0xfe, 0x80, 15: 1}, uint32(9), false)
+	f.Add([]byte{}, []byte{224, 0, 0, 1}, uint32(0), true)
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 8, 0, 0, 0}, []byte{}, uint32(1), false)
+	f.Fuzz(func(t *testing.T, oob, addr []byte, ifindex uint32, extra bool) {
+		for _, v6 := range []bool{false, true} {
+			if local, _ := pktinfo(oob, v6); local.IsValid() && (!usableSource(local) || local.Is4() == v6) {
+				t.Fatalf("pktinfo(v6 %v) returned %v", v6, local)
+			}
+		}
+		local, ok := netip.AddrFromSlice(addr)
+		if !ok || !usableSource(local) || local.Is4In6() {
+			return
+		}
+		var b []byte
+		if extra {
+			b = groCmsg(1000, true)
+		}
+		v6 := local.Is6()
+		w := make([]byte, pktinfoCmsgMax)
+		b = append(b, w[:putPktinfo(w, local, ifindex, v6)]...)
+		if got, _ := pktinfo(b, v6); got != local {
+			t.Fatalf("%v parsed back as %v", local, got)
+		}
+	})
+}

@@ -3,12 +3,13 @@ package udp
 import (
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 // receiver is one socket's ReceiveFunc with its pre-allocated recvmmsg
@@ -50,7 +51,7 @@ func newReceiver(s *socket) *receiver {
 		h.Name = &r.names[i][0]
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
-		if s.gro || s.stamp {
+		if s.gro || s.stamp || s.sticky {
 			h.Control = &r.oob[i][0]
 		}
 	}
@@ -65,8 +66,10 @@ func newReceiver(s *socket) *receiver {
 // until at least one datagram is there, reads up to a batch with one
 // recvmmsg and splits GRO messages back into datagrams, one per buffer.
 // Datagrams that do not fit are kept, in order, for the next call, which
-// then makes no syscall. After Close it returns net.ErrClosed.
-func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+// then makes no syscall. With sticky sources each endpoint carries the
+// local address and interface the datagram arrived on. After Close it
+// returns net.ErrClosed.
+func (r *receiver) receive(bufs [][]byte, sizes []int, eps []transport.Endpoint) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := &r.s.t.stats
@@ -83,7 +86,8 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 		st.rxDatagrams.Add(uint64(n))
 		return n, nil
 	}
-	gro, cmsgs := r.s.gro, r.s.gro || r.s.stamp
+	gro, sticky := r.s.gro, r.s.sticky
+	cmsgs := gro || sticky || r.s.stamp
 	for {
 		vlen := room
 		if gro {
@@ -111,12 +115,16 @@ func (r *receiver) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (in
 		for j := range m {
 			h := &r.hdrs[j]
 			msg := rxMsg{n: int(h.Len)}
-			msg.ep, _ = parseSockaddr(r.names[j][:min(int(h.Hdr.Namelen), sockaddrSize)])
+			msg.ep.Remote, _ = parseSockaddr(r.names[j][:min(int(h.Hdr.Namelen), sockaddrSize)])
+			oob := r.oob[j][:min(int(h.Hdr.Controllen), oobSize)]
 			if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 				msg.drop = true
 				st.dropRecvTruncated.Add(1)
 			} else if gro {
-				msg.seg = groSize(r.oob[j][:min(int(h.Hdr.Controllen), oobSize)])
+				msg.seg = groSize(oob)
+			}
+			if sticky {
+				msg.ep.Local, msg.ep.IfIndex = pktinfo(oob, r.s.v6)
 			}
 			k := msg.segments()
 			if k > 1 {

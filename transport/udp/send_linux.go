@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/transport"
 )
 
 // sender holds one socket's pre-allocated sendmmsg state. It is guarded by
@@ -17,10 +19,24 @@ import (
 type sender struct {
 	hdrs    [BatchSize]unix.Mmsghdr
 	iovs    [BatchSize]unix.Iovec // one per datagram of the chunk, in order
-	oob     [BatchSize][gsoCmsgMax]byte
+	oob     [BatchSize][txOOBSize]byte
 	first   [BatchSize + 1]int // first[i]: the chunk index of message i's first datagram
 	name    [sockaddrSize]byte
 	namelen uint32
+
+	// src is the control message that sets the source of every message,
+	// src[:srcLen]; srcLen is 0 when the route picks the source. Set per
+	// Send.
+	src    [pktinfoCmsgMax]byte
+	srcLen int
+	// The source's fallback within one Send: srcTrial while messages go
+	// out without a source that the kernel refused, to learn whether it
+	// was at fault; srcTried once that was tried; srcCleared once it
+	// proved gone (Send then returns transport.ErrSourceCleared).
+	srcTrial, srcTried, srcCleared bool
+	srcSaved                       int        // srcLen during a trial
+	srcAddr                        netip.Addr // the source, for the log
+	srcErrno                       unix.Errno // what the kernel said to it
 
 	// The arguments and results of write, which is made once so that
 	// RawConn.Write needs no new closure per call.
@@ -48,8 +64,14 @@ func newSender(s *socket) *sender {
 // for room through Go's poller; if no datagram gets out for a while (about
 // a second) it gives up. Datagrams the kernel refuses are counted as
 // drop_udp_send_<errno>, and the first such error is returned after the
-// rest were tried. An IPv4-mapped ep goes out of the IPv4 socket.
-func (t *Transport) Send(bufs [][]byte, ep netip.AddrPort) error {
+// rest were tried. An IPv4-mapped ep.Remote goes out of the IPv4 socket.
+//
+// Datagrams leave from ep.Local when it is set (of ep.Remote's family) and
+// sticky sources are on. When the kernel refuses that source (the address
+// is gone), Send sends from the route's choice instead, counts
+// udp_sticky_source_cleared and, unless another error occurred, returns
+// transport.ErrSourceCleared.
+func (t *Transport) Send(bufs [][]byte, ep transport.Endpoint) error {
 	if len(bufs) == 0 {
 		return nil
 	}
@@ -58,8 +80,8 @@ func (t *Transport) Send(bufs [][]byte, ep netip.AddrPort) error {
 		t.stats.dropSendClosed.Add(uint64(len(bufs)))
 		return net.ErrClosed
 	}
-	addr := ep.Addr().Unmap()
-	if !addr.IsValid() || ep.Port() == 0 {
+	addr := ep.Remote.Addr().Unmap()
+	if !addr.IsValid() || ep.Remote.Port() == 0 {
 		// Refused here: the kernel's EINVAL for port 0 would look like a
 		// GSO failure.
 		t.stats.dropSend(int(unix.EINVAL), len(bufs))
@@ -73,7 +95,11 @@ func (t *Transport) Send(bufs [][]byte, ep netip.AddrPort) error {
 		t.stats.dropSendNoSocket.Add(uint64(len(bufs)))
 		return ErrNoSocket
 	}
-	return s.send(bufs, netip.AddrPortFrom(addr.WithZone(""), ep.Port()))
+	local := ep.Local.Unmap()
+	if !s.sticky || local.Is4() != addr.Is4() || !usableSource(local) {
+		local = netip.Addr{}
+	}
+	return s.send(bufs, netip.AddrPortFrom(addr.WithZone(""), ep.Remote.Port()), local.WithZone(""), ep.IfIndex)
 }
 
 // stallError reports a send that got no datagram out within its bound.
@@ -85,11 +111,17 @@ func (e stallError) Error() string {
 
 func (e stallError) Unwrap() error { return e.errno }
 
-func (s *socket) send(bufs [][]byte, ep netip.AddrPort) error {
+// send sends bufs to ep from local (the zero Addr: the route's choice).
+func (s *socket) send(bufs [][]byte, ep netip.AddrPort, local netip.Addr, ifindex uint32) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	tx := s.tx
 	tx.namelen = putSockaddr(&tx.name, ep, s.v6)
+	tx.srcLen, tx.srcTrial, tx.srcTried, tx.srcCleared = 0, false, false, false
+	if local.IsValid() {
+		tx.srcLen = putPktinfo(tx.src[:], local, ifindex, s.v6)
+	}
+	tx.srcAddr = local
 	var firstErr error
 	for off := 0; off < len(bufs); off += BatchSize {
 		chunk := bufs[off:min(off+BatchSize, len(bufs))]
@@ -109,6 +141,9 @@ func (s *socket) send(bufs [][]byte, ep netip.AddrPort) error {
 			break
 		}
 	}
+	if firstErr == nil && tx.srcCleared {
+		return transport.ErrSourceCleared
+	}
 	return firstErr
 }
 
@@ -121,7 +156,8 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 	if s.v6 {
 		maxBytes = maxGSOBytes6
 	}
-	m := tx.build(chunk, 0, 0, s.gso && !t.gsoBroken.Load(), maxBytes)
+	gso := s.gso && !t.gsoBroken.Load()
+	m := tx.build(chunk, 0, 0, gso, maxBytes)
 	defer tx.release(len(chunk))
 
 	var (
@@ -155,6 +191,12 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 			return true, net.ErrClosed
 		}
 		if n := tx.n; n > 0 {
+			if tx.srcTrial {
+				// Without the source it goes: the source was at fault.
+				tx.srcTrial, tx.srcCleared = false, true
+				t.stats.stickySourceCleared.Add(1)
+				t.opts.logf("udp: the kernel refused source address %v (%v); sending from the route's source", tx.srcAddr, tx.srcErrno)
+			}
 			t.stats.txDatagrams.Add(uint64(tx.first[start+n] - tx.first[start]))
 			segmented := 0
 			for i := start; i < start+n; i++ {
@@ -173,7 +215,19 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 		}
 		errno := tx.errno
 		segmented := tx.first[start+1]-tx.first[start] > 1
+		if tx.srcTrial && errno != unix.EAGAIN && errno != unix.ENOBUFS {
+			// It fails without the source too: something else is at
+			// fault. Put the source back and handle the error as usual.
+			tx.srcTrial, tx.srcLen = false, tx.srcSaved
+			m = tx.build(chunk, start, tx.first[start], gso, maxBytes)
+		}
 		switch {
+		case tx.srcLen > 0 && !tx.srcTried && sourceRefused(errno):
+			// The source address may be gone. Try once without it;
+			// success (above) proves it and clears it for this Send.
+			tx.srcTrial, tx.srcTried, tx.srcSaved, tx.srcLen = true, true, tx.srcLen, 0
+			tx.srcErrno = errno
+			m = tx.build(chunk, start, tx.first[start], gso, maxBytes)
 		case errno == unix.EAGAIN || errno == unix.ENOBUFS:
 			t.stats.txWaits.Add(1)
 			tx.wait, waitErrno = true, errno
@@ -186,11 +240,13 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 				t.stats.gsoDisabled.Add(1)
 				t.opts.logf("udp: segmented send failed (%v); UDP GSO is off from now on", errno)
 			}
-			m = tx.build(chunk, start, tx.first[start], false, maxBytes)
+			gso = false
+			m = tx.build(chunk, start, tx.first[start], gso, maxBytes)
 		case segmented && errno == unix.EMSGSIZE:
 			// Too big together (a path MTU below the segment size, say);
 			// try the rest of this chunk one by one.
-			m = tx.build(chunk, start, tx.first[start], false, maxBytes)
+			gso = false
+			m = tx.build(chunk, start, tx.first[start], gso, maxBytes)
 		case errno == unix.EMSGSIZE:
 			// Only this datagram is at fault.
 			t.stats.dropSend(int(errno), 1)
@@ -213,7 +269,8 @@ func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 
 // build lays out datagrams chunk[d:] as messages from hdrs[m] on, one per
 // GSO run when gso is set and one per datagram otherwise, and returns the
-// message count. The socket address must already be in tx.name.
+// message count. The socket address must already be in tx.name, and the
+// source's control message, if any, in tx.src[:tx.srcLen].
 func (tx *sender) build(chunk [][]byte, m, d int, gso bool, maxBytes int) int {
 	for d < len(chunk) {
 		end := d + 1
@@ -230,9 +287,13 @@ func (tx *sender) build(chunk [][]byte, m, d int, gso bool, maxBytes int) int {
 		h.Hdr.Iov = &tx.iovs[d]
 		h.Hdr.SetIovlen(end - d)
 		h.Hdr.Flags = 0
+		oob := copy(tx.oob[m][:], tx.src[:tx.srcLen])
 		if end-d > 1 {
+			oob += putGSOSize(tx.oob[m][oob:], len(chunk[d]))
+		}
+		if oob > 0 {
 			h.Hdr.Control = &tx.oob[m][0]
-			h.Hdr.SetControllen(putGSOSize(tx.oob[m][:], len(chunk[d])))
+			h.Hdr.SetControllen(oob)
 		} else {
 			h.Hdr.Control = nil
 			h.Hdr.SetControllen(0)
@@ -243,6 +304,18 @@ func (tx *sender) build(chunk [][]byte, m, d int, gso bool, maxBytes int) int {
 	}
 	tx.first[m] = len(chunk)
 	return m
+}
+
+// sourceRefused reports whether errno from a send with a source address
+// may mean the host no longer has that address: EINVAL (IPv6, and IPv4 on
+// some kernels), ENETUNREACH (IPv4's route lookup), EADDRNOTAVAIL, and
+// ENODEV (the interface of a link-local source is gone).
+func sourceRefused(errno unix.Errno) bool {
+	switch errno {
+	case unix.EINVAL, unix.EADDRNOTAVAIL, unix.ENETUNREACH, unix.ENODEV:
+		return true
+	}
+	return false
 }
 
 // release drops the pointers into the caller's buffers.

@@ -2,9 +2,15 @@
 // on the same port, read with recvmmsg and written with sendmmsg, with UDP
 // GRO on receive and UDP GSO on send when the kernel supports them.
 //
-// Every offload has a kill switch (Options, or the PTUN_DISABLE_UDP_GSO and
-// PTUN_DISABLE_UDP_GRO environment variables), and GSO turns itself off for
-// good when the kernel rejects a segmented send. Nothing is dropped
+// Sources are sticky: each received datagram reports the local address it
+// was sent to (IP_PKTINFO, IPV6_RECVPKTINFO), and a send to that
+// transport.Endpoint leaves from the same address (an IP_PKTINFO or
+// IPV6_PKTINFO control message), so that on a host with several addresses
+// a peer hears replies from the address it wrote to.
+//
+// Every offload has a kill switch (Options, or the PTUN_DISABLE_UDP_GSO,
+// PTUN_DISABLE_UDP_GRO and PTUN_DISABLE_STICKY environment variables), and
+// GSO turns itself off for good when the kernel rejects a segmented send. Nothing is dropped
 // silently: a full send buffer blocks the sender (bounded), and datagrams
 // the kernel finally refuses are counted by reason in Stats.
 package udp
@@ -42,6 +48,10 @@ type Options struct {
 	DisableGSO bool
 	// DisableGRO turns UDP generic receive offload off for receives.
 	DisableGRO bool
+	// DisableSticky turns sticky sources off: received endpoints carry no
+	// local address and sends ignore the one they are given, so the
+	// route picks every source.
+	DisableSticky bool
 	// DisableAQM turns off the CoDel management of the receive queue
 	// (see aqm.go), leaving the socket buffer to fill and drop its tail.
 	DisableAQM bool
@@ -75,7 +85,8 @@ type SocketOpener interface {
 
 // OptionsFromEnv returns o with the kill switches from the environment
 // applied: PTUN_DISABLE_UDP_GSO=1 sets DisableGSO, PTUN_DISABLE_UDP_GRO=1
-// DisableGRO and PTUN_DISABLE_AQM=1 DisableAQM; PTUN_AQM_TARGET and
+// DisableGRO, PTUN_DISABLE_STICKY=1 DisableSticky and PTUN_DISABLE_AQM=1
+// DisableAQM; PTUN_AQM_TARGET and
 // PTUN_AQM_INTERVAL (Go durations such as 2ms) set CoDel's parameters.
 // Other values leave o's setting alone.
 func OptionsFromEnv(o Options) Options {
@@ -84,6 +95,9 @@ func OptionsFromEnv(o Options) Options {
 	}
 	if envOn("PTUN_DISABLE_UDP_GRO") {
 		o.DisableGRO = true
+	}
+	if envOn("PTUN_DISABLE_STICKY") {
+		o.DisableSticky = true
 	}
 	if envOn("PTUN_DISABLE_AQM") {
 		o.DisableAQM = true
@@ -143,6 +157,9 @@ type counters struct {
 	gsoDisabled atomic.Uint64 // GSO turned off after the kernel rejected a segmented send
 	groDisabled atomic.Uint64 // sockets on which GRO was wanted but could not be enabled
 
+	stickyUnavailable   atomic.Uint64 // sockets on which packet info could not be enabled
+	stickySourceCleared atomic.Uint64 // sends whose local source was gone, sent from the route's source
+
 	dropRecvTruncated atomic.Uint64
 	dropAQM           atomic.Uint64 // datagrams dropped by the receive queue's CoDel
 	aqmUnavailable    atomic.Uint64 // sockets without receive timestamps, so without AQM
@@ -180,6 +197,8 @@ func (c *counters) snapshot() []metrics.Counter {
 		{Name: "udp_tx_waits", Value: c.txWaits.Load()},
 		{Name: "udp_gso_disabled", Value: c.gsoDisabled.Load()},
 		{Name: "udp_gro_disabled", Value: c.groDisabled.Load()},
+		{Name: "udp_sticky_unavailable", Value: c.stickyUnavailable.Load()},
+		{Name: "udp_sticky_source_cleared", Value: c.stickySourceCleared.Load()},
 		{Name: "udp_aqm_unavailable", Value: c.aqmUnavailable.Load()},
 		{Name: "drop_udp_aqm", Value: c.dropAQM.Load()},
 	}
@@ -206,6 +225,7 @@ var _ metrics.Reporter = (*Transport)(nil)
 
 // Stats returns a snapshot of the transport's counters: datagrams and
 // syscalls in each direction (their ratio shows the batching), offload use
-// and fallbacks, and drops by reason (drop_udp_send_<errno> and others).
+// and fallbacks, sticky-source fallbacks (udp_sticky_source_cleared: sends
+// whose local address had gone), and drops by reason (drop_udp_send_<errno> and others).
 // It is safe to call at any time.
 func (t *Transport) Stats() []metrics.Counter { return t.stats.snapshot() }

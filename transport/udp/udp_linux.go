@@ -89,6 +89,7 @@ type socket struct {
 	gso    bool // the kernel supports UDP_SEGMENT and GSO is not switched off
 	gro    bool // UDP_GRO is on
 	stamp  bool // SO_TIMESTAMPNS is on, for the receive queue's AQM
+	sticky bool // packet info is on (IP_PKTINFO, IPV6_RECVPKTINFO): sources are sticky
 	closed atomic.Bool
 
 	sendMu sync.Mutex // guards tx and the connection's write deadline
@@ -265,8 +266,23 @@ func OpenSocket(v6 bool, port uint16, mark uint32, bufSize int, logf func(format
 }
 
 // setup configures a new socket: the offloads the kernel and the options
-// allow, and receive timestamps. None of it needs a privilege.
+// allow, receive timestamps, and the packet info sticky sources need.
+// None of it needs a privilege.
 func (t *Transport) setup(s *socket, fd int) {
+	if !t.opts.DisableSticky {
+		var err error
+		if s.v6 {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+		} else {
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		}
+		if err != nil {
+			t.stats.stickyUnavailable.Add(1)
+			t.opts.logf("udp: packet info: %v; replies leave from the route's source address", err)
+		} else {
+			s.sticky = true
+		}
+	}
 	if !t.opts.DisableGSO {
 		_, err := unix.GetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT)
 		s.gso = err == nil

@@ -39,8 +39,10 @@ func open(t testing.TB, opts Options) (*Transport, []transport.ReceiveFunc, uint
 }
 
 type received struct {
-	b    []byte
-	from netip.AddrPort
+	b     []byte
+	from  netip.AddrPort
+	local netip.Addr // the address it was sent to, if the transport knows
+	ep    transport.Endpoint
 }
 
 // collect runs every ReceiveFunc in its own goroutine and passes copies of
@@ -65,7 +67,7 @@ func collect(t testing.TB, tr *Transport, fns []transport.ReceiveFunc) <-chan re
 				}
 				for i := range n {
 					select {
-					case out <- received{bytes.Clone(bufs[i][:sizes[i]]), eps[i]}:
+					case out <- received{bytes.Clone(bufs[i][:sizes[i]]), eps[i].Remote, eps[i].Local, eps[i]}:
 					case <-done:
 					}
 				}
@@ -86,12 +88,20 @@ func collect(t testing.TB, tr *Transport, fns []transport.ReceiveFunc) <-chan re
 	return out
 }
 
-func batch(n int) ([][]byte, []int, []netip.AddrPort) {
+// failLosses makes tr's ReceiveFuncs fail, rather than block for ever,
+// when a datagram a test reads directly was lost: they return a timeout
+// after d.
+func failLosses(t testing.TB, tr *Transport, d time.Duration) {
+	t.Helper()
+	tr.socks.Load().each(func(s *socket) { s.conn.SetReadDeadline(time.Now().Add(d)) })
+}
+
+func batch(n int) ([][]byte, []int, []transport.Endpoint) {
 	bufs := make([][]byte, n)
 	for i := range bufs {
 		bufs[i] = make([]byte, transport.MaxDatagramSize)
 	}
-	return bufs, make([]int, n), make([]netip.AddrPort, n)
+	return bufs, make([]int, n), make([]transport.Endpoint, n)
 }
 
 // expect reads n datagrams from ch, failing after a generous timeout.
@@ -177,7 +187,7 @@ func TestSendReceiveMixedSizes(t *testing.T) {
 					for i, n := range mixedSizes {
 						bufs[i] = payload(round*1000+i, n)
 					}
-					if err := a.Send(bufs, netip.AddrPortFrom(fam.addr, portB)); err != nil {
+					if err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(fam.addr, portB))); err != nil {
 						t.Fatalf("Send: %v", err)
 					}
 					want = append(want, bufs...)
@@ -227,7 +237,8 @@ func TestGROSplit(t *testing.T) {
 			bufs[i] = payload(i, 1000)
 		}
 		bufs[29] = payload(29, tail)
-		if err := a.Send(bufs, netip.AddrPortFrom(lo4, portB)); err != nil {
+		failLosses(t, b, 10*time.Second)
+		if err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 			t.Fatal(err)
 		}
 		if got := counter(a, "udp_tx_gso_messages"); got != 1 {
@@ -242,7 +253,7 @@ func TestGROSplit(t *testing.T) {
 			t.Fatalf("one read returned %d datagrams, want 30", n)
 		}
 		for i := range n {
-			if !bytes.Equal(rb[i][:sizes[i]], bufs[i]) || eps[i] != netip.AddrPortFrom(lo4, portA) {
+			if !bytes.Equal(rb[i][:sizes[i]], bufs[i]) || eps[i].Remote != netip.AddrPortFrom(lo4, portA) {
 				t.Fatalf("datagram %d: %d bytes from %v, want %d from port %d", i, sizes[i], eps[i], len(bufs[i]), portA)
 			}
 		}
@@ -272,7 +283,8 @@ func TestGROOverflow(t *testing.T) {
 	for i := range 192 {
 		want = append(want, payload(i, 200))
 	}
-	if err := a.Send(want, netip.AddrPortFrom(lo4, portB)); err != nil {
+	failLosses(t, b, 10*time.Second)
+	if err := a.Send(want, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 		t.Fatal(err)
 	}
 	rb, sizes, eps := batch(BatchSize)
@@ -314,7 +326,7 @@ func TestKillSwitchEnv(t *testing.T) {
 	for i := range bufs {
 		bufs[i] = payload(i, 1000)
 	}
-	if err := a.Send(bufs, netip.AddrPortFrom(lo4, portB)); err != nil {
+	if err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, expect(t, ch, 30), bufs, netip.AddrPortFrom(lo4, portA))
@@ -348,7 +360,7 @@ func TestOpenCloseReopen(t *testing.T) {
 			t.Fatalf("ReceiveFunc after Close: %v, want net.ErrClosed", err)
 		}
 	}
-	if err := tr.Send([][]byte{{1}}, netip.AddrPortFrom(lo4, port)); !errors.Is(err, net.ErrClosed) {
+	if err := tr.Send([][]byte{{1}}, transport.EndpointFrom(netip.AddrPortFrom(lo4, port))); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Send after Close: %v, want net.ErrClosed", err)
 	}
 	if got := counter(tr, "drop_udp_send_closed"); got != 1 {
@@ -363,7 +375,7 @@ func TestOpenCloseReopen(t *testing.T) {
 		t.Fatalf("reopened on %d, want %d", port2, port)
 	}
 	ch := collect(t, tr, fns2)
-	if err := tr.Send([][]byte{[]byte("to myself")}, netip.AddrPortFrom(lo6, port)); err != nil {
+	if err := tr.Send([][]byte{[]byte("to myself")}, transport.EndpointFrom(netip.AddrPortFrom(lo6, port))); err != nil {
 		t.Fatal(err)
 	}
 	if r := expect(t, ch, 1)[0]; string(r.b) != "to myself" || r.from != netip.AddrPortFrom(lo6, port) {
@@ -395,7 +407,7 @@ func TestPortZeroBothFamilies(t *testing.T) {
 	}
 	chs := []<-chan received{collect(t, b, fns[:1]), collect(t, b, fns[1:])}
 	for i, to := range []netip.Addr{lo4, lo6} {
-		if err := a.Send([][]byte{[]byte(to.String())}, netip.AddrPortFrom(to, portB)); err != nil {
+		if err := a.Send([][]byte{[]byte(to.String())}, transport.EndpointFrom(netip.AddrPortFrom(to, portB))); err != nil {
 			t.Fatal(err)
 		}
 		r := expect(t, chs[i], 1)[0]
@@ -405,7 +417,7 @@ func TestPortZeroBothFamilies(t *testing.T) {
 	}
 	// An IPv4-mapped destination leaves from the IPv4 socket.
 	mapped := netip.AddrPortFrom(netip.AddrFrom16(lo4.As16()), portB)
-	if err := a.Send([][]byte{[]byte("mapped")}, mapped); err != nil {
+	if err := a.Send([][]byte{[]byte("mapped")}, transport.EndpointFrom(mapped)); err != nil {
 		t.Fatal(err)
 	}
 	if r := expect(t, chs[0], 1)[0]; string(r.b) != "mapped" || r.from != netip.AddrPortFrom(lo4, portA) {
@@ -479,7 +491,7 @@ func TestGSOFallback(t *testing.T) {
 				bufs = append(bufs, payload(i, 1000))
 			}
 			for range 2 {
-				if err := a.Send(bufs, netip.AddrPortFrom(lo4, portB)); err != nil {
+				if err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 					t.Fatalf("Send: %v", err)
 				}
 				checkSame(t, expect(t, ch, len(bufs)), bufs, netip.AddrPortFrom(lo4, portA))
@@ -517,7 +529,7 @@ func TestSendStallIsBounded(t *testing.T) {
 			for i := range bufs {
 				bufs[i] = payload(i, 100)
 			}
-			err := a.Send(bufs, netip.AddrPortFrom(lo4, 9))
+			err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, 9)))
 			if !errors.Is(err, errno) {
 				t.Fatalf("Send: %v, want %v", err, errno)
 			}
@@ -532,7 +544,7 @@ func TestSendStallIsBounded(t *testing.T) {
 			withSendmmsg(a, sendmmsg)
 			b, fns, portB := open(t, Options{})
 			ch := collect(t, b, fns)
-			if err := a.Send(bufs[:3], netip.AddrPortFrom(lo4, portB)); err != nil {
+			if err := a.Send(bufs[:3], transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 				t.Fatalf("Send after a stall: %v", err)
 			}
 			expect(t, ch, 3)
@@ -562,7 +574,7 @@ func TestSendPartialWaitResumes(t *testing.T) {
 	for i := range bufs {
 		bufs[i] = payload(i, 300)
 	}
-	if err := a.Send(bufs, netip.AddrPortFrom(lo4, portB)); err != nil {
+	if err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))); err != nil {
 		t.Fatal(err)
 	}
 	checkSame(t, expect(t, ch, 20), bufs, netip.AddrPortFrom(lo4, portA))
@@ -578,7 +590,7 @@ func TestSendOversizeDatagram(t *testing.T) {
 	b, fns, portB := open(t, Options{})
 	ch := collect(t, b, fns)
 	bufs := [][]byte{payload(0, 100), payload(1, maxGSOBytes4+1), payload(2, 100), payload(3, 100)}
-	err := a.Send(bufs, netip.AddrPortFrom(lo4, portB))
+	err := a.Send(bufs, transport.EndpointFrom(netip.AddrPortFrom(lo4, portB)))
 	if !errors.Is(err, unix.EMSGSIZE) {
 		t.Fatalf("Send: %v, want EMSGSIZE", err)
 	}
@@ -595,7 +607,7 @@ func TestSendOversizeDatagram(t *testing.T) {
 func TestSendInvalidEndpoint(t *testing.T) {
 	a, _, _ := open(t, Options{})
 	for _, ep := range []netip.AddrPort{{}, netip.AddrPortFrom(lo4, 0)} {
-		if err := a.Send([][]byte{{1}, {2}}, ep); err == nil {
+		if err := a.Send([][]byte{{1}, {2}}, transport.EndpointFrom(ep)); err == nil {
 			t.Fatalf("Send to %v succeeded", ep)
 		}
 	}
@@ -649,17 +661,22 @@ func TestSocketBuffers(t *testing.T) {
 }
 
 // TestNoAllocations pins rule 6: a steady-state send and receive of a
-// batch allocates nothing, with and without offloads.
+// batch allocates nothing, with and without offloads, with and without a
+// sticky source.
 func TestNoAllocations(t *testing.T) {
-	for _, opts := range []Options{{}, {DisableGSO: true, DisableGRO: true}} {
+	for i, opts := range []Options{{}, {DisableGSO: true, DisableGRO: true}, {}, {DisableGSO: true, DisableGRO: true}} {
 		a, _, _ := open(t, opts)
-		_, fns, portB := open(t, opts)
+		b, fns, portB := open(t, opts)
+		failLosses(t, b, time.Minute)
 		send := make([][]byte, 64)
 		for i := range send {
 			send[i] = payload(i, 1420)
 		}
 		rb, sizes, eps := batch(BatchSize)
-		to := netip.AddrPortFrom(lo4, portB)
+		to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))
+		if i >= 2 {
+			to.Local = lo4
+		}
 		round := func() {
 			if err := a.Send(send, to); err != nil {
 				t.Fatal(err)
@@ -674,7 +691,7 @@ func TestNoAllocations(t *testing.T) {
 		}
 		round()
 		if allocs := testing.AllocsPerRun(50, round); allocs != 0 {
-			t.Fatalf("%+v: %.1f allocations per batch, want 0", opts, allocs)
+			t.Fatalf("%+v, to %v: %.1f allocations per batch, want 0", opts, to, allocs)
 		}
 	}
 }
@@ -689,7 +706,8 @@ func TestStatsNames(t *testing.T) {
 		seen[c.Name] = true
 	}
 	for _, name := range []string{"udp_rx_datagrams", "udp_tx_datagrams", "udp_rx_syscalls",
-		"udp_tx_syscalls", "udp_gso_disabled", "udp_gro_disabled"} {
+		"udp_tx_syscalls", "udp_gso_disabled", "udp_gro_disabled", "udp_sticky_unavailable",
+		"udp_sticky_source_cleared"} {
 		if !seen[name] {
 			t.Errorf("Stats lacks %s", name)
 		}
@@ -702,26 +720,33 @@ func TestStatsNames(t *testing.T) {
 // BenchmarkSendReceive sends batches of 1, 32 and 128 (BatchSize)
 // 1420-byte datagrams over IPv4 loopback with one Send and reads each batch
 // back with the receive function, in lockstep, with offloads on (gso+gro),
-// GSO only, and off (none). One op is one batch both ways: bytes/s counts
-// datagram payload bytes, and txcalls/op and rxcalls/op the syscalls.
+// GSO only, and off (none); sticky sources are on in all three (received
+// endpoints carry the local address), and "+src" sends to the endpoint as
+// received, from its local address, while "nosticky" turns sticky sources
+// off. One op is one batch both ways: bytes/s counts datagram payload
+// bytes, and txcalls/op and rxcalls/op the syscalls.
 func BenchmarkSendReceive(bm *testing.B) {
 	for _, mode := range []struct {
 		name string
 		opts Options
+		src  bool
 	}{
-		{"gso+gro", Options{}},
-		{"gso", Options{DisableGRO: true}},
-		{"none", Options{DisableGSO: true, DisableGRO: true}},
+		{"gso+gro", Options{}, false},
+		{"gso", Options{DisableGRO: true}, false},
+		{"none", Options{DisableGSO: true, DisableGRO: true}, false},
+		{"gso+gro+src", Options{}, true},
+		{"none+src", Options{DisableGSO: true, DisableGRO: true}, true},
+		{"gso+gro+nosticky", Options{DisableSticky: true}, false},
 	} {
 		for _, n := range []int{1, 32, BatchSize} {
 			bm.Run(mode.name+"/batch="+strconv.Itoa(n), func(bm *testing.B) {
-				benchSendReceive(bm, mode.opts, n)
+				benchSendReceive(bm, mode.opts, n, mode.src)
 			})
 		}
 	}
 }
 
-func benchSendReceive(bm *testing.B, opts Options, n int) {
+func benchSendReceive(bm *testing.B, opts Options, n int, src bool) {
 	a, _, portA := open(bm, opts)
 	b, fns, portB := open(bm, opts)
 	// A lost datagram must fail the benchmark, not hang it.
@@ -731,7 +756,10 @@ func benchSendReceive(bm *testing.B, opts Options, n int) {
 		send[i] = payload(i, 1420)
 	}
 	rb, sizes, eps := batch(BatchSize)
-	to := netip.AddrPortFrom(lo4, portB)
+	to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))
+	if src {
+		to.Local = lo4
+	}
 	from := netip.AddrPortFrom(lo4, portA)
 	// round sends the batch and receives it back; full checks that each
 	// datagram arrives whole, in order, from a (otherwise only its size).
@@ -745,7 +773,8 @@ func benchSendReceive(bm *testing.B, opts Options, n int) {
 				bm.Fatal(err)
 			}
 			for i := range m {
-				if full && (!bytes.Equal(rb[i][:sizes[i]], send[got+i]) || eps[i] != from) {
+				if full && (!bytes.Equal(rb[i][:sizes[i]], send[got+i]) || eps[i].Remote != from ||
+					eps[i].Local.IsValid() == opts.DisableSticky) {
 					bm.Fatalf("datagram %d: %d bytes from %v, want datagram %d from %v", got+i, sizes[i], eps[i], got+i, from)
 				}
 				if sizes[i] != 1420 {
@@ -833,7 +862,7 @@ func TestSocketOpener(t *testing.T) {
 		}
 	})
 	rx := collect(t, tr, fns)
-	if err := tr.Send([][]byte{[]byte("through handed sockets")}, netip.AddrPortFrom(lo4, port)); err != nil {
+	if err := tr.Send([][]byte{[]byte("through handed sockets")}, transport.EndpointFrom(netip.AddrPortFrom(lo4, port))); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -4,7 +4,6 @@ package udp
 
 import (
 	"errors"
-	"net/netip"
 
 	"github.com/ptun-vpn/ptun/transport"
 )
@@ -32,7 +31,7 @@ func (t *Transport) Open(uint16) ([]transport.ReceiveFunc, uint16, error) {
 func (t *Transport) Close() error { return nil }
 
 // Send fails: the transport is never open.
-func (t *Transport) Send(bufs [][]byte, _ netip.AddrPort) error {
+func (t *Transport) Send(bufs [][]byte, _ transport.Endpoint) error {
 	t.stats.dropSendClosed.Add(uint64(len(bufs)))
 	return errUnsupported
 }
