@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/ptun-vpn/ptun/transport"
 )
 
@@ -140,7 +141,7 @@ func TestAQMOnSocket(t *testing.T) {
 		a, _, _ := open(t, Options{})
 		b, fns, portB := open(t, Options{AQMTarget: time.Millisecond, AQMInterval: 5 * time.Millisecond, DisableAQM: off})
 		if counter(b, "udp_aqm_unavailable") != 0 {
-			t.Skip("no SO_TIMESTAMPNS")
+			testenv.SkipOrFail(t, "no SO_TIMESTAMPNS")
 		}
 		const bulk, small = 1500, 100
 		to := transport.EndpointFrom(netip.AddrPortFrom(lo4, portB))

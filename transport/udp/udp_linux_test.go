@@ -227,10 +227,10 @@ func TestGROSplit(t *testing.T) {
 		a, _, portA := open(t, Options{})
 		b, fns, portB := open(t, Options{})
 		if gso, _ := a.Offloads(); !gso {
-			t.Skip("the kernel has no UDP GSO")
+			testenv.SkipOrFail(t, "the kernel has no UDP GSO")
 		}
 		if _, gro := b.Offloads(); !gro {
-			t.Skip("UDP GRO is off on this kernel")
+			testenv.SkipOrFail(t, "UDP GRO is off on this kernel")
 		}
 		bufs := make([][]byte, 30)
 		for i := range bufs {
@@ -273,10 +273,10 @@ func TestGROOverflow(t *testing.T) {
 	a, _, _ := open(t, Options{})
 	b, fns, portB := open(t, Options{})
 	if gso, _ := a.Offloads(); !gso {
-		t.Skip("the kernel has no UDP GSO")
+		testenv.SkipOrFail(t, "the kernel has no UDP GSO")
 	}
 	if _, gro := b.Offloads(); !gro {
-		t.Skip("UDP GRO is off on this kernel")
+		testenv.SkipOrFail(t, "UDP GRO is off on this kernel")
 	}
 	// Three segmented sends of 64 datagrams each: 192 > BatchSize.
 	var want [][]byte
@@ -403,7 +403,7 @@ func TestPortZeroBothFamilies(t *testing.T) {
 	a, _, portA := open(t, Options{})
 	b, fns, portB := open(t, Options{})
 	if len(fns) != 2 {
-		t.Skip("host lacks IPv4 or IPv6 on loopback")
+		testenv.SkipOrFail(t, "host lacks IPv4 or IPv6 on loopback")
 	}
 	chs := []<-chan received{collect(t, b, fns[:1]), collect(t, b, fns[1:])}
 	for i, to := range []netip.Addr{lo4, lo6} {
@@ -466,7 +466,7 @@ func TestGSOFallback(t *testing.T) {
 		t.Run(errno.Error(), func(t *testing.T) {
 			a, _, portA := open(t, Options{})
 			if gso, _ := a.Offloads(); !gso {
-				t.Skip("the kernel has no UDP GSO")
+				testenv.SkipOrFail(t, "the kernel has no UDP GSO")
 			}
 			refused := 0
 			withSendmmsg(a, func(fd uintptr, hdrs []unix.Mmsghdr) (int, unix.Errno) {
