@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -38,6 +39,9 @@ func (d *Device) Get() (*wgcfg.DeviceState, error) {
 		if ep, ok := p.Endpoint(); ok {
 			ps.Endpoint = ep
 		}
+		if l := p.access.Load(); l != nil {
+			ps.Access = &wgcfg.AccessRules{Rules: l.Rules()}
+		}
 		if lh := p.lastHandshake.Load(); lh != 0 {
 			ps.LastHandshake = time.Unix(0, lh)
 		}
@@ -68,8 +72,16 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 	// low-order one (all zeros among them) makes a peer that never
 	// completes a handshake and is never sent to, and the device's own key
 	// makes no peer at all (so one configuration can serve every host).
+	access := make([]*acl.List, len(cfg.Peers)) // compiled access rules, by peer change
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
+		if pc.Access != nil {
+			l, err := acl.Compile(pc.Access.Rules)
+			if err != nil {
+				return &wgcfg.Error{Errno: syscall.EINVAL, Err: err}
+			}
+			access[i] = l
+		}
 		for _, pfx := range append(pc.AddAllowedIPs, pc.RemoveAllowedIPs...) {
 			if !pfx.IsValid() {
 				return &wgcfg.Error{Errno: syscall.EINVAL, Err: fmt.Errorf("invalid allowed IP %v", pfx)}
@@ -97,7 +109,7 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 		if newLocal != nil && cfg.Peers[i].PublicKey == newLocal.Public {
 			continue // ignored, not refused
 		}
-		d.applyPeer(&cfg.Peers[i])
+		d.applyPeer(&cfg.Peers[i], access[i])
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ const (
 	dropPeerKeyUnusable                        // packet routed to a peer whose public key is of low order
 	dropHandshakeInternal                      // a handshake step failed on our side (crypto/rand, AEAD setup)
 	dropHandshakeStale                         // handshake finished after its peer was removed or a key changed
+	dropACL                                    // a packet from a peer to a destination its access rules do not allow
 	numDropReasons
 )
 
@@ -47,6 +48,7 @@ var dropNames = [numDropReasons]string{
 	"drop_handshake_invalid", "drop_handshake_unknown_peer", "drop_handshake_replay",
 	"drop_handshake_flood", "drop_cookie_invalid", "drop_tun_write", "drop_control_send_full",
 	"drop_staged_total_full", "drop_peer_key_unusable", "drop_handshake_internal", "drop_handshake_stale",
+	"drop_acl",
 }
 
 // counters are the device's event counts. Each is one atomic add on the

@@ -65,6 +65,7 @@ var assertedBy = map[string]string{
 	"transport_recv_batches":      "TestBadMessagesAreCounted",
 	"transport_recv_packets":      "TestBadMessagesAreCounted",
 	"rebind_restore_failures":     "TestSetRollsBackFailedSystemSteps",
+	"drop_acl":                    "TestAccessRules",
 }
 
 // TestEveryCounterIsAsserted: every counter of the device's own (not the

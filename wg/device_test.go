@@ -3,6 +3,7 @@ package wg
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/ptun-vpn/ptun/transport/transporttest"
 	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -537,5 +539,59 @@ func TestRefreshMTUPadsTheNextPacket(t *testing.T) {
 	a.dev.RefreshMTU()
 	if got := send(); got != 1406+32 {
 		t.Fatalf("right after the MTU became 1406: %d bytes on the wire, want %d", got, 1406+32)
+	}
+}
+
+// tcpPacket is a minimal TCP/IPv4 packet from src to dst port dport.
+func tcpPacket(src, dst netip.Addr, dport uint16) []byte {
+	p := ipv4Packet(src, dst, make([]byte, 12)) // 20 bytes past the IP header
+	p[9] = 6
+	binary.BigEndian.PutUint16(p[22:], dport)
+	return p
+}
+
+// TestAccessRules: a peer's access rules are enforced where its packets
+// leave the tunnel, after decryption and the source check: what they
+// allow arrives, the rest is dropped and counted as drop_acl; Get reports
+// them; clearing them lets everything through again.
+func TestAccessRules(t *testing.T) {
+	a, b := newTestPair(t, DefaultTimers())
+	rule, err := acl.ParseRule(b.addr.String() + "/32 tcp/22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(pc wgcfg.PeerConfig) {
+		t.Helper()
+		pc.PublicKey, pc.UpdateOnly = a.priv.PublicKey(), true
+		if err := b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{pc}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(wgcfg.PeerConfig{Access: &wgcfg.AccessRules{Rules: []acl.Rule{rule}}})
+	ssh := tcpPacket(a.addr, b.addr, 22)
+	a.tun.Inbound <- ssh
+	expectPacket(t, b, ssh)
+	a.tun.Inbound <- tcpPacket(a.addr, b.addr, 80)
+	waitCounter(t, b.dev, "drop_acl", atLeast(1))
+	expectNoPacket(t, b)
+	st, err := b.dev.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acc := st.Peers[0].Access; acc == nil || len(acc.Rules) != 1 || acc.Rules[0] != rule {
+		t.Fatalf("Get reports access %+v, want [%v]", acc, rule)
+	}
+	// A rule that cannot compile is refused and changes nothing.
+	bad := acl.Rule{Dst: rule.Dst, Proto: acl.ProtoICMP, PortLo: 1, PortHi: 2}
+	pc := wgcfg.PeerConfig{PublicKey: a.priv.PublicKey(), UpdateOnly: true, Access: &wgcfg.AccessRules{Rules: []acl.Rule{bad}}}
+	if err := b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{pc}}); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("a bad rule: %v, want EINVAL", err)
+	}
+	set(wgcfg.PeerConfig{ClearAccess: true})
+	web := tcpPacket(a.addr, b.addr, 80)
+	a.tun.Inbound <- web
+	expectPacket(t, b, web)
+	if st, _ := b.dev.Get(); st.Peers[0].Access != nil {
+		t.Fatalf("access after ClearAccess: %+v", st.Peers[0].Access)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
@@ -52,6 +53,9 @@ type Peer struct {
 	staged [][]byte // guarded by sendMu; packets waiting for a session, with headroom
 
 	persistentKeepalive atomic.Uint32 // seconds; 0 = off
+	// access is what the peer may send to (nil: anywhere). Compiled by
+	// Set, read per packet by the receive path.
+	access atomic.Pointer[acl.List]
 
 	controlPending atomic.Uint32 // bit 1<<controlKind set while such a request for this peer is queued
 

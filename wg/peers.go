@@ -4,12 +4,14 @@ package wg
 // a peer is removed.
 
 import (
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // applyPeer applies one peer change of a validated set request (see
-// wgcfg.PeerConfig for the order). configMu is held.
-func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
+// wgcfg.PeerConfig for the order), with its access rules compiled (nil: no
+// change). configMu is held.
+func (d *Device) applyPeer(pc *wgcfg.PeerConfig, access *acl.List) {
 	p := d.lookupPeer(pc.PublicKey)
 	if pc.Remove {
 		if p != nil {
@@ -46,6 +48,12 @@ func (d *Device) applyPeer(pc *wgcfg.PeerConfig) {
 	}
 	for _, pfx := range pc.AddAllowedIPs {
 		d.allowed.Insert(pfx, p)
+	}
+	if pc.ClearAccess {
+		p.access.Store(nil)
+	}
+	if access != nil {
+		p.access.Store(access)
 	}
 	if pc.PersistentKeepalive != nil {
 		was := p.persistentKeepalive.Swap(uint32(*pc.PersistentKeepalive))

@@ -128,6 +128,12 @@ func (d *Device) open(msg []byte, src transport.Endpoint, nonceBuf []byte, now t
 		d.counters.drop(dropSourceNotAllowed)
 		return 0, p
 	}
+	// The peer's access rules: where it may send, once we know it is the
+	// peer who sends.
+	if rules := p.access.Load(); rules != nil && !rules.Allow(plain[:size]) {
+		d.counters.drop(dropACL)
+		return 0, p
+	}
 	return size, p
 }
 

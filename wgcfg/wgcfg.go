@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
@@ -55,6 +56,14 @@ type PeerConfig struct {
 	Endpoint *netip.AddrPort
 	// PersistentKeepalive is the keepalive interval in seconds; 0 is off.
 	PersistentKeepalive *uint16
+	// Access, if not nil, replaces the rules of what the peer may send to
+	// (package wg/acl): a packet it sends into the tunnel that no rule
+	// allows is dropped and counted (drop_acl). An empty list allows
+	// nothing. ClearAccess removes the rules: the peer may send anywhere
+	// (its allowed IPs still bound its sources). Neither can be said in the
+	// UAPI's text; ptun's gateway sets them.
+	Access      *AccessRules
+	ClearAccess bool
 	// ReplaceAllowedIPs removes all the peer's allowed IPs first.
 	ReplaceAllowedIPs bool
 	// AddAllowedIPs are prefixes the peer takes (from any other owner);
@@ -82,6 +91,12 @@ type PeerState struct {
 	TxBytes, RxBytes    uint64
 	PersistentKeepalive uint16 // seconds; 0 is off
 	AllowedIPs          []netip.Prefix
+	Access              *AccessRules // nil: no rules, the peer may send anywhere
+}
+
+// AccessRules are a peer's access rules.
+type AccessRules struct {
+	Rules []acl.Rule `json:"rules"`
 }
 
 // Error is a failed request with the errno that the answer's errno= line

@@ -33,7 +33,8 @@ type heldPeer struct {
 	endpoint  netip.AddrPort // as set; invalid: none
 	roamed    netip.AddrPort // as the engine last reported it; invalid: none
 	keepalive uint16
-	allowed   []netip.Prefix // in the order added
+	allowed   []netip.Prefix     // in the order added
+	access    *wgcfg.AccessRules // nil: none
 }
 
 func newHeldConfig() *heldConfig {
@@ -46,6 +47,7 @@ func (h *heldConfig) clone() *heldConfig {
 	for k, p := range h.peers {
 		cp := *p
 		cp.allowed = slices.Clone(p.allowed)
+		cp.access = cloneAccess(p.access)
 		c.peers[k] = &cp
 	}
 	c.owner = make(map[netip.Prefix]noise.PublicKey, len(h.owner))
@@ -119,6 +121,12 @@ func (h *heldConfig) applyPeer(pc *wgcfg.PeerConfig) {
 	if pc.PersistentKeepalive != nil {
 		p.keepalive = *pc.PersistentKeepalive
 	}
+	if pc.ClearAccess {
+		p.access = nil
+	}
+	if pc.Access != nil {
+		p.access = cloneAccess(pc.Access)
+	}
 	if pc.ReplaceAllowedIPs {
 		for _, pfx := range p.allowed {
 			delete(h.owner, pfx)
@@ -187,6 +195,8 @@ func (h *heldConfig) replay(port uint16) *wgcfg.DeviceConfig {
 			PersistentKeepalive: &keepalive,
 			ReplaceAllowedIPs:   true,
 			AddAllowedIPs:       slices.Clone(p.allowed),
+			Access:              cloneAccess(p.access),
+			ClearAccess:         p.access == nil,
 		}
 		if ep := p.currentEndpoint(); ep.IsValid() {
 			pc.Endpoint = &ep
@@ -194,6 +204,13 @@ func (h *heldConfig) replay(port uint16) *wgcfg.DeviceConfig {
 		cfg.Peers = append(cfg.Peers, pc)
 	}
 	return cfg
+}
+
+func cloneAccess(a *wgcfg.AccessRules) *wgcfg.AccessRules {
+	if a == nil {
+		return nil
+	}
+	return &wgcfg.AccessRules{Rules: slices.Clone(a.Rules)}
 }
 
 func (p *heldPeer) currentEndpoint() netip.AddrPort {
@@ -253,6 +270,7 @@ func (h *heldConfig) state(eng *wgcfg.DeviceState, port uint16) *wgcfg.DeviceSta
 			Endpoint:            p.currentEndpoint(),
 			PersistentKeepalive: p.keepalive,
 			AllowedIPs:          slices.Clone(p.allowed),
+			Access:              cloneAccess(p.access),
 		}
 		if e := stats[k]; e != nil {
 			ps.TxBytes, ps.RxBytes = e.TxBytes, e.RxBytes

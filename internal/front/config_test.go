@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -140,5 +141,34 @@ func TestHeldConfigState(t *testing.T) {
 	}
 	if st := h.state(nil, 1); len(st.Peers) != 1 || st.Peers[0].TxBytes != 0 {
 		t.Errorf("without the engine's answer: %+v", st)
+	}
+}
+
+// TestHeldConfigAccess: a peer's access rules are held, replayed and
+// answered as set; an engine's report of other rules changes nothing.
+func TestHeldConfigAccess(t *testing.T) {
+	rule, err := acl.ParseRule("198.18.2.0/24 tcp/22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHeldConfig().apply(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{
+		{PublicKey: key(1), Access: &wgcfg.AccessRules{Rules: []acl.Rule{rule}}},
+		{PublicKey: key(2)},
+	}})
+	r := h.replay(1)
+	if a := r.Peers[0].Access; a == nil || len(a.Rules) != 1 || a.Rules[0] != rule || r.Peers[0].ClearAccess {
+		t.Errorf("replayed access %+v", r.Peers[0])
+	}
+	if r.Peers[1].Access != nil || !r.Peers[1].ClearAccess {
+		t.Errorf("a peer without rules replays as %+v", r.Peers[1])
+	}
+	lie := &wgcfg.DeviceState{Peers: []wgcfg.PeerState{{PublicKey: key(1), Access: nil}, {PublicKey: key(2), Access: &wgcfg.AccessRules{}}}}
+	st := h.state(lie, 1)
+	if st.Peers[0].Access == nil || st.Peers[1].Access != nil {
+		t.Errorf("state follows the engine's report: %+v", st.Peers)
+	}
+	h = h.apply(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: key(1), ClearAccess: true}}})
+	if h.peers[key(1)].access != nil {
+		t.Error("ClearAccess kept the rules")
 	}
 }
