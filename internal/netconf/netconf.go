@@ -109,7 +109,11 @@ func (p *Plan) Check() error {
 
 // validDomain accepts DNS names of letters, digits, '-' and '.', up to 253
 // bytes, labels up to 63: nothing that could break a resolv.conf line.
-func validDomain(s string) bool {
+func validDomain(s string) bool { return ValidDomain(s) }
+
+// ValidDomain reports whether s is a DNS name of letters, digits, '-' and '.',
+// up to 253 bytes with labels up to 63: safe on a resolv.conf line.
+func ValidDomain(s string) bool {
 	if s == "" || len(s) > 253 {
 		return false
 	}

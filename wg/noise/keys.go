@@ -200,3 +200,17 @@ func NewLocal(priv PrivateKey) *Local {
 	priv.clamp()
 	return &Local{Private: priv, Public: priv.PublicKey()}
 }
+
+// MarshalText writes the key in base64, as wg(8) shows it (JSON then
+// carries a public key as a string).
+func (k PublicKey) MarshalText() ([]byte, error) { return []byte(k.Base64()), nil }
+
+// UnmarshalText reads a base64 key.
+func (k *PublicKey) UnmarshalText(b []byte) error {
+	p, err := ParsePublicKeyBase64(string(b))
+	if err != nil {
+		return err
+	}
+	*k = p
+	return nil
+}
