@@ -70,6 +70,17 @@ Everything it creates is removed when it ends, also on Ctrl-C.
 Example:
   sudo ptun demo --duration 3s
 `,
+	"join": `Usage: ptun join INVITE-URL [--name NAME] [--device NAME] [--profiles DIR]
+
+Enroll this device with the gateway that made INVITE-URL (` + "`ptun gateway invite`" + `
+prints it) and store its profile as NAME in DIR (mode 0600). The device's
+key is made here and never leaves it; the gateway is trusted only if its
+certificate matches the pin the URL carries. Flags may come before or after
+the URL; quote the URL (it holds '#' and '&').
+
+Example:
+  sudo ptun join 'https://198.18.0.1:8443/join#v1.Kx3f9QzA.7oQm…&pin-sha256:AbC…=' --name work
+`,
 	"bench": `Usage: ptun bench [flags]
 
 As root: build a client and a server host (network namespaces joined by a
@@ -113,6 +124,28 @@ func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
 	return nil
 }
 
+// parseInterspersed is parseFlags for a command whose flags may come
+// before or after its arguments (ptun join URL --name work): it
+// returns the arguments, at most maxArgs of them.
+func parseInterspersed(fs *flag.FlagSet, args []string, maxArgs int) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(fs, args, 1<<30); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(pos) > maxArgs {
+		fmt.Fprintf(os.Stderr, "ptun %s: unexpected argument %q\nrun 'ptun %s -h' for help\n", fs.Name(), pos[maxArgs], fs.Name())
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
 // printUsage writes the usage of the command whose flag set is fs.
 func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, commandUsage[fs.Name()])
@@ -136,6 +169,7 @@ var commands = map[string]func(args []string) error{
 	"show":   runShow,
 	"demo":   runDemo,
 	"bench":  runBench,
+	"join":   runJoin,
 }
 
 // help is `ptun help [COMMAND]`.

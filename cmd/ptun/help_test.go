@@ -105,3 +105,25 @@ func TestUsageSaysWhereLogsGo(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsAfterArguments: a command that takes flags anywhere reads them
+// before and after its argument alike, and refuses a second argument.
+func TestFlagsAfterArguments(t *testing.T) {
+	for _, args := range [][]string{
+		{"--name", "work", "URL", "--device", "laptop"},
+		{"URL", "--name", "work", "--device=laptop"},
+	} {
+		fs := newFlagSet("join")
+		name := fs.String("name", "", "")
+		device := fs.String("device", "", "")
+		pos, err := parseInterspersed(fs, args, 1)
+		if err != nil || len(pos) != 1 || pos[0] != "URL" || *name != "work" || *device != "laptop" {
+			t.Errorf("%v: pos %v name %q device %q, %v", args, pos, *name, *device, err)
+		}
+	}
+	var code int
+	capture(t, func() { code = run([]string{"join", "a", "b"}) })
+	if code != 2 {
+		t.Errorf("join with two arguments: exit %d, want 2", code)
+	}
+}

@@ -35,6 +35,8 @@ const usage = `Usage:
         as root: measure TCP and UDP up and down, RTT idle and under load, CPU
         per GB and memory, of the raw link, ptun and each peer (such as
         --peer wireguard-go=wireguard-go), interleaved, with medians and ratios
+  ptun join INVITE-URL [--name NAME] [--device NAME] [--profiles DIR]
+        enroll this device with a ptun gateway and store its profile
   ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
 Examples:
