@@ -81,6 +81,34 @@ the URL; quote the URL (it holds '#' and '&').
 Example:
   sudo ptun join 'https://198.18.0.1:8443/join#v1.Kx3f9QzA.7oQm…&pin-sha256:AbC…=' --name work
 `,
+	"up": `Usage: ptun up NAME [--kill-switch] [--profiles DIR] [--state DIR]
+
+As root: bring profile NAME's tunnel up. Creates the interface (pt-NAME),
+gives it the device's key and the gateway, sets its addresses, MTU, routes
+(a full tunnel by fwmark and policy rules) and DNS, and returns once a
+handshake with the gateway completed, or fails and leaves nothing behind.
+With --kill-switch nothing leaves the host but through the tunnel, to the
+gateways' endpoints, and on loopback, until ptun down.
+
+Example:
+  sudo ptun up work --kill-switch
+`,
+	"down": `Usage: ptun down NAME [--profiles DIR] [--state DIR]
+
+As root: take profile NAME's tunnel down and undo everything up changed
+(also what an up that died left behind).
+
+Example:
+  sudo ptun down work
+`,
+	"status": `Usage: ptun status NAME [--profiles DIR] [--state DIR]
+
+Show whether profile NAME's tunnel is up, its gateway, latest handshake and
+transfer.
+
+Example:
+  sudo ptun status work
+`,
 	"bench": `Usage: ptun bench [flags]
 
 As root: build a client and a server host (network namespaces joined by a
@@ -170,6 +198,9 @@ var commands = map[string]func(args []string) error{
 	"demo":   runDemo,
 	"bench":  runBench,
 	"join":   runJoin,
+	"up":     runUp,
+	"down":   runDown,
+	"status": runStatus,
 }
 
 // help is `ptun help [COMMAND]`.

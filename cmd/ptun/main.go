@@ -37,6 +37,9 @@ const usage = `Usage:
         --peer wireguard-go=wireguard-go), interleaved, with medians and ratios
   ptun join INVITE-URL [--name NAME] [--device NAME] [--profiles DIR]
         enroll this device with a ptun gateway and store its profile
+  ptun up NAME [--kill-switch] | ptun down NAME | ptun status NAME
+        as root: bring profile NAME's tunnel up (routes, DNS, kill switch),
+        take it down undoing all of it, or show it
   ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
 Examples:

@@ -2,10 +2,12 @@ package netconf
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // The resolver configuration, written to a resolv.conf file. The file (or
@@ -103,6 +105,11 @@ func writeAtomic(path string, b []byte) error {
 		return fmt.Errorf("netconf: %w", err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
+		// A resolv.conf that is a mount point (a container's, or the one
+		// `ip netns exec` binds) cannot be replaced: write it in place.
+		if errors.Is(err, syscall.EBUSY) || errors.Is(err, syscall.EXDEV) {
+			return os.WriteFile(path, b, 0o644)
+		}
 		return fmt.Errorf("netconf: %w", err)
 	}
 	return nil

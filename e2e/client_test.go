@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ptun-vpn/ptun/internal/client"
+	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/wg/noise"
+)
+
+// TestClientUpDown runs `ptun up` with a full-tunnel profile and the kill
+// switch against a ptun gateway in another namespace: it returns once the
+// handshake completed, traffic passes, `status` shows it; when the
+// interface dies the kill switch keeps the client from reaching the
+// underlay; `ptun down` removes the interface, its rules, its nftables
+// table and its resolver change.
+func TestClientUpDown(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	s := l.server.start(ptun, startOpts{})
+	devPriv, devPub := newKeyPair(t)
+	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
+
+	dir := t.TempDir()
+	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
+	// `ip netns exec` gives the namespace's commands /etc/netns/NS/resolv.conf
+	// as their /etc/resolv.conf (a bind mount): up writes it there.
+	nsEtc := filepath.Join("/etc/netns", l.client.ns)
+	if err := os.MkdirAll(nsEtc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(nsEtc) })
+	resolv := filepath.Join(nsEtc, "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
+	name := "e2e" + l.id
+	p := &profile.Profile{
+		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
+		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
+			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
+			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
+			Routes:    []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
+			DNS:       []netip.Addr{netip.MustParseAddr("198.18.2.53")}, Search: []string{"corp.example"}},
+	}
+	if err := profile.Save(profiles, p); err != nil {
+		t.Fatal(err)
+	}
+	ifname := client.Interface(name)
+	flags := []string{"--profiles", profiles, "--state", state}
+	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
+
+	start := time.Now()
+	out := mustRun(t, l.client.ns, append([]string{ptun.bin, "up", name, "--kill-switch"}, flags...)...)
+	t.Logf("ptun up: %s (%v)", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
+	mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", serverTun4.String())
+	if b, _ := os.ReadFile(resolv); !strings.Contains(string(b), "nameserver 198.18.2.53") {
+		t.Errorf("resolv.conf after up:\n%s", b)
+	}
+	rules := mustRun(t, l.client.ns, "ip", "rule")
+	if !strings.Contains(rules, "not from all fwmark 0xca6c lookup 51820") || !strings.Contains(rules, "suppress_prefixlength 0") {
+		t.Errorf("policy rules after up:\n%s", rules)
+	}
+	status := mustRun(t, l.client.ns, append([]string{ptun.bin, "status", name}, flags...)...)
+	if !strings.Contains(status, "up on "+ifname) || strings.Contains(status, "none yet") {
+		t.Errorf("status:\n%s", status)
+	}
+	// The interface dies (its daemon with it): the kill switch stays,
+	// and nothing reaches the underlay but the gateway's endpoint.
+	mustRun(t, l.client.ns, "ip", "link", "del", ifname)
+	if out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", l.server.link4.String()); err == nil {
+		t.Errorf("with the tunnel gone the kill switch let a ping through:\n%s", out)
+	} else if !strings.Contains(out, "not permitted") {
+		route, _ := run(l.client.ns, "ip", "route", "get", l.server.link4.String())
+		rs, _ := run(l.client.ns, "nft", "list", "ruleset")
+		t.Logf("ping with the kill switch on: %v: %s\nroute: %s\nruleset:\n%s", err, out, route, rs)
+	}
+	out = mustRun(t, l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...)
+	if !strings.Contains(out, "is down") {
+		t.Errorf("down: %s", out)
+	}
+	// Nothing of ptun's is left.
+	if rules := mustRun(t, l.client.ns, "ip", "rule"); strings.Contains(rules, "0xca6c") || strings.Contains(rules, "suppress_prefixlength") {
+		t.Errorf("rules left after down:\n%s", rules)
+	}
+	if tables := mustRun(t, l.client.ns, "nft", "list", "tables"); strings.Contains(tables, "ptun") {
+		t.Errorf("nftables tables left after down:\n%s", tables)
+	}
+	if b, _ := os.ReadFile(resolv); string(b) != "nameserver 198.18.0.53\n" {
+		t.Errorf("resolv.conf not restored:\n%s", b)
+	}
+	if routes := mustRun(t, l.client.ns, "ip", "route", "show", "table", strconv.Itoa(client.FwMark)); strings.TrimSpace(routes) != "" {
+		t.Errorf("routes left in table %d:\n%s", client.FwMark, routes)
+	}
+	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", l.server.link4.String())
+	if _, err := os.Stat(filepath.Join(state, name+".json")); !os.IsNotExist(err) {
+		t.Errorf("state record left after down: %v", err)
+	}
+}
