@@ -109,6 +109,13 @@ transfer.
 Example:
   sudo ptun status work
 `,
+	"version": `Usage: ptun version
+
+Print ptun's version, the commit it was built from and the Go version.
+
+Example:
+  ptun version
+`,
 	"bench": `Usage: ptun bench [flags]
 
 As root: build a client and a server host (network namespaces joined by a
@@ -191,16 +198,17 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 // commands are ptun's subcommands by name; each takes the arguments after
 // its name.
 var commands = map[string]func(args []string) error{
-	"genkey": runGenKey,
-	"pubkey": runPubKey,
-	"genpsk": runGenPSK,
-	"show":   runShow,
-	"demo":   runDemo,
-	"bench":  runBench,
-	"join":   runJoin,
-	"up":     runUp,
-	"down":   runDown,
-	"status": runStatus,
+	"genkey":  runGenKey,
+	"pubkey":  runPubKey,
+	"genpsk":  runGenPSK,
+	"show":    runShow,
+	"demo":    runDemo,
+	"bench":   runBench,
+	"join":    runJoin,
+	"up":      runUp,
+	"down":    runDown,
+	"status":  runStatus,
+	"version": runVersion,
 }
 
 // help is `ptun help [COMMAND]`.

@@ -40,6 +40,7 @@ const usage = `Usage:
   ptun up NAME [--kill-switch] | ptun down NAME | ptun status NAME
         as root: bring profile NAME's tunnel up (routes, DNS, kill switch),
         take it down undoing all of it, or show it
+  ptun version           ptun's version, commit and Go version
   ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
 Examples:
