@@ -1,0 +1,123 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestConcurrentEnrollment redeems one 100-use invite 100 times at once,
+// through two registries on the same database (two *sql.DB: two gateways
+// on one PostgreSQL, or two processes on one SQLite file). Every enrollment
+// must succeed and no address may be handed out twice.
+func TestConcurrentEnrollment(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		gwA := b.open(t, Options{})
+		gwB := b.open(t, Options{})
+		must(gwA.AddPool(bg, netip.MustParsePrefix("100.64.0.0/25")))(t)    // 125 usable
+		must(gwA.AddPool(bg, netip.MustParsePrefix("2001:db8:7::/120")))(t) // 254 usable
+		must(gwA.AddUser(bg, "alice"))(t)
+		_, secret := must3[Invite, string](t)(gwA.CreateInvite(bg, "alice", time.Hour, 100))
+
+		const n = 100
+		devs, errs := enrollAll(n, func(ctx context.Context, i int) (Device, error) {
+			gw := gwA
+			if i%2 == 1 {
+				gw = gwB
+			}
+			return gw.Redeem(ctx, secret, DeviceSpec{Name: fmt.Sprintf("dev%d", i), PublicKey: key(i + 1)})
+		})
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("enrollment %d: %v", i, err)
+			}
+		}
+		checkUnique(t, devs, 2)
+		if c := counts(t, gwB); c["devices"] != n || c["device_addresses"] != 2*n || c["uses_left"] != 0 || c["changes"] != 2*n+4 {
+			t.Errorf("after %d enrollments: %v", n, c)
+		}
+		_, err := gwB.Redeem(bg, secret, DeviceSpec{Name: "late", PublicKey: key(n + 1)})
+		wantErr(t, err, ErrInviteRefused, "the 101st use of a 100-use invite")
+		t.Logf("%d concurrent enrollments over two connections: %d distinct IPv4 and IPv6 addresses each", n, n)
+	})
+}
+
+// TestConcurrentExhaustion enrolls 130 devices at once into a pool with 125
+// usable addresses: exactly 125 succeed, 5 get ErrPoolExhausted, and every
+// address is given once.
+func TestConcurrentExhaustion(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		gwA := b.open(t, Options{})
+		gwB := b.open(t, Options{})
+		must(gwA.AddPool(bg, netip.MustParsePrefix("100.64.1.0/25")))(t)
+		must(gwA.AddUser(bg, "alice"))(t)
+		const n = 130
+		devs, errs := enrollAll(n, func(ctx context.Context, i int) (Device, error) {
+			gw := gwA
+			if i%2 == 1 {
+				gw = gwB
+			}
+			return gw.CreateDevice(ctx, "alice", DeviceSpec{Name: fmt.Sprintf("dev%d", i), PublicKey: key(i + 1)})
+		})
+		var ok []Device
+		exhausted := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				ok = append(ok, devs[i])
+			case errors.Is(err, ErrPoolExhausted):
+				exhausted++
+			default:
+				t.Errorf("enrollment %d: %v", i, err)
+			}
+		}
+		if len(ok) != 125 || exhausted != 5 {
+			t.Errorf("%d enrolled, %d refused as exhausted; want 125 and 5", len(ok), exhausted)
+		}
+		checkUnique(t, ok, 1)
+		if c := counts(t, gwA); c["devices"] != len(ok) || c["device_addresses"] != len(ok) {
+			t.Errorf("refused enrollments left rows: %v", c)
+		}
+	})
+}
+
+// enrollAll runs n enrollments at once, released together.
+func enrollAll(n int, enroll func(ctx context.Context, i int) (Device, error)) ([]Device, []error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	devs := make([]Device, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			devs[i], errs[i] = enroll(ctx, i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return devs, errs
+}
+
+func checkUnique(t *testing.T, devs []Device, perDevice int) {
+	t.Helper()
+	owner := make(map[netip.Addr]string)
+	for _, d := range devs {
+		if len(d.Addresses) != perDevice {
+			t.Errorf("device %s has %d addresses, want %d", d.Name, len(d.Addresses), perDevice)
+		}
+		for _, a := range d.Addresses {
+			if other, dup := owner[a]; dup {
+				t.Errorf("address %s given to %s and %s", a, other, d.Name)
+			}
+			owner[a] = d.Name
+		}
+	}
+}
