@@ -251,7 +251,9 @@ type Invites interface {
 	// left) and, in one transaction, takes one use and creates the device.
 	// ErrInviteRefused (and nothing written) if the secret does not pass.
 	Redeem(ctx context.Context, secret string, spec DeviceSpec) (Device, error)
-	ListInvites(ctx context.Context, user string) ([]Invite, error) // "" = all users; by ID
+	// ListInvites lists the user's invites ("" = every user's), by ID,
+	// expired and used-up ones too until they are revoked.
+	ListInvites(ctx context.Context, user string) ([]Invite, error)
 	RevokeInvite(ctx context.Context, id int64) error
 }
 

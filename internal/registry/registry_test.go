@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -669,6 +670,35 @@ func TestMigrations(t *testing.T) {
 		wantErr(t, err, ErrSchemaTooNew, "opening a newer database")
 		if !strings.Contains(err.Error(), "upgrade") && !strings.Contains(err.Error(), "newer") {
 			t.Errorf("error %q does not say what to do", err)
+		}
+	})
+}
+
+// TestConcurrentOpen opens a fresh database from four registries at once
+// (gateways starting together): each must succeed and the schema must be
+// migrated once.
+func TestConcurrentOpen(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		const n = 4
+		errs := make(chan error, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				r, err := b.try(Options{})
+				if err == nil {
+					_, err = r.AddUser(bg, fmt.Sprintf("user%d", i))
+					r.Close()
+				}
+				errs <- err
+			}()
+		}
+		for i := 0; i < n; i++ {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent open: %v", err)
+			}
+		}
+		r := b.open(t, Options{})
+		if c := counts(t, r); c["schema_version"] != SchemaVersion() || c["users"] != n {
+			t.Errorf("after %d concurrent opens: %v", n, c)
 		}
 	})
 }

@@ -1096,17 +1096,13 @@ func (r *sqlRegistry) Audit(ctx context.Context, after int64, limit int) ([]Audi
 }
 
 func (r *sqlRegistry) Changes(ctx context.Context, since uint64) ([]Change, uint64, error) {
-	// One read transaction, so the changes and "now" agree.
-	tx, err := r.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: r.d.name == "postgres"})
-	if err != nil {
-		return nil, 0, r.dbErr(err, "")
-	}
-	defer tx.Rollback()
+	// No transaction needed: sequence numbers commit in order (see flush),
+	// so once "now" is read every change up to it is visible.
 	var now int64
-	if err := tx.QueryRowContext(ctx, `SELECT seq FROM registry_seq WHERE id = 1`).Scan(&now); err != nil {
+	if err := r.db.QueryRowContext(ctx, `SELECT seq FROM registry_seq WHERE id = 1`).Scan(&now); err != nil {
 		return nil, 0, r.dbErr(err, "")
 	}
-	rows, err := tx.QueryContext(ctx, r.d.rebind(`SELECT seq, kind, object_id FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq`), int64(since), now)
+	rows, err := r.queryRows(ctx, `SELECT seq, kind, object_id FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq`, int64(since), now)
 	if err != nil {
 		return nil, 0, r.dbErr(err, "")
 	}
