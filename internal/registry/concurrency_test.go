@@ -121,3 +121,51 @@ func checkUnique(t *testing.T, devs []Device, perDevice int) {
 		}
 	}
 }
+
+// TestRemoveUserDuringEnrollment removes a user while 40 enrollments for
+// them run (20 by invite, 20 by CreateDevice, over two connections): every
+// enrollment either happens before the removal (and its device is revoked
+// with the user) or is refused; no active device of a removed user is left.
+func TestRemoveUserDuringEnrollment(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		gwA := b.open(t, Options{})
+		gwB := b.open(t, Options{})
+		must(gwA.AddPool(bg, netip.MustParsePrefix("100.64.2.0/24")))(t)
+		must(gwA.AddUser(bg, "alice"))(t)
+		_, secret := must3[Invite, string](t)(gwA.CreateInvite(bg, "alice", time.Hour, 20))
+		const n = 40
+		removed := make(chan error, 1)
+		_, errs := enrollAll(n, func(ctx context.Context, i int) (Device, error) {
+			gw := gwA
+			if i%2 == 1 {
+				gw = gwB
+			}
+			if i == n/2 {
+				removed <- gwB.RemoveUser(ctx, "alice")
+			}
+			spec := DeviceSpec{Name: fmt.Sprintf("dev%d", i), PublicKey: key(i + 1)}
+			if i%4 < 2 {
+				return gw.Redeem(ctx, secret, spec)
+			}
+			return gw.CreateDevice(ctx, "alice", spec)
+		})
+		if err := <-removed; err != nil {
+			t.Fatalf("RemoveUser: %v", err)
+		}
+		for i, err := range errs {
+			if err != nil && !errors.Is(err, ErrInviteRefused) && !errors.Is(err, ErrNotFound) {
+				t.Errorf("enrollment %d: %v", i, err)
+			}
+		}
+		all := must(gwA.ListDevices(bg, DeviceFilter{IncludeRevoked: true}))(t)
+		for _, d := range all {
+			if !d.Revoked() || len(d.Addresses) != 0 {
+				t.Errorf("device %s of the removed user is active: %+v", d.Name, d)
+			}
+		}
+		if c := counts(t, gwA); c["device_addresses"] != 0 || c["invites"] != 0 {
+			t.Errorf("after removing the user: %v", c)
+		}
+		t.Logf("%d of %d enrollments happened before the removal (and were revoked with it)", len(all), n)
+	})
+}

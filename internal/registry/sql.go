@@ -158,8 +158,10 @@ func (t *txn) userID(name string) (int64, error) {
 	if _, err := ParseName(name); err != nil {
 		return 0, err
 	}
+	// Locked (PostgreSQL) so that a concurrent RemoveUser cannot slip
+	// between this check and what the caller adds for the user.
 	var id int64
-	err := t.queryRow(`SELECT id FROM users WHERE name = ? AND removed_at IS NULL`, name).Scan(&id)
+	err := t.queryRow(`SELECT id FROM users WHERE name = ? AND removed_at IS NULL`+t.r.d.forUpdate, name).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("%w: no user %q: list users, or add it first", ErrNotFound, name)
 	}
@@ -189,15 +191,8 @@ func (r *sqlRegistry) RemoveUser(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		devs, err := t.r.listDevices(t.ctx, t.tx, DeviceFilter{User: name})
-		if err != nil {
-			return err
-		}
-		for _, d := range devs {
-			if err := t.revoke(d); err != nil {
-				return err
-			}
-		}
+		// Invites first: deleting them waits for redeems in flight, so the
+		// device list below includes what they enrolled.
 		rows, err := t.query(`SELECT id FROM invites WHERE user_id = ?`, id)
 		if err != nil {
 			return err
@@ -211,6 +206,15 @@ func (r *sqlRegistry) RemoveUser(ctx context.Context, name string) error {
 		}
 		if _, err := t.exec(`DELETE FROM invites WHERE user_id = ?`, id); err != nil {
 			return err
+		}
+		devs, err := t.r.listDevices(t.ctx, t.tx, DeviceFilter{User: name})
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if err := t.revoke(d); err != nil {
+				return err
+			}
 		}
 		rows, err = t.query(`SELECT group_id FROM group_members WHERE user_id = ?`, id)
 		if err != nil {
@@ -364,15 +368,14 @@ func (r *sqlRegistry) AddMember(ctx context.Context, group, user string) error {
 		if err != nil {
 			return err
 		}
-		var n int
-		if err := t.queryRow(`SELECT COUNT(*) FROM group_members WHERE group_id = ? AND user_id = ?`, gid, uid).Scan(&n); err != nil {
+		res, err := t.exec(`INSERT INTO group_members (group_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, gid, uid)
+		if err != nil {
 			return err
 		}
-		if n > 0 {
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
 			return nil // already a member: nothing changes, nothing recorded
-		}
-		if _, err := t.exec(`INSERT INTO group_members (group_id, user_id) VALUES (?, ?)`, gid, uid); err != nil {
-			return err
 		}
 		t.record(KindGroup, gid, "group.member.add", group+"/"+user, "")
 		return nil
