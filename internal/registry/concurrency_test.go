@@ -169,3 +169,34 @@ func TestRemoveUserDuringEnrollment(t *testing.T) {
 		t.Logf("%d of %d enrollments happened before the removal (and were revoked with it)", len(all), n)
 	})
 }
+
+// TestConcurrentRevoke revokes one device from two connections at once, ten
+// times over: each time exactly one revoke succeeds and one audit row says so.
+func TestConcurrentRevoke(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		gwA := b.open(t, Options{})
+		gwB := b.open(t, Options{})
+		must(gwA.AddPool(bg, netip.MustParsePrefix("100.64.3.0/24")))(t)
+		must(gwA.AddUser(bg, "alice"))(t)
+		for i := 0; i < 10; i++ {
+			d := must(gwA.CreateDevice(bg, "alice", DeviceSpec{Name: "laptop", PublicKey: key(i + 1)}))(t)
+			before := counts(t, gwA)
+			_, errs := enrollAll(2, func(ctx context.Context, j int) (Device, error) {
+				gw := []*sqlRegistry{gwA, gwB}[j]
+				return Device{}, gw.RevokeDevice(ctx, d.ID)
+			})
+			okCount := 0
+			for _, err := range errs {
+				if err == nil {
+					okCount++
+				} else if !errors.Is(err, ErrNotFound) {
+					t.Errorf("revoke: %v", err)
+				}
+			}
+			after := counts(t, gwA)
+			if okCount != 1 || after["audit"] != before["audit"]+1 || after["device_addresses"] != before["device_addresses"]-1 {
+				t.Errorf("two revokes at once: %d succeeded, audit %d -> %d", okCount, before["audit"], after["audit"])
+			}
+		}
+	})
+}

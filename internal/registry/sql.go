@@ -294,8 +294,10 @@ func (t *txn) groupID(name string) (int64, error) {
 	if _, err := ParseName(name); err != nil {
 		return 0, err
 	}
+	// Locked (PostgreSQL) like userID: RemoveGroup and what adds to the
+	// group take turns.
 	var id int64
-	err := t.queryRow(`SELECT id FROM user_groups WHERE name = ?`, name).Scan(&id)
+	err := t.queryRow(`SELECT id FROM user_groups WHERE name = ?`+t.r.d.forUpdate, name).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("%w: no group %q: list groups, or add it first", ErrNotFound, name)
 	}
@@ -756,10 +758,18 @@ func (r *sqlRegistry) RevokeDevice(ctx context.Context, id int64) error {
 }
 
 func (t *txn) revoke(d Device) error {
-	if _, err := t.exec(`DELETE FROM device_addresses WHERE device_id = ?`, d.ID); err != nil {
+	// The condition is checked again under the row lock: of two revokes at
+	// once, one does it and the other finds it done.
+	res, err := t.exec(`UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`, t.now, d.ID)
+	if err != nil {
 		return err
 	}
-	if _, err := t.exec(`UPDATE devices SET revoked_at = ? WHERE id = ?`, t.now, d.ID); err != nil {
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return fmt.Errorf("%w: device %s/%s was revoked already", ErrNotFound, d.User, d.Name)
+	}
+	if _, err := t.exec(`DELETE FROM device_addresses WHERE device_id = ?`, d.ID); err != nil {
 		return err
 	}
 	addrs := make([]string, len(d.Addresses))
