@@ -212,7 +212,7 @@ func (r *sqlRegistry) RemoveUser(ctx context.Context, name string) error {
 			return err
 		}
 		for _, d := range devs {
-			if err := t.revoke(d); err != nil {
+			if _, err := t.revoke(d); err != nil { // one revoked meanwhile is fine
 				return err
 			}
 		}
@@ -753,31 +753,38 @@ func (r *sqlRegistry) RevokeDevice(ctx context.Context, id int64) error {
 		if ds[0].Revoked() {
 			return fmt.Errorf("%w: device %s/%s was revoked already (at %s)", ErrNotFound, ds[0].User, ds[0].Name, ds[0].RevokedAt.Format(time.RFC3339))
 		}
-		return t.revoke(ds[0])
+		if done, err := t.revoke(ds[0]); err != nil {
+			return err
+		} else if !done {
+			return fmt.Errorf("%w: device %s/%s was revoked already", ErrNotFound, ds[0].User, ds[0].Name)
+		}
+		return nil
 	}), "")
 }
 
-func (t *txn) revoke(d Device) error {
+// revoke revokes d and frees its addresses; done is false (and nothing
+// written) if another transaction revoked it first.
+func (t *txn) revoke(d Device) (done bool, err error) {
 	// The condition is checked again under the row lock: of two revokes at
 	// once, one does it and the other finds it done.
 	res, err := t.exec(`UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`, t.now, d.ID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return err
+		return false, err
 	} else if n == 0 {
-		return fmt.Errorf("%w: device %s/%s was revoked already", ErrNotFound, d.User, d.Name)
+		return false, nil
 	}
 	if _, err := t.exec(`DELETE FROM device_addresses WHERE device_id = ?`, d.ID); err != nil {
-		return err
+		return false, err
 	}
 	addrs := make([]string, len(d.Addresses))
 	for i, a := range d.Addresses {
 		addrs[i] = a.String()
 	}
 	t.record(KindDevice, d.ID, "device.revoke", d.User+"/"+d.Name, "freed "+strings.Join(addrs, " "))
-	return nil
+	return true, nil
 }
 
 func (r *sqlRegistry) SeenDevice(ctx context.Context, id int64, at time.Time) error {
