@@ -2,7 +2,6 @@ package registry
 
 import (
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -227,28 +226,28 @@ func validHostname(h string) bool {
 	return true
 }
 
-// An invite secret is PREFIX.SECRET: PREFIX is 16 hex digits (8 random
-// bytes, public: the database looks the invite up by it), SECRET is 32
-// random bytes in unpadded base64url (43 characters). Only SHA-256(SECRET)
-// is stored.
+// An invite secret is PREFIX.SECRET, both unpadded base64url: PREFIX is 6
+// random bytes (8 characters, public: the database looks the invite up by
+// it), SECRET is 32 random bytes (43 characters). Only SHA-256(SECRET) is
+// stored. This is the PREFIX.SECRET of internal/enroll's "v1.PREFIX.SECRET"
+// invite token.
 const (
-	invitePrefixBytes = 8
+	invitePrefixBytes = 6
 	inviteSecretBytes = 32
 )
 
 func formatInviteSecret(prefix []byte, secret []byte) string {
-	return hex.EncodeToString(prefix) + "." + base64.RawURLEncoding.EncodeToString(secret)
+	return base64.RawURLEncoding.EncodeToString(prefix) + "." + base64.RawURLEncoding.EncodeToString(secret)
 }
 
 // parseInviteSecret splits an invite secret into its prefix (as stored) and
 // its secret bytes. It does not touch the database.
 func parseInviteSecret(s string) (prefix string, secret []byte, err error) {
 	p, sec, ok := strings.Cut(strings.TrimSpace(s), ".")
-	if !ok || len(p) != 2*invitePrefixBytes || len(sec) != base64.RawURLEncoding.EncodedLen(inviteSecretBytes) {
+	if !ok || len(p) != base64.RawURLEncoding.EncodedLen(invitePrefixBytes) || len(sec) != base64.RawURLEncoding.EncodedLen(inviteSecretBytes) {
 		return "", nil, fmt.Errorf("%w: malformed invite secret: paste the whole enrollment URL the administrator gave you", ErrInviteRefused)
 	}
-	pb, err := hex.DecodeString(p)
-	if err != nil || hex.EncodeToString(pb) != p {
+	if pb, err := base64.RawURLEncoding.Strict().DecodeString(p); err != nil || len(pb) != invitePrefixBytes {
 		return "", nil, fmt.Errorf("%w: malformed invite prefix: paste the whole enrollment URL the administrator gave you", ErrInviteRefused)
 	}
 	secret, err = base64.RawURLEncoding.Strict().DecodeString(sec)

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"encoding/base64"
 	"errors"
 	"math/big"
 	"net/netip"
@@ -92,15 +93,16 @@ func TestParseEndpoint(t *testing.T) {
 }
 
 func TestParseInviteSecret(t *testing.T) {
-	prefix := []byte{0xab, 2, 3, 4, 5, 6, 7, 8}
+	prefix := []byte{0xab, 2, 3, 4, 5, 6}
 	secret := make([]byte, inviteSecretBytes)
 	secret[0] = 9
 	s := formatInviteSecret(prefix, secret)
 	p, got, err := parseInviteSecret(s)
-	if err != nil || p != "ab02030405060708" || string(got) != string(secret) {
+	if err != nil || p != "qwIDBAUG" || string(got) != string(secret) || len(s) != 8+1+43 {
 		t.Fatalf("parseInviteSecret(%q) = %q, %x, %v", s, p, got, err)
 	}
-	for _, bad := range []string{"", s[:len(s)-1], s + "A", strings.ToUpper(s[:16]) + s[16:], strings.Replace(s, ".", "_", 1), s[:17] + "*" + s[18:]} {
+	for _, bad := range []string{"", s[:len(s)-1], s + "A", "qwIDBAU=" + s[8:], strings.Replace(s, ".", "_", 1), s[:10] + "*" + s[11:],
+		"qwIDBAUGx" + s[8:], s[:len(s)-1] + "B" /* non-zero padding bits */} {
 		if _, _, err := parseInviteSecret(bad); !errors.Is(err, ErrInviteRefused) {
 			t.Errorf("parseInviteSecret(%q) = %v, want ErrInviteRefused", bad, err)
 		}
@@ -192,7 +194,7 @@ func FuzzParseEndpoint(f *testing.F) {
 
 func FuzzParseInviteSecret(f *testing.F) {
 	f.Add(formatInviteSecret(make([]byte, invitePrefixBytes), make([]byte, inviteSecretBytes)))
-	f.Add("0123456789abcdef." + strings.Repeat("A", 43))
+	f.Add("qwIDBAUG." + strings.Repeat("A", 43))
 	f.Add("")
 	f.Add("not-a-secret")
 	f.Fuzz(func(t *testing.T, s string) {
@@ -203,22 +205,12 @@ func FuzzParseInviteSecret(f *testing.F) {
 			}
 			return
 		}
-		if len(secret) != inviteSecretBytes || len(prefix) != 2*invitePrefixBytes {
+		pb, err := base64.RawURLEncoding.DecodeString(prefix)
+		if err != nil || len(pb) != invitePrefixBytes || len(secret) != inviteSecretBytes {
 			t.Fatalf("parseInviteSecret(%q) = %q, %d bytes", s, prefix, len(secret))
-		}
-		pb := make([]byte, invitePrefixBytes)
-		for i := range pb {
-			pb[i] = unhex(prefix[2*i])<<4 | unhex(prefix[2*i+1])
 		}
 		if formatInviteSecret(pb, secret) != strings.TrimSpace(s) {
 			t.Fatalf("parseInviteSecret(%q) does not round-trip", s)
 		}
 	})
-}
-
-func unhex(c byte) byte {
-	if c >= 'a' {
-		return c - 'a' + 10
-	}
-	return c - '0'
 }

@@ -439,7 +439,7 @@ func TestInvites(t *testing.T) {
 		for _, c := range []struct{ name, secret string }{
 			{"forged secret", forged},
 			{"secret of another invite", swapped},
-			{"unknown prefix", "0123456789abcdef." + strings.Repeat("A", 43)},
+			{"unknown prefix", "AAAAAAAA." + strings.Repeat("A", 43)},
 			{"malformed", "not-a-secret"},
 			{"empty", ""},
 			{"truncated", secret[:len(secret)-1]},
