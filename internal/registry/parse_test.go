@@ -7,6 +7,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ptun-vpn/ptun/internal/enroll"
 )
 
 func TestParseName(t *testing.T) {
@@ -213,4 +216,24 @@ func FuzzParseInviteSecret(f *testing.F) {
 			t.Fatalf("parseInviteSecret(%q) does not round-trip", s)
 		}
 	})
+}
+
+// TestInviteSecretIsAnEnrollToken checks the contract with internal/enroll:
+// "v1." + a secret from CreateInvite is a token that ParseToken reads back
+// into the same prefix and secret.
+func TestInviteSecretIsAnEnrollToken(t *testing.T) {
+	reg, err := OpenSQLite(bg, t.TempDir()+"/r.db", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	must(reg.AddUser(bg, "alice"))(t)
+	inv, secret, err := reg.CreateInvite(bg, "alice", time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix, sec, err := enroll.ParseToken("v1." + secret)
+	if err != nil || prefix != inv.Prefix || prefix+"."+sec != secret {
+		t.Fatalf("enroll.ParseToken(v1.%s) = %q, %q, %v", secret, prefix, sec, err)
+	}
 }
