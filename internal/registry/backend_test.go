@@ -28,7 +28,7 @@ type backend struct {
 }
 
 // open is try that fails t on error and closes the registry at cleanup.
-func (b *backend) open(t *testing.T, opts Options) *sqlRegistry {
+func (b *backend) open(t testing.TB, opts Options) *sqlRegistry {
 	t.Helper()
 	r, err := b.try(opts)
 	if err != nil {
@@ -56,7 +56,7 @@ func eachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 
 // postgresDatabase creates an empty database for t on the server of
 // $PTUN_TEST_POSTGRES and returns its DSN; cleanup drops it.
-func postgresDatabase(t *testing.T) string {
+func postgresDatabase(t testing.TB) string {
 	t.Helper()
 	admin := os.Getenv(postgresEnv)
 	if admin == "" {
@@ -87,7 +87,7 @@ func postgresDatabase(t *testing.T) string {
 }
 
 // withDatabase returns dsn with its database replaced by name.
-func withDatabase(t *testing.T, dsn, name string) string {
+func withDatabase(t testing.TB, dsn, name string) string {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
 		if err != nil {
@@ -100,7 +100,7 @@ func withDatabase(t *testing.T, dsn, name string) string {
 }
 
 // counts is the number of rows in every table, and the change sequence.
-func counts(t *testing.T, r *sqlRegistry) map[string]int {
+func counts(t testing.TB, r *sqlRegistry) map[string]int {
 	t.Helper()
 	out := make(map[string]int)
 	for _, table := range []string{"users", "user_groups", "group_members", "pools", "devices", "device_addresses",
