@@ -179,8 +179,10 @@ const (
 )
 
 // Change says that the object Kind/ID changed at sequence number Seq. It
-// does not carry the new state: a follower reads the object again (and
-// finds ErrNotFound, or a revoked device, when it is gone).
+// does not carry the new state: a follower reads it again — a device with
+// Device(ID) (revoked, or ErrNotFound), anything else by listing its kind
+// (ListRules, ListGroups and Members, ListGateways…) — so a burst of
+// changes to one object costs one read.
 type Change struct {
 	Seq  uint64
 	Kind Kind
