@@ -589,6 +589,13 @@ func (t *txn) createDevice(uid int64, user string, spec DeviceSpec, via string) 
 		if err := t.r.d.lock(t.ctx, t.tx, p.ID); err != nil {
 			return Device{}, err
 		}
+		// RemovePool takes the same lock: the pool may be gone now.
+		if err := t.queryRow(`SELECT COUNT(*) FROM pools WHERE id = ?`, p.ID).Scan(&n); err != nil {
+			return Device{}, err
+		}
+		if n == 0 {
+			continue
+		}
 		used, err := t.usedAddrs(p.ID)
 		if err != nil {
 			return Device{}, err
