@@ -93,6 +93,11 @@ func migrate(ctx context.Context, db *sql.DB, d *dialect) error {
 	if err != nil {
 		return err
 	}
+	return migrateTo(ctx, db, d, ms)
+}
+
+// migrateTo applies ms (in order, numbered from 1); tests pass their own.
+func migrateTo(ctx context.Context, db *sql.DB, d *dialect, ms []migration) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("registry: start migration: %w", err)

@@ -726,3 +726,42 @@ func TestSQLitePragmas(t *testing.T) {
 		t.Errorf("a file in a missing folder opened")
 	}
 }
+
+// TestMigrationUpgrade runs an upgrade from schema 1 with a second migration
+// made up here: a failing one leaves schema 1 as it was (one transaction),
+// a good one is applied once and the data stays.
+func TestMigrationUpgrade(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		r := b.open(t, Options{})
+		must(r.AddUser(bg, "alice"))(t)
+		ms := must(migrations())(t)
+		bad := append(ms[:len(ms):len(ms)], migration{version: len(ms) + 1, name: "0002_bad.sql",
+			sql: "CREATE TABLE extra (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"})
+		if err := migrateTo(bg, r.db, r.d, bad); err == nil || !strings.Contains(err.Error(), "0002_bad.sql") {
+			t.Fatalf("a failing migration: %v, want an error naming it", err)
+		}
+		var n int
+		if err := r.db.QueryRow("SELECT COUNT(*) FROM schema_version").Scan(&n); err != nil || n != len(ms) {
+			t.Errorf("after a failed upgrade: %d schema_version rows (%v), want %d", n, err, len(ms))
+		}
+		if _, err := r.db.Exec("SELECT COUNT(*) FROM extra"); err == nil {
+			t.Errorf("the failed migration's first statement was kept")
+		}
+		good := append(ms[:len(ms):len(ms)], migration{version: len(ms) + 1, name: "0002_good.sql",
+			sql: "-- a comment\nCREATE TABLE extra (\n\tid {{ID}},\n\tdata {{BYTES}}\n);\nCREATE INDEX extra_data ON extra (data);\n"})
+		for i := 0; i < 2; i++ {
+			if err := migrateTo(bg, r.db, r.d, good); err != nil {
+				t.Fatalf("upgrade, run %d: %v", i+1, err)
+			}
+		}
+		if _, err := r.db.Exec("INSERT INTO extra (data) VALUES (NULL)"); err != nil {
+			t.Errorf("the upgraded schema: %v", err)
+		}
+		if c := counts(t, r); c["schema_version"] != len(ms)+1 || c["users"] != 1 {
+			t.Errorf("after the upgrade: %v", c)
+		}
+		// This binary knows only len(ms) versions: it refuses the upgraded database.
+		_, err := b.try(Options{})
+		wantErr(t, err, ErrSchemaTooNew, "a database one migration ahead")
+	})
+}
