@@ -5,6 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,4 +204,64 @@ func TestConcurrentRevoke(t *testing.T) {
 			}
 		}
 	})
+}
+
+// helperEnv makes the test binary a helper process for
+// TestSQLiteTwoProcesses: PATH,FIRSTKEY enrolls 50 devices there.
+const helperEnv = "PTUN_REGISTRY_TEST_ENROLL"
+
+// TestSQLiteTwoProcesses enrolls 50 devices from this process and 50 from
+// another at the same time into one SQLite file: the file's write lock
+// (BEGIN IMMEDIATE, busy_timeout) must serialise them across processes.
+func TestSQLiteTwoProcesses(t *testing.T) {
+	if spec := os.Getenv(helperEnv); spec != "" {
+		path, first, _ := strings.Cut(spec, ",")
+		n, err := strconv.Atoi(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enrollFifty(t, path, n)
+		return
+	}
+	path := filepath.Join(t.TempDir(), "registry.db")
+	r, err := OpenSQLite(bg, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	must(r.AddPool(bg, netip.MustParsePrefix("100.64.4.0/24")))(t)
+	must(r.AddUser(bg, "alice"))(t)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSQLiteTwoProcesses$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+path+",1000")
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	enrollFifty(t, path, 0)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the other process: %v\n%s", err, out)
+	}
+	devs := must(r.ListDevices(bg, DeviceFilter{}))(t)
+	if len(devs) != 100 {
+		t.Errorf("%d devices, want 100", len(devs))
+	}
+	checkUnique(t, devs, 1)
+}
+
+func enrollFifty(t *testing.T, path string, first int) {
+	r, err := OpenSQLite(bg, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, errs := enrollAll(50, func(ctx context.Context, i int) (Device, error) {
+		return r.CreateDevice(ctx, "alice", DeviceSpec{Name: fmt.Sprintf("p%d", first+i), PublicKey: key(first + i + 1)})
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("enrollment %d in process %d: %v", i, os.Getpid(), err)
+		}
+	}
 }
