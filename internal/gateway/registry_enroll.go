@@ -1,0 +1,69 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/wg/noise"
+)
+
+// Site is what every device of a gateway is offered besides its own
+// addresses: the routes, DNS and tunnel settings `ptun gateway init` set.
+type Site struct {
+	MTU       int
+	Routes    []netip.Prefix
+	DNS       []netip.Addr
+	Search    []string
+	Keepalive int
+	API       string // the enrollment API's https base URL, for profile updates
+}
+
+// RegistryEnroller is the Enroller of a registry: redeeming an invite
+// creates the device (addresses from every pool, in the invite's
+// transaction) and the offer lists every gateway the registry knows.
+type RegistryEnroller struct {
+	Registry registry.Registry
+	Site     Site
+}
+
+// Enroll implements Enroller.
+func (e *RegistryEnroller) Enroll(ctx context.Context, en Enrollment) (*profile.Offer, error) {
+	ctx = registry.WithActor(ctx, "enroll:"+en.Source.String())
+	dev, err := e.Registry.Redeem(ctx, en.Prefix+"."+en.Secret, registry.DeviceSpec{Name: en.Device, PublicKey: registry.Key(en.PublicKey)})
+	switch {
+	case errors.Is(err, registry.ErrInviteRefused):
+		return nil, fmt.Errorf("%w (%v)", ErrInvalidInvite, err)
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrConflict):
+		return nil, fmt.Errorf("%w: %v", ErrConflict, err)
+	case errors.Is(err, registry.ErrPoolExhausted):
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: the registry: %v", ErrUnavailable, err)
+	}
+	return e.Offer(ctx, dev)
+}
+
+// Offer is what device dev is offered.
+func (e *RegistryEnroller) Offer(ctx context.Context, dev registry.Device) (*profile.Offer, error) {
+	gws, err := e.Registry.ListGateways(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the registry's gateways: %v", ErrUnavailable, err)
+	}
+	o := &profile.Offer{Version: profile.Version, User: dev.User, Device: dev.Name, MTU: e.Site.MTU,
+		Routes: e.Site.Routes, DNS: e.Site.DNS, Search: e.Site.Search, Keepalive: e.Site.Keepalive}
+	for _, g := range gws {
+		ep, err := netip.ParseAddrPort(g.Endpoint)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gateway %s's endpoint %q is not ADDRESS:PORT", ErrUnavailable, g.Name, g.Endpoint)
+		}
+		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: e.Site.API})
+	}
+	for _, a := range dev.Addresses {
+		o.Addresses = append(o.Addresses, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return o, nil
+}
