@@ -109,6 +109,7 @@ transfer.
 Example:
   sudo ptun status work
 `,
+	"gateway": gatewayUsage,
 	"version": `Usage: ptun version
 
 Print ptun's version, the commit it was built from and the Go version.
@@ -209,6 +210,7 @@ var commands = map[string]func(args []string) error{
 	"down":    runDown,
 	"status":  runStatus,
 	"version": runVersion,
+	"gateway": runGateway,
 }
 
 // help is `ptun help [COMMAND]`.

@@ -35,6 +35,9 @@ const usage = `Usage:
         as root: measure TCP and UDP up and down, RTT idle and under load, CPU
         per GB and memory, of the raw link, ptun and each peer (such as
         --peer wireguard-go=wireguard-go), interleaved, with medians and ratios
+  ptun gateway SUBCOMMAND [--state DIR]
+        administer a remote-access gateway: init, user add, users, invite,
+        devices, revoke (see ptun gateway -h)
   ptun join INVITE-URL [--name NAME] [--device NAME] [--profiles DIR]
         enroll this device with a ptun gateway and store its profile
   ptun up NAME [--kill-switch] | ptun down NAME | ptun status NAME
@@ -83,6 +86,8 @@ Environment:
   LOG_LEVEL=verbose|silent          log more (also "debug"), or nothing; the
                                     default logs errors and events
   WG_PROCESS_FOREGROUND=1           acts as -f (as for wireguard-go)
+  SUDO_USER, USER                   who the gateway's audit log names for an
+                                    administrative command (ptun gateway …)
   GOMAXPROCS=N                      Go processors per process (ptun's default:
                                     1 on machines with 1-2 CPUs, else Go's)
 DURATION is a Go duration such as 500us, 5ms or 3s.

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ptun-vpn/ptun/internal/gateway"
+	"github.com/ptun-vpn/ptun/internal/registry"
+)
+
+// `ptun gateway SUBCOMMAND`: the gateway's administration. Each
+// subcommand takes --state DIR (default /var/lib/ptun/gw) and its flags
+// before or after its arguments.
+
+const gatewayUsage = `Usage: ptun gateway SUBCOMMAND [ARGS] [--state DIR]
+
+Administer a ptun remote-access gateway whose state (configuration, keys,
+certificate, registry) is in DIR (default /var/lib/ptun/gw):
+
+  init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
+       [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
+                             make the gateway: its key, certificate, registry
+  user add NAME [--group G]  add a user (to a group)
+  user remove NAME           remove a user and revoke every device of theirs
+  users                      list the users
+  invite USER [--ttl 24h] [--uses 1]
+                             make an enrollment URL for USER (the last line
+                             of the output, alone)
+  devices [--json]           list devices: user, name, addresses, created, state
+  revoke USER/DEVICE         revoke a device: its addresses go back to the pool
+
+Every change is written to the registry's audit log with who made it.
+
+Example:
+  sudo ptun gateway init --endpoint 198.18.0.1:51820 --api 198.18.0.1:8443 \
+       --pool 100.80.0.0/16 --pool 2001:db8:80::/64 --route 198.18.2.0/24 --dns 198.18.2.53
+  sudo ptun gateway user add alice --group eng
+  sudo ptun gateway invite alice --ttl 24h
+`
+
+var gatewayCommands = map[string]func(args []string) error{
+	"init":    gatewayInit,
+	"user":    gatewayUser,
+	"users":   gatewayUsers,
+	"invite":  gatewayInvite,
+	"devices": gatewayDevices,
+	"revoke":  gatewayRevoke,
+}
+
+func runGateway(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, gatewayUsage)
+		return errUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, gatewayUsage)
+		return errHelped
+	}
+	cmd, ok := gatewayCommands[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "ptun gateway: no subcommand %q\nrun 'ptun gateway -h' for help\n", args[0])
+		return errUsage
+	}
+	return cmd(args[1:])
+}
+
+// gwFlags is a subcommand's flag set with --state.
+func gwFlags(name string) (*flag.FlagSet, *string) {
+	fs := newFlagSet("gateway " + name)
+	commandUsage["gateway "+name] = gatewayUsage
+	return fs, fs.String("state", gateway.DefaultStateDir, "the gateway's state folder")
+}
+
+// listFlag is a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func gatewayInit(args []string) error {
+	fs, state := gwFlags("init")
+	name := fs.String("name", "gw1", "this gateway's name")
+	endpoint := fs.String("endpoint", "", "ADDRESS:PORT devices send WireGuard to")
+	api := fs.String("api", "", "ADDRESS:PORT of the enrollment API")
+	db := fs.String("db", "", "a postgres:// registry shared by several gateways (default: SQLite in the state folder)")
+	mtu := fs.Int("mtu", 1420, "the tunnel MTU devices get")
+	keepalive := fs.Int("keepalive", 25, "the keepalive devices get, in seconds")
+	masq := fs.Bool("masquerade", false, "source-NAT the devices' traffic towards the routes")
+	deny := fs.String("default-access", "allow", "what a group without access rules reaches: allow (every route) or deny (nothing)")
+	var pools, routes, dns, search listFlag
+	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
+	fs.Var(&routes, "route", "a route offered to devices (repeatable); 0.0.0.0/0 for a full tunnel")
+	fs.Var(&dns, "dns", "a DNS server offered to devices (repeatable)")
+	fs.Var(&search, "search", "a search domain offered to devices (repeatable)")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	o := gateway.InitOptions{Config: gateway.Config{Name: *name, DB: *db, Masquerade: *masq,
+		Site: gateway.Site{MTU: *mtu, Keepalive: *keepalive, Search: search}}}
+	var err error
+	if o.Endpoint, err = netip.ParseAddrPort(*endpoint); err != nil {
+		return fmt.Errorf("--endpoint %q: give ADDRESS:PORT, such as 198.18.0.1:51820", *endpoint)
+	}
+	if o.API, err = netip.ParseAddrPort(*api); err != nil {
+		return fmt.Errorf("--api %q: give ADDRESS:PORT, such as 198.18.0.1:8443", *api)
+	}
+	switch *deny {
+	case "allow":
+	case "deny":
+		o.DefaultDeny = true
+	default:
+		return fmt.Errorf("--default-access %q: allow or deny", *deny)
+	}
+	for _, p := range pools {
+		pfx, err := netip.ParsePrefix(p)
+		if err != nil || pfx != pfx.Masked() {
+			return fmt.Errorf("--pool %q is not a network prefix such as 100.80.0.0/16", p)
+		}
+		o.Pools = append(o.Pools, pfx)
+	}
+	for _, r := range routes {
+		pfx, err := netip.ParsePrefix(r)
+		if err != nil {
+			return fmt.Errorf("--route %q is not a prefix such as 198.18.2.0/24", r)
+		}
+		o.Site.Routes = append(o.Site.Routes, pfx)
+	}
+	for _, d := range dns {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			return fmt.Errorf("--dns %q is not an address", d)
+		}
+		o.Site.DNS = append(o.Site.DNS, a)
+	}
+	pin, err := gateway.Init(context.Background(), *state, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s\n",
+		o.Name, *state, o.Endpoint, o.APIURL(), pin)
+	return nil
+}
+
+// withRegistry opens state's registry for fn.
+func withRegistry(state string, fn func(ctx context.Context, c *gateway.Config, reg registry.Registry) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, reg, err := gateway.Load(ctx, state)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	return fn(registry.WithActor(ctx, gateway.Actor()), c, reg)
+}
+
+func gatewayUser(args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, gatewayUsage)
+		return errHelped
+	}
+	if len(args) == 0 || (args[0] != "add" && args[0] != "remove") {
+		fmt.Fprint(os.Stderr, "ptun gateway user: add NAME [--group G] or remove NAME\nrun 'ptun gateway -h' for help\n")
+		return errUsage
+	}
+	fs, state := gwFlags("user " + args[0])
+	var groups listFlag
+	if args[0] == "add" {
+		fs.Var(&groups, "group", "a group to put the user in (repeatable)")
+	}
+	pos, err := parseInterspersed(fs, args[1:], 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(os.Stderr, "ptun gateway user: the user's name is missing")
+		return errUsage
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		if args[0] == "remove" {
+			if err := reg.RemoveUser(ctx, pos[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "user %s removed; their devices are revoked\n", pos[0])
+			return nil
+		}
+		if _, err := reg.AddUser(ctx, pos[0]); err != nil {
+			return err
+		}
+		for _, g := range groups {
+			if _, err := reg.AddGroup(ctx, g); err != nil && !errors.Is(err, registry.ErrExists) {
+				return err
+			}
+			if err := reg.AddMember(ctx, g, pos[0]); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(stdout, "user %s added\n", pos[0])
+		return nil
+	})
+}
+
+func gatewayUsers(args []string) error {
+	fs, state := gwFlags("users")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		users, err := reg.ListUsers(ctx)
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			gs, _ := reg.GroupsOf(ctx, u.Name)
+			var names []string
+			for _, g := range gs {
+				names = append(names, g.Name)
+			}
+			fmt.Fprintf(stdout, "%s\t%s\n", u.Name, strings.Join(names, ","))
+		}
+		return nil
+	})
+}
+
+func gatewayInvite(args []string) error {
+	fs, state := gwFlags("invite")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the invite is valid")
+	uses := fs.Int("uses", 1, "how many devices it may enroll")
+	pos, err := parseInterspersed(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(os.Stderr, "ptun gateway invite: the user's name is missing")
+		return errUsage
+	}
+	return withRegistry(*state, func(ctx context.Context, c *gateway.Config, reg registry.Registry) error {
+		pin, err := gateway.Pin(*state)
+		if err != nil {
+			return err
+		}
+		inv, secret, err := reg.CreateInvite(ctx, pos[0], *ttl, *uses)
+		if err != nil {
+			return err
+		}
+		u, err := gateway.InviteURL(c, secret, pin)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "invite %s for %s: %d use(s), valid until %s; shown once, give it to the user:\n%s\n",
+			inv.Prefix, pos[0], inv.UsesLeft, inv.ExpiresAt.Format(time.RFC3339), u)
+		return nil
+	})
+}
+
+func gatewayDevices(args []string) error {
+	fs, state := gwFlags("devices")
+	asJSON := fs.Bool("json", false, "print JSON")
+	all := fs.Bool("all", false, "include revoked devices")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		devs, err := reg.ListDevices(ctx, registry.DeviceFilter{IncludeRevoked: *all})
+		if err != nil {
+			return err
+		}
+		sort.SliceStable(devs, func(i, j int) bool { return devs[i].User < devs[j].User })
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(devs)
+		}
+		w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "USER\tDEVICE\tADDRESSES\tCREATED\tSTATE")
+		for _, d := range devs {
+			var as []string
+			for _, a := range d.Addresses {
+				as = append(as, a.String())
+			}
+			st := "active"
+			if d.Revoked() {
+				st = "revoked " + d.RevokedAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.User, d.Name, strings.Join(as, ","), d.CreatedAt.Format(time.RFC3339), st)
+		}
+		return w.Flush()
+	})
+}
+
+func gatewayRevoke(args []string) error {
+	fs, state := gwFlags("revoke")
+	pos, err := parseInterspersed(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	user, dev, ok := strings.Cut(strings.Join(pos, ""), "/")
+	if len(pos) != 1 || !ok {
+		fmt.Fprintln(os.Stderr, "ptun gateway revoke: name the device as USER/DEVICE")
+		return errUsage
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		devs, err := reg.ListDevices(ctx, registry.DeviceFilter{User: user, Name: dev})
+		if err != nil {
+			return err
+		}
+		if len(devs) == 0 {
+			return fmt.Errorf("no active device %s/%s (ptun gateway devices lists them)", user, dev)
+		}
+		for _, d := range devs {
+			if err := reg.RevokeDevice(ctx, d.ID); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
+		return nil
+	})
+}

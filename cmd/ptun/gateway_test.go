@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ptun-vpn/ptun/internal/client"
+	"github.com/ptun-vpn/ptun/internal/enroll"
+	"github.com/ptun-vpn/ptun/internal/gateway"
+)
+
+// ok runs ptun with args and fails unless it exits 0; it returns stdout.
+func ok(t *testing.T, args ...string) string {
+	t.Helper()
+	var code int
+	out, errOut := capture(t, func() { code = run(args) })
+	if code != 0 {
+		t.Fatalf("ptun %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// TestGatewayCommands drives the administration commands on a SQLite
+// registry in a temporary folder: init, user add, invite (its URL alone on
+// the last line, pinned to the certificate init made), an enrollment with
+// that URL through the enrollment API, devices, revoke. Bad input changes
+// nothing and exits non-zero.
+func TestGatewayCommands(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "gw")
+	ok(t, "gateway", "init", "--state", state, "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443",
+		"--pool", "100.80.0.0/16", "--pool", "2001:db8:80::/64", "--route", "198.18.2.0/24", "--dns", "198.18.2.53", "--search", "corp.example")
+	for _, f := range []string{"gateway.key", "key.pem", "gateway.json"} {
+		if fi, err := os.Stat(filepath.Join(state, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v %v", f, fi, err)
+		}
+	}
+	var code int
+	capture(t, func() {
+		code = run([]string{"gateway", "init", "--state", state, "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443", "--pool", "100.81.0.0/16"})
+	})
+	if code == 0 {
+		t.Fatal("a second init over an existing gateway succeeded")
+	}
+	ok(t, "gateway", "user", "add", "alice", "--group", "eng", "--state", state) // flags after the argument
+	if out := ok(t, "gateway", "users", "--state", state); !strings.Contains(out, "alice\teng") {
+		t.Fatalf("users: %q", out)
+	}
+	capture(t, func() { code = run([]string{"gateway", "invite", "nobody", "--state", state}) })
+	if code == 0 {
+		t.Fatal("an invite for an unknown user succeeded")
+	}
+	out := ok(t, "gateway", "invite", "alice", "--state", state)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	inviteURL := lines[len(lines)-1]
+	inv, err := enroll.ParseInvite(inviteURL)
+	if err != nil {
+		t.Fatalf("the last line %q: %v", inviteURL, err)
+	}
+	pin, _ := gateway.Pin(state)
+	if inv.Pin != pin || inv.Base.Host != "198.18.0.1:8443" {
+		t.Fatalf("invite %+v, want pin %v and the API address", inv, pin)
+	}
+
+	// The enrollment API of this gateway (as ptun gateway run serves it),
+	// on loopback; the invite is pointed at it.
+	ctx := context.Background()
+	cfg, reg, err := gateway.Load(ctx, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(state, "cert.pem"), filepath.Join(state, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(gateway.EnrollHandler(&gateway.RegistryEnroller{Registry: reg, Site: cfg.Site}, nil))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	defer srv.Close()
+	su, _ := url.Parse(srv.URL)
+	inv.Base.Host = su.Host
+	p, err := client.Join(ctx, inv.String(), "work", "laptop", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Offer.Addresses) != 2 || len(p.Offer.Routes) != 1 || p.Offer.Search[0] != "corp.example" || p.Offer.Gateways[0].Name != "gw1" {
+		t.Fatalf("offer %+v", p.Offer)
+	}
+
+	if out := ok(t, "gateway", "devices", "--state", state); !strings.Contains(out, "alice") || !strings.Contains(out, "laptop") ||
+		!strings.Contains(out, p.Offer.Addresses[0].Addr().String()) || !strings.Contains(out, "active") {
+		t.Fatalf("devices:\n%s", out)
+	}
+	ok(t, "gateway", "revoke", "alice/laptop", "--state", state)
+	if out := ok(t, "gateway", "devices", "--state", state); strings.Contains(out, "laptop") {
+		t.Fatalf("a revoked device is listed as active:\n%s", out)
+	}
+	if out := ok(t, "gateway", "devices", "--all", "--json", "--state", state); !strings.Contains(out, `"RevokedAt"`) || !strings.Contains(out, "laptop") {
+		t.Fatalf("devices --all --json:\n%s", out)
+	}
+	capture(t, func() { code = run([]string{"gateway", "revoke", "alice/laptop", "--state", state}) })
+	if code == 0 {
+		t.Fatal("revoking a revoked device succeeded")
+	}
+}

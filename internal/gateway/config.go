@@ -1,0 +1,236 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/ptun-vpn/ptun/internal/enroll"
+	"github.com/ptun-vpn/ptun/internal/netconf"
+	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/wg/noise"
+)
+
+// A gateway's state folder holds:
+//
+//	gateway.json   the configuration `ptun gateway init` wrote (0600)
+//	gateway.key    the gateway's WireGuard private key (0600), read by its
+//	               front only: the control plane never needs it
+//	cert.pem       the enrollment API's certificate, whose pin invites carry
+//	key.pem        its private key (0600)
+//	registry.db    the SQLite registry, unless --db names a PostgreSQL one
+
+// DefaultStateDir is the state folder unless --state says otherwise.
+const DefaultStateDir = "/var/lib/ptun/gw"
+
+// Config is gateway.json.
+type Config struct {
+	Name       string         `json:"name"`
+	Endpoint   netip.AddrPort `json:"endpoint"` // where devices send WireGuard
+	API        netip.AddrPort `json:"api"`      // the enrollment API's listener
+	DB         string         `json:"db,omitempty"`
+	Interface  string         `json:"interface"`
+	Masquerade bool           `json:"masquerade,omitempty"`
+	// DefaultDeny: a group with no access rule reaches nothing (else every
+	// route the gateway offers).
+	DefaultDeny bool `json:"default_deny,omitempty"`
+	Site        Site `json:"site"`
+}
+
+// InitOptions are `ptun gateway init`'s settings.
+type InitOptions struct {
+	Config
+	Pools []netip.Prefix
+}
+
+// DBPath is the registry's DSN: Config.DB, or the SQLite file in dir.
+func (c *Config) DBPath(dir string) string {
+	if c.DB != "" {
+		return c.DB
+	}
+	return filepath.Join(dir, "registry.db")
+}
+
+// APIURL is the enrollment API's base URL.
+func (c *Config) APIURL() string { return "https://" + c.API.String() }
+
+// Check validates a configuration: one error saying what to change.
+func (c *Config) Check() error {
+	switch {
+	case profile.CheckName(c.Name) != nil:
+		return fmt.Errorf("--name %q: 1-64 letters, digits, '.', '_' or '-'", c.Name)
+	case !c.Endpoint.IsValid() || c.Endpoint.Port() == 0 || c.Endpoint.Addr().IsUnspecified():
+		return errors.New("--endpoint: give the ADDRESS:PORT devices send to, such as 198.18.0.1:51820")
+	case !c.API.IsValid() || c.API.Port() == 0 || c.API.Addr().IsUnspecified():
+		return errors.New("--api: give the ADDRESS:PORT of the enrollment API, such as 198.18.0.1:8443")
+	case c.Site.MTU < 576 || c.Site.MTU > 65535:
+		return fmt.Errorf("--mtu %d is out of range (576-65535)", c.Site.MTU)
+	}
+	for _, r := range c.Site.Routes {
+		if r != r.Masked() {
+			return fmt.Errorf("--route %v is not a network prefix (write %v)", r, r.Masked())
+		}
+	}
+	for _, s := range c.Site.Search {
+		if !netconf.ValidDomain(s) {
+			return fmt.Errorf("--search %q is not a domain", s)
+		}
+	}
+	return nil
+}
+
+// Init makes a gateway's state folder dir: the configuration, the
+// gateway's key, the API's certificate, and the registry with the pools
+// and this gateway in it. It refuses a folder that holds a gateway already,
+// and on failure removes what it made.
+func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err error) {
+	if o.Interface == "" {
+		o.Interface = "ptun-gw"
+	}
+	if o.Site.MTU == 0 {
+		o.Site.MTU = 1420
+	}
+	if o.Site.API == "" {
+		o.Site.API = o.APIURL()
+	}
+	if err := o.Check(); err != nil {
+		return pin, err
+	}
+	if len(o.Pools) == 0 {
+		return pin, errors.New("--pool: give at least one address pool, such as --pool 100.80.0.0/16")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gateway.json")); err == nil {
+		return pin, fmt.Errorf("%s holds a gateway already (gateway.json): choose another --state, or remove it", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return pin, err
+	}
+	var made []string
+	defer func() {
+		if err != nil {
+			for _, f := range made {
+				os.Remove(f)
+			}
+		}
+	}()
+	priv, err := noise.GeneratePrivateKey()
+	if err != nil {
+		return pin, err
+	}
+	keyFile := filepath.Join(dir, "gateway.key")
+	if err := writeNew(keyFile, []byte(priv.Base64()+"\n")); err != nil {
+		return pin, err
+	}
+	made = append(made, keyFile)
+	names := []string{o.API.Addr().String()}
+	if pin, err = enroll.WriteCertificate(dir, names); err != nil {
+		return pin, err
+	}
+	made = append(made, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if o.DB == "" {
+		made = append(made, o.DBPath(dir), o.DBPath(dir)+"-wal", o.DBPath(dir)+"-shm")
+	}
+	reg, err := registry.Open(ctx, o.DBPath(dir), registry.Options{})
+	if err != nil {
+		return pin, err
+	}
+	defer reg.Close()
+	ctx = registry.WithActor(ctx, Actor())
+	for _, p := range o.Pools {
+		if _, err := reg.AddPool(ctx, p); err != nil && !errors.Is(err, registry.ErrExists) {
+			return pin, fmt.Errorf("--pool %v: %w", p, err)
+		}
+	}
+	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String()}); err != nil {
+		return pin, fmt.Errorf("registering gateway %s: %w", o.Name, err)
+	}
+	b, err := json.MarshalIndent(&o.Config, "", "  ")
+	if err != nil {
+		return pin, err
+	}
+	cfgFile := filepath.Join(dir, "gateway.json")
+	if err := writeNew(cfgFile, append(b, '\n')); err != nil {
+		return pin, err
+	}
+	return pin, nil
+}
+
+func writeNew(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	return werr
+}
+
+// Load reads dir's configuration and opens its registry.
+func Load(ctx context.Context, dir string) (*Config, registry.Registry, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "gateway.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("no gateway in %s: run ptun gateway init --state %s first", dir, dir)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
+	}
+	if err := c.Check(); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
+	}
+	reg, err := registry.Open(ctx, c.DBPath(dir), registry.Options{})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &c, reg, nil
+}
+
+// Pin returns the pin of dir's API certificate.
+func Pin(dir string) (enroll.Pin, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cert.pem"))
+	if err != nil {
+		return enroll.Pin{}, err
+	}
+	return enroll.PinOfPEM(b)
+}
+
+// Actor names who runs an administrative command, for the audit log:
+// "cli:" and the user (SUDO_USER when run through sudo).
+func Actor() string {
+	u := os.Getenv("SUDO_USER")
+	if u == "" {
+		u = os.Getenv("USER")
+	}
+	if u == "" {
+		u = fmt.Sprint(os.Getuid())
+	}
+	return "cli:" + u
+}
+
+// InviteURL is the enrollment URL of an invite secret (as the registry made
+// it) for the gateway configured by c, whose API certificate has pin.
+func InviteURL(c *Config, secret string, pin enroll.Pin) (string, error) {
+	prefix, sec, ok := strings.Cut(secret, ".")
+	if !ok {
+		return "", errors.New("malformed invite secret")
+	}
+	inv := &enroll.Invite{Prefix: prefix, Secret: sec, Pin: pin}
+	u, err := url.Parse("https://" + c.API.String() + "/join") // [v6]:port as a URL wants it
+	if err != nil {
+		return "", err
+	}
+	inv.Base = u
+	return inv.String(), nil
+}
