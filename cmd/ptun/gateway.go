@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"os/exec"
+	"os/signal"
+	"syscall"
+
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,6 +16,11 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/engine"
+	"github.com/ptun-vpn/ptun/internal/front"
+	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
+	"github.com/ptun-vpn/ptun/internal/ipc"
 
 	"github.com/ptun-vpn/ptun/internal/gateway"
 	"github.com/ptun-vpn/ptun/internal/registry"
@@ -37,6 +46,10 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              of the output, alone)
   devices [--json]           list devices: user, name, addresses, created, state
   revoke USER/DEVICE         revoke a device: its addresses go back to the pool
+  run [--foreground] [--log FILE]
+                             serve the gateway: its interface, the enrollment
+                             API, forwarding, and the registry's devices as
+                             peers (a revoke is in force within a second)
 
 Every change is written to the registry's audit log with who made it.
 
@@ -54,6 +67,7 @@ var gatewayCommands = map[string]func(args []string) error{
 	"invite":  gatewayInvite,
 	"devices": gatewayDevices,
 	"revoke":  gatewayRevoke,
+	"run":     gatewayRun,
 }
 
 func runGateway(args []string) error {
@@ -89,6 +103,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func gatewayInit(args []string) error {
 	fs, state := gwFlags("init")
 	name := fs.String("name", "gw1", "this gateway's name")
+	iface := fs.String("interface", "ptun-gw", "the gateway's tunnel interface")
 	endpoint := fs.String("endpoint", "", "ADDRESS:PORT devices send WireGuard to")
 	api := fs.String("api", "", "ADDRESS:PORT of the enrollment API")
 	db := fs.String("db", "", "a postgres:// registry shared by several gateways (default: SQLite in the state folder)")
@@ -104,7 +119,7 @@ func gatewayInit(args []string) error {
 	if _, err := parseInterspersed(fs, args, 0); err != nil {
 		return err
 	}
-	o := gateway.InitOptions{Config: gateway.Config{Name: *name, DB: *db, Masquerade: *masq,
+	o := gateway.InitOptions{Config: gateway.Config{Name: *name, Interface: *iface, DB: *db, Masquerade: *masq,
 		Site: gateway.Site{MTU: *mtu, Keepalive: *keepalive, Search: search}}}
 	var err error
 	if o.Endpoint, err = netip.ParseAddrPort(*endpoint); err != nil {
@@ -321,4 +336,58 @@ func gatewayRevoke(args []string) error {
 		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
 		return nil
 	})
+}
+
+// gatewayRun is `ptun gateway run [--state DIR] [--foreground] [--log FILE]`.
+func gatewayRun(args []string) error {
+	fs, state := gwFlags("run")
+	foreground := fs.Bool("foreground", false, "stay in the foreground and log to stderr")
+	logFile := fs.String("log", "", "append the log to FILE")
+	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	mode, err := ipc.ParseMode(*ipcFlag)
+	if err != nil {
+		return fmt.Errorf("--ipc: %w", err)
+	}
+	if !*foreground && os.Getenv(readyFDEnv) == "" {
+		if code := daemonize(append([]string{"gateway", "run"}, args...)); code != 0 {
+			return errReported
+		}
+		return nil
+	}
+	if err := front.DropCapabilities(); err != nil {
+		readyReporter()(err)
+		return err
+	}
+	ready := readyReporter()
+	logger, closeLog, err := openLog(*logFile, *foreground, "gateway")
+	if err != nil {
+		ready(err)
+		return err
+	}
+	defer closeLog()
+	gomaxprocs.Apply()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	level := os.Getenv("LOG_LEVEL")
+	verbosef := func(string, ...any) {}
+	if level == "verbose" || level == "debug" {
+		verbosef = logger.Printf
+	}
+	cfg, err := gateway.LoadConfig(*state)
+	if err != nil {
+		ready(err)
+		return err
+	}
+	err = gateway.Run(ctx, *state, gateway.RunOptions{Logf: logger.Printf, Verbosef: verbosef, Mode: mode,
+		EngineCommand: func() (*exec.Cmd, error) {
+			return engine.Command(cfg.Interface, os.Args[0], engineRole, cfg.Interface)
+		},
+		Ready: ready})
+	if err != nil {
+		logger.Printf("gateway: %v", err)
+	}
+	return err
 }

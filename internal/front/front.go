@@ -32,6 +32,11 @@ type Config struct {
 	// this interface; Run adds the control channel as descriptor 3
 	// (ExtraFiles[0], which the command leaves nil). Not used in ipc.Inproc mode.
 	EngineCommand func() (*exec.Cmd, error)
+	// OnUp, if set, is called once the interface is up, before ready, with
+	// the handler the UAPI socket serves: a gateway configures its
+	// interface through it directly, access rules included (which the
+	// UAPI's text cannot carry). It must not keep the handler past Run.
+	OnUp func(h uapi.Handler)
 	// Verbose says that Verbosef logs: the engine is told to send its
 	// detailed lines too.
 	Verbose bool
@@ -124,6 +129,9 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 	go func() { served <- uapi.Serve(ln, handler, cfg.Verbosef) }()
 	go watchMTU(cfg.Name, cfg.MTU, watchStop, mtuChanged, cfg.Verbosef)
 	cfg.Verbosef("interface %s is up (UAPI %s, IPC %s)", cfg.Name, sock, cfg.Mode)
+	if cfg.OnUp != nil {
+		cfg.OnUp(handler)
+	}
 	readyOnce = true
 	ready(nil)
 	select {

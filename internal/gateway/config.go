@@ -16,6 +16,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // A gateway's state folder holds:
@@ -64,6 +65,8 @@ func (c *Config) APIURL() string { return "https://" + c.API.String() }
 // Check validates a configuration: one error saying what to change.
 func (c *Config) Check() error {
 	switch {
+	case c.Interface != "" && wgcfg.CheckInterfaceName(c.Interface) != nil:
+		return wgcfg.CheckInterfaceName(c.Interface)
 	case profile.CheckName(c.Name) != nil:
 		return fmt.Errorf("--name %q: 1-64 letters, digits, '.', '_' or '-'", c.Name)
 	case !c.Endpoint.IsValid() || c.Endpoint.Port() == 0 || c.Endpoint.Addr().IsUnspecified():
@@ -174,27 +177,36 @@ func writeNew(path string, b []byte) error {
 	return werr
 }
 
-// Load reads dir's configuration and opens its registry.
-func Load(ctx context.Context, dir string) (*Config, registry.Registry, error) {
+// LoadConfig reads dir's configuration.
+func LoadConfig(dir string) (*Config, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "gateway.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, fmt.Errorf("no gateway in %s: run ptun gateway init --state %s first", dir, dir)
+		return nil, fmt.Errorf("no gateway in %s: run ptun gateway init --state %s first", dir, dir)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var c Config
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
 	}
 	if err := c.Check(); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.json"), err)
+	}
+	return &c, nil
+}
+
+// Load reads dir's configuration and opens its registry.
+func Load(ctx context.Context, dir string) (*Config, registry.Registry, error) {
+	c, err := LoadConfig(dir)
+	if err != nil {
+		return nil, nil, err
 	}
 	reg, err := registry.Open(ctx, c.DBPath(dir), registry.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
-	return &c, reg, nil
+	return c, reg, nil
 }
 
 // Pin returns the pin of dir's API certificate.

@@ -28,6 +28,10 @@ type Site struct {
 type RegistryEnroller struct {
 	Registry registry.Registry
 	Site     Site
+	// AfterEnroll, if set, runs once a device is created and before its
+	// offer is answered (the gateway makes it a peer). Its error is logged
+	// by the caller's log, not the device's problem.
+	AfterEnroll func(ctx context.Context) error
 }
 
 // Enroll implements Enroller.
@@ -43,6 +47,9 @@ func (e *RegistryEnroller) Enroll(ctx context.Context, en Enrollment) (*profile.
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: the registry: %v", ErrUnavailable, err)
+	}
+	if e.AfterEnroll != nil {
+		e.AfterEnroll(ctx) // a failure is retried by the gateway's own sync
 	}
 	return e.Offer(ctx, dev)
 }

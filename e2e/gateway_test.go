@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestGatewayEndToEnd is the product's path on three namespaced hosts: a
+// gateway in front of a lan host, a user invited, a client that joins and
+// comes up, ping through to the lan host, and a revoke that cuts it off.
+func TestGatewayEndToEnd(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	// The lan host behind the gateway (the lab's server host).
+	lan := "ptun-e2e-" + l.id + "-lan"
+	mustRun(t, "", "ip", "netns", "add", lan)
+	t.Cleanup(func() { run("", "ip", "netns", "del", lan) })
+	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan)
+	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
+	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
+	mustRun(t, lan, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
+	mustRun(t, lan, "ip", "link", "set", "lan0", "up")
+	mustRun(t, lan, "ip", "link", "set", "lo", "up")
+
+	dir := t.TempDir()
+	state := filepath.Join(dir, "gw")
+	iface := "pgw" + l.id
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", state, "--interface", iface,
+		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
+		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24", "--dns", "198.18.2.53", "--masquerade")
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--group", "eng", "--state", state)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	gw := nsCommand(ctx, l.server.ns, ptun.bin, "gateway", "run", "--state", state, "--foreground")
+	logPath := filepath.Join(dir, "gateway.log")
+	logFile, _ := os.Create(logPath)
+	gw.Stdout, gw.Stderr = logFile, logFile
+	gw.Cancel = func() error { return gw.Process.Signal(syscall.SIGTERM) }
+	gw.WaitDelay = 10 * time.Second
+	if err := gw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stopGateway := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			gw.Wait()
+			logFile.Close()
+		}
+	}
+	t.Cleanup(func() {
+		stopGateway()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("gateway log:\n%s", b)
+		}
+	})
+	waitFor(t, 20*time.Second, "the gateway's API", func() (bool, string) {
+		out, err := run(l.server.ns, "ss", "-Hltn", "sport = :8443")
+		return err == nil && strings.Contains(out, "8443"), out
+	})
+
+	out := mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	invite := lines[len(lines)-1]
+
+	nsEtc := filepath.Join("/etc/netns", l.client.ns)
+	os.MkdirAll(nsEtc, 0o755)
+	t.Cleanup(func() { os.RemoveAll(nsEtc) })
+	os.WriteFile(filepath.Join(nsEtc, "resolv.conf"), []byte("nameserver 198.18.0.53\n"), 0o644)
+	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
+	start := time.Now()
+	mustRun(t, l.client.ns, ptun.bin, "join", invite, "--name", "work", "--device", "laptop", "--profiles", profiles)
+	joined := time.Since(start)
+	t.Cleanup(func() { run(l.client.ns, ptun.bin, "down", "work", "--profiles", profiles, "--state", cstate) })
+	mustRun(t, l.client.ns, ptun.bin, "up", "work", "--profiles", profiles, "--state", cstate)
+	t.Logf("join took %v, join+up %v", joined.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+
+	mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.2.2")
+	devices := mustRun(t, l.server.ns, ptun.bin, "gateway", "devices", "--state", state)
+	if !strings.Contains(devices, "alice") || !strings.Contains(devices, "laptop") {
+		t.Errorf("devices:\n%s", devices)
+	}
+
+	// Revoke: the device's traffic stops.
+	revoked := time.Now()
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "revoke", "alice/laptop", "--state", state)
+	cut := false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", "198.18.2.2"); err != nil {
+			cut = true
+			break
+		}
+	}
+	if !cut {
+		wgOut, _ := run(l.server.ns, "wg", "show", iface)
+		devs, _ := run(l.server.ns, ptun.bin, "gateway", "devices", "--all", "--state", state)
+		t.Fatalf("the revoked device still reaches the lan host\nwg show:\n%s\ndevices:\n%s", wgOut, devs)
+	}
+	t.Logf("revoke to the first lost ping: %v", time.Since(revoked).Round(time.Millisecond))
+
+	// Stopping the gateway removes what it added.
+	stopGateway()
+	if tables, _ := run(l.server.ns, "nft", "list", "tables"); strings.Contains(tables, "ptun") {
+		t.Errorf("nftables left after the gateway stopped:\n%s", tables)
+	}
+	if _, err := run(l.server.ns, "ip", "link", "show", iface); err == nil {
+		t.Errorf("interface %s left after the gateway stopped", iface)
+	}
+	if b, err := exec.Command("ip", "netns", "exec", l.server.ns, "cat", "/proc/sys/net/ipv4/ip_forward").Output(); err != nil || strings.TrimSpace(string(b)) != "0" {
+		t.Errorf("ip_forward after stop: %q %v", b, err)
+	}
+}

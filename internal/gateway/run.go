@@ -1,0 +1,368 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ptun-vpn/ptun/internal/front"
+	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wg/acl"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
+)
+
+// syncEvery is how often Run looks for registry changes: a revocation is in
+// force within it.
+const syncEvery = 250 * time.Millisecond
+
+// RunOptions are the process-level settings of Run.
+type RunOptions struct {
+	Logf, Verbosef func(format string, args ...any)
+	Mode           ipc.Mode
+	EngineCommand  func() (*exec.Cmd, error)
+	// Ready is called once: nil when the interface, the engine and the
+	// enrollment API are up, or the error that stopped them.
+	Ready func(error)
+}
+
+// Run serves the gateway of state folder dir until ctx ends: its interface
+// (a front and its engine, as `ptun IFNAME` runs), its addresses in each
+// pool and forwarding (and masquerade), the enrollment API, and a loop that
+// keeps the interface's peers in step with the registry, one peer at a
+// time. Everything it adds to the host it removes when it stops.
+func Run(ctx context.Context, dir string, o RunOptions) (err error) {
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	if o.Verbosef == nil {
+		o.Verbosef = func(string, ...any) {}
+	}
+	readyOnce := sync.OnceFunc(func() {})
+	ready := func(e error) {
+		readyOnce()
+		if o.Ready != nil {
+			o.Ready(e)
+			o.Ready = nil
+		}
+	}
+	defer func() { ready(err) }()
+	cfg, reg, err := Load(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	keyText, err := os.ReadFile(filepath.Join(dir, "gateway.key"))
+	if err != nil {
+		return err
+	}
+	key, err := noise.ParsePrivateKeyBase64(strings.TrimSpace(string(keyText)))
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(dir, "gateway.key"), err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		return err
+	}
+	pools, err := reg.ListPools(ctx)
+	if err != nil {
+		return err
+	}
+
+	// The interface: a front in this process, its engine confined.
+	handlers := make(chan uapi.Handler, 1)
+	upErr := make(chan error, 1)
+	stop := make(chan struct{})
+	frontDone := make(chan error, 1)
+	go func() {
+		frontDone <- front.Run(front.Config{
+			Name: cfg.Interface, MTU: cfg.Site.MTU, Mode: o.Mode, Logf: o.Logf, Verbosef: o.Verbosef,
+			EngineCommand: o.EngineCommand,
+			OnUp:          func(h uapi.Handler) { handlers <- h },
+		}, stop, func(e error) { upErr <- e })
+	}()
+	defer func() {
+		close(stop)
+		<-frontDone
+	}()
+	if err := <-upErr; err != nil {
+		return err
+	}
+	h := <-handlers
+	port := cfg.Endpoint.Port()
+	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, ListenPort: &port, ReplacePeers: true}); err != nil {
+		return fmt.Errorf("configuring %s: %w", cfg.Interface, err)
+	}
+	var host hostState
+	defer host.undo(o.Logf)
+	if err := host.apply(cfg, pools); err != nil {
+		return err
+	}
+
+	// The enrollment API.
+	ln, err := net.Listen("tcp", cfg.API.String())
+	if err != nil {
+		return fmt.Errorf("the enrollment API on %s: %w", cfg.API, err)
+	}
+	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	// A new device is a peer before its offer leaves, so that its first
+	// handshake is answered.
+	enroller := &RegistryEnroller{Registry: reg, Site: cfg.Site, AfterEnroll: s.sync}
+	srv := NewServer(EnrollHandler(enroller, nil))
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	go srv.ServeTLS(ln, "", "")
+	defer srv.Close()
+
+	if err := s.sync(ctx); err != nil {
+		return fmt.Errorf("the first sync with the registry: %w", err)
+	}
+	o.Logf("gateway %s up: %s on UDP %s, enrollment API %s, %d devices", cfg.Name, cfg.Interface, cfg.Endpoint, cfg.APIURL(), len(s.peers))
+	ready(nil)
+	tick := time.NewTicker(syncEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-frontDone:
+			frontDone <- err
+			return fmt.Errorf("the interface stopped: %v", err)
+		case <-tick.C:
+			if err := s.sync(ctx); err != nil {
+				// The devices already configured keep working.
+				s.logOnce("the registry is unreachable (%v): devices already configured keep working; enrollment and changes wait", err)
+			}
+		}
+	}
+}
+
+// syncer keeps the interface's peers equal to the registry's active
+// devices, changing only the peers that differ.
+type syncer struct {
+	mu      sync.Mutex // serializes sync; guards the fields below
+	reg     registry.Registry
+	cfg     *Config
+	h       uapi.Handler
+	logf    func(string, ...any)
+	peers   map[noise.PublicKey]wgcfg.PeerConfig // what the interface has
+	seq     uint64
+	synced  bool
+	lastErr string
+}
+
+func (s *syncer) logOnce(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if msg != s.lastErr {
+		s.logf("%s", msg)
+		s.lastErr = msg
+	}
+}
+
+func (s *syncer) sync(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changes, now, err := s.reg.Changes(ctx, s.seq)
+	if err != nil {
+		return err
+	}
+	if len(changes) == 0 && s.synced {
+		return nil
+	}
+	want, err := s.desired(ctx)
+	if err != nil {
+		return err
+	}
+	var cfg wgcfg.DeviceConfig
+	for k := range s.peers {
+		if _, ok := want[k]; !ok {
+			cfg.Peers = append(cfg.Peers, wgcfg.PeerConfig{PublicKey: k, Remove: true})
+		}
+	}
+	for k, pc := range want {
+		if cur, ok := s.peers[k]; ok && samePeer(cur, pc) {
+			continue
+		}
+		cfg.Peers = append(cfg.Peers, pc)
+	}
+	if len(cfg.Peers) > 0 {
+		if err := s.h.Set(&cfg); err != nil {
+			return fmt.Errorf("configuring the interface: %w", err)
+		}
+		s.logf("registry sync: %d peer changes", len(cfg.Peers))
+	}
+	s.peers, s.seq, s.synced = want, now, true
+	s.lastErr = ""
+	return nil
+}
+
+// desired computes every active device's peer: its addresses as allowed
+// IPs and the access rules of its user's groups.
+func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, error) {
+	devs, err := s.reg.ListDevices(ctx, registry.DeviceFilter{})
+	if err != nil {
+		return nil, err
+	}
+	rules, err := s.reg.ListRules(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	byGroup := map[string][]registry.Rule{}
+	for _, r := range rules {
+		byGroup[r.Group] = append(byGroup[r.Group], r)
+	}
+	groupsOf := map[string][]registry.Group{}
+	want := map[noise.PublicKey]wgcfg.PeerConfig{}
+	for _, d := range devs {
+		gs, ok := groupsOf[d.User]
+		if !ok {
+			if gs, err = s.reg.GroupsOf(ctx, d.User); err != nil {
+				return nil, err
+			}
+			groupsOf[d.User] = gs
+		}
+		k := noise.PublicKey(d.PublicKey)
+		pc := wgcfg.PeerConfig{PublicKey: k, ReplaceAllowedIPs: true, Access: &wgcfg.AccessRules{Rules: s.access(gs, byGroup)}}
+		for _, a := range d.Addresses {
+			pc.AddAllowedIPs = append(pc.AddAllowedIPs, netip.PrefixFrom(a, a.BitLen()))
+		}
+		want[k] = pc
+	}
+	return want, nil
+}
+
+// access is what a member of groups may reach: each group's rules, and for
+// a group without rules (or a user in no group) every route the gateway
+// offers, unless the gateway denies by default.
+func (s *syncer) access(groups []registry.Group, byGroup map[string][]registry.Rule) []acl.Rule {
+	var out []acl.Rule
+	open := len(groups) == 0
+	for _, g := range groups {
+		rs := byGroup[g.Name]
+		if len(rs) == 0 {
+			open = true
+		}
+		for _, r := range rs {
+			out = append(out, acl.Rule{Dst: r.Dest, Proto: map[registry.Proto]uint8{registry.ProtoTCP: acl.ProtoTCP,
+				registry.ProtoUDP: acl.ProtoUDP, registry.ProtoICMP: acl.ProtoICMP}[r.Proto], PortLo: r.PortFrom, PortHi: r.PortTo})
+		}
+	}
+	if open && !s.cfg.DefaultDeny {
+		for _, r := range s.cfg.Site.Routes {
+			out = append(out, acl.Rule{Dst: r})
+		}
+	}
+	if out == nil {
+		out = []acl.Rule{} // nothing: a filter that allows nothing
+	}
+	return out
+}
+
+func samePeer(a, b wgcfg.PeerConfig) bool {
+	return slices.Equal(a.AddAllowedIPs, b.AddAllowedIPs) && slices.Equal(a.Access.Rules, b.Access.Rules)
+}
+
+// hostState is what Run adds to the host, to be removed when it stops.
+type hostState struct {
+	sysctls  map[string]string // path -> value before
+	nftTable string
+}
+
+// apply gives the interface the gateway's address in each pool, turns on
+// forwarding, and with masquerade adds the NAT table.
+func (hs *hostState) apply(cfg *Config, pools []registry.Pool) error {
+	link, err := netlink.LinkByName(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools {
+		gw := p.Prefix.Addr().Next() // the first address: reserved for the gateway
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(p.Prefix.Bits(), gw.BitLen())}}
+		if gw.Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("address %v on %s: %w", gw, cfg.Interface, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return err
+	}
+	hs.sysctls = map[string]string{}
+	for _, path := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		old, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(old)) != "1" {
+			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("turning on forwarding: %w", err)
+			}
+			hs.sysctls[path] = strings.TrimSpace(string(old))
+		}
+	}
+	if cfg.Masquerade {
+		return hs.masquerade(cfg.Interface)
+	}
+	return nil
+}
+
+// masquerade adds an inet nat table that source-NATs what comes from the
+// tunnel and leaves by another interface.
+func (hs *hostState) masquerade(ifname string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	name := "ptun_gateway_" + ifname
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
+	ch := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, ifname)
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: b},
+		&expr.Masq{},
+	}})
+	hs.nftTable = name
+	if err := c.Flush(); err != nil {
+		hs.nftTable = ""
+		return fmt.Errorf("masquerade: %w", err)
+	}
+	return nil
+}
+
+func (hs *hostState) undo(logf func(string, ...any)) {
+	if hs.nftTable != "" {
+		if c, err := nftables.New(); err == nil {
+			c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: hs.nftTable})
+			if err := c.Flush(); err != nil {
+				logf("gateway: removing the masquerade table: %v", err)
+			}
+		}
+	}
+	for path, old := range hs.sysctls {
+		if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
+			logf("gateway: restoring %s: %v", path, err)
+		}
+	}
+}

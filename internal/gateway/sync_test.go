@@ -1,0 +1,95 @@
+package gateway
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
+)
+
+// recorder is a uapi.Handler that keeps the peers it is given.
+type recorder struct {
+	mu    sync.Mutex
+	peers map[noise.PublicKey]wgcfg.PeerConfig
+	sets  int
+}
+
+func (r *recorder) Get() (*wgcfg.DeviceState, error) { return &wgcfg.DeviceState{}, nil }
+
+func (r *recorder) Set(cfg *wgcfg.DeviceConfig) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sets++
+	for _, pc := range cfg.Peers {
+		if pc.Remove {
+			delete(r.peers, pc.PublicKey)
+		} else {
+			r.peers[pc.PublicKey] = pc
+		}
+	}
+	return nil
+}
+
+// TestSyncFollowsTheRegistry: the syncer adds an enrolled device as a peer
+// with its addresses and access, removes it when another process (the
+// CLI) revokes it, and touches no other peer.
+func TestSyncFollowsTheRegistry(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "registry.db")
+	reg, err := registry.OpenSQLite(ctx, path, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	reg.AddPool(ctx, netip.MustParsePrefix("100.80.0.0/16"))
+	reg.AddUser(ctx, "alice")
+	reg.AddGroup(ctx, "eng")
+	reg.AddMember(ctx, "eng", "alice")
+	k1, _ := noise.GeneratePrivateKey()
+	k2, _ := noise.GeneratePrivateKey()
+	d1, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key(k1.PublicKey())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "phone", PublicKey: registry.Key(k2.PublicKey())})
+	h := &recorder{peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	cfg := &Config{Site: Site{Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}}}
+	s := &syncer{reg: reg, cfg: cfg, h: h, logf: t.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	if err := s.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.peers) != 2 {
+		t.Fatalf("peers after the first sync: %d", len(h.peers))
+	}
+	pc := h.peers[k1.PublicKey()]
+	if len(pc.AddAllowedIPs) != 1 || pc.AddAllowedIPs[0].Addr() != d1.Addresses[0] || len(pc.Access.Rules) != 1 {
+		t.Fatalf("peer %+v", pc)
+	}
+	// Another process revokes.
+	other, err := registry.OpenSQLite(ctx, path, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.RevokeDevice(ctx, d1.ID); err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	sets := h.sets
+	if err := s.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.peers[k1.PublicKey()]; ok || len(h.peers) != 1 {
+		t.Fatalf("after the revoke: %d peers, the revoked one there: %v", len(h.peers), ok)
+	}
+	if h.sets != sets+1 {
+		t.Fatalf("%d sets for one revoke", h.sets-sets)
+	}
+	if err := s.sync(ctx); err != nil || h.sets != sets+1 {
+		t.Fatalf("a sync with no change set the device (%v)", err)
+	}
+}
