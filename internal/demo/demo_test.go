@@ -54,6 +54,9 @@ func testOptions(t testing.TB) Options {
 		IfPrefix:   "pd" + id,
 		Duration:   300 * time.Millisecond,
 		Logf:       t.Logf,
+		// The stand-in speaks WireGuard only; the real binary's test
+		// (TestRunDemoRealPtun) runs the remote-access part.
+		TunnelOnly: true,
 	}
 }
 
@@ -338,6 +341,7 @@ func TestRunDemoRealPtun(t *testing.T) {
 	opts.PtunBinary = bin
 	opts.Env = nil
 	opts.Duration = time.Second
+	opts.TunnelOnly = false
 	var out bytes.Buffer
 	err := Run(ctx, opts, &out)
 	t.Logf("output:\n%s", out.String())

@@ -190,6 +190,12 @@ func Run(ctx context.Context, opts Options, w io.Writer) (err error) {
 			return why(err)
 		}
 	}
+	if opts.TunnelOnly {
+		return why(nil)
+	}
+	if err := remote(ctx, p, tb, bin, opts.Duration, runs[0].bps, runs[2].bps); err != nil {
+		return why(err)
+	}
 	return why(nil)
 }
 

@@ -27,6 +27,10 @@ type Options struct {
 	// Duration is the length of each throughput run in Run (default 5s).
 	Duration time.Duration
 
+	// TunnelOnly ends Run after the tunnel between the two hosts, without
+	// the remote-access part (a gateway, a lan host, join, up, revoke).
+	TunnelOnly bool
+
 	// NamePrefix starts the namespaces' names: NamePrefix-a-RAND and
 	// NamePrefix-b-RAND (default "ptun-demo").
 	NamePrefix string
