@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,6 +89,28 @@ func TestGatewayEndToEnd(t *testing.T) {
 	if !strings.Contains(devices, "alice") || !strings.Contains(devices, "laptop") {
 		t.Errorf("devices:\n%s", devices)
 	}
+
+	// Access rules: eng may reach only tcp/22 on the lan host; the ping is
+	// refused in the gateway's data path and counted as drop_acl; without
+	// the rule, the ping passes again.
+	out = mustRun(t, l.server.ns, ptun.bin, "gateway", "allow", "eng", "198.18.2.2", "tcp/22", "--state", state)
+	var ruleID string
+	if _, err := fmt.Sscanf(out, "rule %s", &ruleID); err != nil {
+		t.Fatalf("allow: %q", out)
+	}
+	ruleID = strings.TrimSuffix(ruleID, ":")
+	waitFor(t, 10*time.Second, "the rule to refuse the ping", func() (bool, string) {
+		out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", "198.18.2.2")
+		return err != nil, out
+	})
+	if show := mustRun(t, l.server.ns, ptun.bin, "show", iface); !strings.Contains(show, "drop_acl") {
+		t.Errorf("ptun show does not count the refused ping as drop_acl:\n%s", show)
+	}
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "rules", "--remove", ruleID, "--state", state)
+	waitFor(t, 10*time.Second, "the ping to pass again", func() (bool, string) {
+		out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", "198.18.2.2")
+		return err == nil, out
+	})
 
 	// Revoke: the device's traffic stops.
 	revoked := time.Now()

@@ -46,6 +46,11 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              of the output, alone)
   devices [--json]           list devices: user, name, addresses, created, state
   revoke USER/DEVICE         revoke a device: its addresses go back to the pool
+  allow GROUP DEST [tcp/PORT[-PORT] | udp/PORT[-PORT] | icmp]
+                             let GROUP's members reach DEST (a group without
+                             rules reaches every route, unless init said
+                             --default-access deny); enforced in the data path
+  rules [--remove ID]        list the access rules, or remove one
   run [--foreground] [--log FILE]
                              serve the gateway: its interface, the enrollment
                              API, forwarding, and the registry's devices as
@@ -68,6 +73,8 @@ var gatewayCommands = map[string]func(args []string) error{
 	"devices": gatewayDevices,
 	"revoke":  gatewayRevoke,
 	"run":     gatewayRun,
+	"allow":   gatewayAllow,
+	"rules":   gatewayRules,
 }
 
 func runGateway(args []string) error {
@@ -390,4 +397,58 @@ func gatewayRun(args []string) error {
 		logger.Printf("gateway: %v", err)
 	}
 	return err
+}
+
+// gatewayAllow is `ptun gateway allow GROUP DEST [tcp/PORT|udp/PORT|icmp]`,
+// and with --remove ID, the removal of a rule; `ptun gateway rules` lists.
+func gatewayAllow(args []string) error {
+	fs, state := gwFlags("allow")
+	pos, err := parseInterspersed(fs, args, 3)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 2 {
+		fmt.Fprintln(os.Stderr, "ptun gateway allow: GROUP DEST [tcp/PORT | udp/PORT | icmp]")
+		return errUsage
+	}
+	r, err := registry.ParseRule(strings.Join(pos[1:], " "))
+	if err != nil {
+		return err
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		if _, err := reg.AddGroup(ctx, pos[0]); err != nil && !errors.Is(err, registry.ErrExists) {
+			return err
+		}
+		added, err := reg.AddRule(ctx, pos[0], r)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "rule %d: group %s may reach %s\n", added.ID, pos[0], strings.Join(pos[1:], " "))
+		return nil
+	})
+}
+
+func gatewayRules(args []string) error {
+	fs, state := gwFlags("rules")
+	remove := fs.Int64("remove", 0, "remove the rule with this ID")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		if *remove != 0 {
+			if err := reg.RemoveRule(ctx, *remove); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "rule %d removed\n", *remove)
+			return nil
+		}
+		rules, err := reg.ListRules(ctx, "")
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			fmt.Fprintf(stdout, "%d\t%s\t%s\n", r.ID, r.Group, r)
+		}
+		return nil
+	})
 }
