@@ -234,8 +234,8 @@ type Devices interface {
 // Pools manages address pools. Pools never overlap one another.
 type Pools interface {
 	// AddPool adds an IPv4 prefix of at most /30 or an IPv6 prefix of at
-	// most /126. ErrConflict if it overlaps a pool. Devices that exist
-	// already get no address from it.
+	// most /126. ErrExists if that very pool exists, ErrConflict if it
+	// overlaps another. Devices that exist already get no address from it.
 	AddPool(ctx context.Context, prefix netip.Prefix) (Pool, error)
 	// RemovePool is ErrConflict while an active device holds an address
 	// from the pool.

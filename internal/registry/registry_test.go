@@ -168,7 +168,9 @@ func TestPools(t *testing.T) {
 		v4 := must(r.AddPool(bg, netip.MustParsePrefix("100.80.0.0/16")))(t)
 		v6 := must(r.AddPool(bg, netip.MustParsePrefix("2001:db8:80::/64")))(t)
 		before := counts(t, r)
-		for _, p := range []string{"100.80.5.0/24", "100.0.0.0/8", "100.80.0.0/16", "2001:db8:80::1:0/112", "2001:db8::/32"} {
+		_, err := r.AddPool(bg, netip.MustParsePrefix("100.80.0.0/16"))
+		wantErr(t, err, ErrExists, "the same pool again")
+		for _, p := range []string{"100.80.5.0/24", "100.0.0.0/8", "2001:db8:80::1:0/112", "2001:db8::/32"} {
 			_, err := r.AddPool(bg, netip.MustParsePrefix(p))
 			wantErr(t, err, ErrConflict, "overlapping pool "+p)
 		}
@@ -176,7 +178,7 @@ func TestPools(t *testing.T) {
 			_, err := r.AddPool(bg, netip.MustParsePrefix(p))
 			wantErr(t, err, ErrInvalid, "bad pool "+p)
 		}
-		_, err := r.AddPool(bg, netip.Prefix{})
+		_, err = r.AddPool(bg, netip.Prefix{})
 		wantErr(t, err, ErrInvalid, "zero pool")
 		unchanged(t, r, before, "refused pools")
 		ps := must(r.ListPools(bg))(t)

@@ -450,6 +450,9 @@ func (r *sqlRegistry) AddPool(ctx context.Context, prefix netip.Prefix) (Pool, e
 			return err
 		}
 		for _, other := range pools {
+			if other.Prefix == prefix {
+				return fmt.Errorf("%w: pool %s exists (id %d)", ErrExists, prefix, other.ID)
+			}
 			if other.Prefix.Overlaps(prefix) {
 				return fmt.Errorf("%w: pool %s overlaps pool %s (id %d): choose a range outside it", ErrConflict, prefix, other.Prefix, other.ID)
 			}
