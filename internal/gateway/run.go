@@ -55,9 +55,7 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	if o.Verbosef == nil {
 		o.Verbosef = func(string, ...any) {}
 	}
-	readyOnce := sync.OnceFunc(func() {})
-	ready := func(e error) {
-		readyOnce()
+	ready := func(e error) { // reports once
 		if o.Ready != nil {
 			o.Ready(e)
 			o.Ready = nil
