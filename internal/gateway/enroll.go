@@ -53,6 +53,9 @@ var (
 	ErrInvalidInvite = errors.New("the invite is not valid (unknown, expired or used up): ask for a new one")
 	// ErrConflict: the key or the device name is enrolled already.
 	ErrConflict = errors.New("already enrolled")
+	// ErrBadRequest: the request cannot be served as it is (a device
+	// name or key the registry refuses).
+	ErrBadRequest = errors.New("the enrollment request is not valid")
 	// ErrUnavailable: the gateway cannot enroll now (a pool is exhausted,
 	// the registry is unreachable); it says why.
 	ErrUnavailable = errors.New("enrollment is unavailable")
@@ -145,6 +148,8 @@ func (h *enrollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			status, msg = http.StatusForbidden, ErrInvalidInvite.Error()
 		case errors.Is(err, ErrConflict):
 			status, msg = http.StatusConflict, err.Error()
+		case errors.Is(err, ErrBadRequest):
+			status, msg = http.StatusBadRequest, err.Error()
 		case errors.Is(err, ErrUnavailable):
 			status, msg = http.StatusServiceUnavailable, err.Error()
 		}

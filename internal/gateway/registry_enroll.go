@@ -43,6 +43,8 @@ func (e *RegistryEnroller) Enroll(ctx context.Context, en Enrollment) (*profile.
 		return nil, fmt.Errorf("%w (%v)", ErrInvalidInvite, err)
 	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrConflict):
 		return nil, fmt.Errorf("%w: %v", ErrConflict, err)
+	case errors.Is(err, registry.ErrInvalid):
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	case errors.Is(err, registry.ErrPoolExhausted):
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	case err != nil:
