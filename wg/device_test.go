@@ -556,10 +556,7 @@ func tcpPacket(src, dst netip.Addr, dport uint16) []byte {
 // them; clearing them lets everything through again.
 func TestAccessRules(t *testing.T) {
 	a, b := newTestPair(t, DefaultTimers())
-	rule, err := acl.ParseRule(b.addr.String() + "/32 tcp/22")
-	if err != nil {
-		t.Fatal(err)
-	}
+	rule := acl.Rule{Dst: netip.PrefixFrom(b.addr, 32), Proto: acl.ProtoTCP, PortLo: 22, PortHi: 22}
 	set := func(pc wgcfg.PeerConfig) {
 		t.Helper()
 		pc.PublicKey, pc.UpdateOnly = a.priv.PublicKey(), true

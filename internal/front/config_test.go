@@ -147,10 +147,7 @@ func TestHeldConfigState(t *testing.T) {
 // TestHeldConfigAccess: a peer's access rules are held, replayed and
 // answered as set; an engine's report of other rules changes nothing.
 func TestHeldConfigAccess(t *testing.T) {
-	rule, err := acl.ParseRule("198.18.2.0/24 tcp/22")
-	if err != nil {
-		t.Fatal(err)
-	}
+	rule := acl.Rule{Dst: pfx("198.18.2.0/24"), Proto: acl.ProtoTCP, PortLo: 22, PortHi: 22}
 	h := newHeldConfig().apply(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{
 		{PublicKey: key(1), Access: &wgcfg.AccessRules{Rules: []acl.Rule{rule}}},
 		{PublicKey: key(2)},

@@ -15,8 +15,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 )
 
 // Protocols a rule may name.
@@ -30,87 +28,14 @@ const (
 )
 
 // Rule allows packets to Dst, of protocol Proto (ProtoAny: any), to a
-// destination port in [PortLo, PortHi] (TCP and UDP; 0, 0: any port).
+// destination port in [PortLo, PortHi] (TCP and UDP; 0, 0: any port). The
+// rules' text (`198.18.2.0/24 tcp/22`) is the registry's (registry.ParseRule);
+// this package only matches.
 type Rule struct {
 	Dst    netip.Prefix `json:"dst"`
 	Proto  uint8        `json:"proto,omitempty"`
 	PortLo uint16       `json:"port_lo,omitempty"`
 	PortHi uint16       `json:"port_hi,omitempty"`
-}
-
-// String writes r as ParseRule reads it: "198.18.2.0/24", "198.18.2.0/24
-// tcp/22", "198.18.2.0/24 udp/5000-5100", "198.18.2.0/24 icmp".
-func (r Rule) String() string {
-	s := r.Dst.String()
-	switch r.Proto {
-	case ProtoTCP, ProtoUDP:
-		s += " " + map[uint8]string{ProtoTCP: "tcp", ProtoUDP: "udp"}[r.Proto]
-		switch {
-		case r.PortLo == 0 && r.PortHi == 0:
-		case r.PortLo == r.PortHi:
-			s += "/" + strconv.Itoa(int(r.PortLo))
-		default:
-			s += "/" + strconv.Itoa(int(r.PortLo)) + "-" + strconv.Itoa(int(r.PortHi))
-		}
-	case ProtoICMP:
-		s += " icmp"
-	}
-	return s
-}
-
-// ParseRule reads a rule: a destination prefix (or address), then
-// optionally "tcp", "udp", "tcp/PORT", "udp/LO-HI" or "icmp".
-func ParseRule(s string) (Rule, error) {
-	f := strings.Fields(s)
-	if len(f) == 0 || len(f) > 2 {
-		return Rule{}, fmt.Errorf("acl: %q: want a destination and at most a protocol (tcp/22, udp/53, icmp)", s)
-	}
-	var r Rule
-	dst, err := netip.ParsePrefix(f[0])
-	if err != nil {
-		a, aerr := netip.ParseAddr(f[0])
-		if aerr != nil || a.Zone() != "" {
-			return Rule{}, fmt.Errorf("acl: %q is not a destination prefix (such as 198.18.2.0/24)", f[0])
-		}
-		dst = netip.PrefixFrom(a, a.BitLen())
-	}
-	if dst != dst.Masked() {
-		return Rule{}, fmt.Errorf("acl: %s is not a network prefix (write %s)", dst, dst.Masked())
-	}
-	r.Dst = dst
-	if len(f) == 1 {
-		return r, nil
-	}
-	proto, ports, hasPorts := strings.Cut(f[1], "/")
-	switch proto {
-	case "tcp":
-		r.Proto = ProtoTCP
-	case "udp":
-		r.Proto = ProtoUDP
-	case "icmp":
-		if hasPorts {
-			return Rule{}, fmt.Errorf("acl: icmp takes no port (%q)", f[1])
-		}
-		r.Proto = ProtoICMP
-		return r, nil
-	default:
-		return Rule{}, fmt.Errorf("acl: unknown protocol %q (tcp, udp or icmp)", proto)
-	}
-	if !hasPorts {
-		return r, nil
-	}
-	lo, hi, isRange := strings.Cut(ports, "-")
-	pl, err1 := strconv.ParseUint(lo, 10, 16)
-	ph := pl
-	var err2 error
-	if isRange {
-		ph, err2 = strconv.ParseUint(hi, 10, 16)
-	}
-	if err1 != nil || err2 != nil || pl == 0 || ph < pl {
-		return Rule{}, fmt.Errorf("acl: %q is not a port or port range (1-65535, such as 22 or 5000-5100)", ports)
-	}
-	r.PortLo, r.PortHi = uint16(pl), uint16(ph)
-	return r, nil
 }
 
 // List is a compiled, immutable set of rules: a packet is allowed if any
