@@ -51,6 +51,9 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              rules reaches every route, unless init said
                              --default-access deny); enforced in the data path
   rules [--remove ID]        list the access rules, or remove one
+  route add|remove CIDR      change the routes offered; connected devices
+                             get them within 10 s
+  routes                     list the routes offered
   run [--foreground] [--log FILE]
                              serve the gateway: its interface, the enrollment
                              API, forwarding, and the registry's devices as
@@ -75,6 +78,8 @@ var gatewayCommands = map[string]func(args []string) error{
 	"run":     gatewayRun,
 	"allow":   gatewayAllow,
 	"rules":   gatewayRules,
+	"route":   gatewayRoute,
+	"routes":  gatewayRoutes,
 }
 
 func runGateway(args []string) error {
@@ -451,4 +456,51 @@ func gatewayRules(args []string) error {
 		}
 		return nil
 	})
+}
+
+// gatewayRoute is `ptun gateway route add|remove CIDR` and `routes`: the
+// routes the gateway offers, which reach connected devices within seconds.
+func gatewayRoute(args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, gatewayUsage)
+		return errHelped
+	}
+	if len(args) == 0 || (args[0] != "add" && args[0] != "remove") {
+		fmt.Fprint(os.Stderr, "ptun gateway route: add CIDR or remove CIDR\nrun 'ptun gateway -h' for help\n")
+		return errUsage
+	}
+	fs, state := gwFlags("route " + args[0])
+	pos, err := parseInterspersed(fs, args[1:], 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(os.Stderr, "ptun gateway route %s: give one CIDR, such as 198.18.3.0/24\n", args[0])
+		return errUsage
+	}
+	pfx, err := netip.ParsePrefix(pos[0])
+	if err != nil {
+		return fmt.Errorf("%q is not a prefix such as 198.18.3.0/24", pos[0])
+	}
+	c, err := gateway.EditRoutes(*state, pfx, args[0] == "remove")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "routes offered: %v (connected devices get them within 10 s)\n", c.Site.Routes)
+	return nil
+}
+
+func gatewayRoutes(args []string) error {
+	fs, state := gwFlags("routes")
+	if _, err := parseInterspersed(fs, args, 0); err != nil {
+		return err
+	}
+	c, err := gateway.LoadConfig(*state)
+	if err != nil {
+		return err
+	}
+	for _, r := range c.Site.Routes {
+		fmt.Fprintln(stdout, r)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/ptun-vpn/ptun/internal/enroll"
@@ -151,7 +152,7 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 			return pin, fmt.Errorf("--pool %v: %w", p, err)
 		}
 	}
-	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String()}); err != nil {
+	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String(), API: o.APIURL()}); err != nil {
 		return pin, fmt.Errorf("registering gateway %s: %w", o.Name, err)
 	}
 	b, err := json.MarshalIndent(&o.Config, "", "  ")
@@ -245,4 +246,59 @@ func InviteURL(c *Config, secret string, pin enroll.Pin) (string, error) {
 	}
 	inv.Base = u
 	return inv.String(), nil
+}
+
+// SaveConfig replaces dir's configuration with c, whole or not at all. A
+// running gateway reloads it within a second: devices get the new routes,
+// DNS servers and search domains within their next refresh.
+func SaveConfig(dir string, c *Config) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".gateway.json.*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), filepath.Join(dir, "gateway.json"))
+}
+
+// EditRoutes adds route to dir's offered routes (or removes it), and
+// saves the configuration. Adding a route that is there, or removing one
+// that is not, is an error that changes nothing.
+func EditRoutes(dir string, route netip.Prefix, remove bool) (*Config, error) {
+	c, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !route.IsValid() || route != route.Masked() {
+		return nil, fmt.Errorf("%v is not a network prefix (write %v)", route, route.Masked())
+	}
+	i := slices.Index(c.Site.Routes, route)
+	switch {
+	case remove && i < 0:
+		return nil, fmt.Errorf("%v is not among the routes (%v): nothing removed", route, c.Site.Routes)
+	case remove:
+		c.Site.Routes = slices.Delete(c.Site.Routes, i, i+1)
+	case i >= 0:
+		return nil, fmt.Errorf("%v is offered already", route)
+	default:
+		c.Site.Routes = append(c.Site.Routes, route)
+	}
+	return c, SaveConfig(dir, c)
 }

@@ -20,6 +20,9 @@ type Site struct {
 	Search    []string
 	Keepalive int
 	API       string // the enrollment API's https base URL, for profile updates
+	// Control is the gateway's service inside the tunnel (its address in
+	// the first pool, port ControlPort): set by Run, not configured.
+	Control netip.AddrPort `json:"-"`
 }
 
 // RegistryEnroller is the Enroller of a registry: redeeming an invite
@@ -28,6 +31,9 @@ type Site struct {
 type RegistryEnroller struct {
 	Registry registry.Registry
 	Site     Site
+	// SiteNow, if set, is called for the current Site instead (the
+	// gateway reloads its configuration as it runs).
+	SiteNow func() Site
 	// AfterEnroll, if set, runs once a device is created and before its
 	// offer is answered (the gateway makes it a peer). Its error is logged
 	// by the caller's log, not the device's problem.
@@ -62,14 +68,27 @@ func (e *RegistryEnroller) Offer(ctx context.Context, dev registry.Device) (*pro
 	if err != nil {
 		return nil, fmt.Errorf("%w: the registry's gateways: %v", ErrUnavailable, err)
 	}
-	o := &profile.Offer{Version: profile.Version, User: dev.User, Device: dev.Name, MTU: e.Site.MTU,
-		Routes: e.Site.Routes, DNS: e.Site.DNS, Search: e.Site.Search, Keepalive: e.Site.Keepalive}
+	site := e.Site
+	if e.SiteNow != nil {
+		site = e.SiteNow()
+	}
+	return makeOffer(gws, site, dev)
+}
+
+// makeOffer is what device dev is offered by the gateways gws of site.
+func makeOffer(gws []registry.Gateway, site Site, dev registry.Device) (*profile.Offer, error) {
+	o := &profile.Offer{Version: profile.Version, User: dev.User, Device: dev.Name, MTU: site.MTU,
+		Routes: site.Routes, DNS: site.DNS, Search: site.Search, Keepalive: site.Keepalive, Control: site.Control}
 	for _, g := range gws {
 		ep, err := netip.ParseAddrPort(g.Endpoint)
 		if err != nil {
 			return nil, fmt.Errorf("%w: gateway %s's endpoint %q is not ADDRESS:PORT", ErrUnavailable, g.Name, g.Endpoint)
 		}
-		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: e.Site.API})
+		api := g.API
+		if api == "" {
+			api = site.API
+		}
+		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: api})
 	}
 	for _, a := range dev.Addresses {
 		o.Addresses = append(o.Addresses, netip.PrefixFrom(a, a.BitLen()))

@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,8 +22,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/acl"
@@ -114,25 +118,46 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 		return err
 	}
 
-	// The enrollment API.
+	// The enrollment API, and the device status endpoint beside it.
 	ln, err := net.Listen("tcp", cfg.API.String())
 	if err != nil {
 		return fmt.Errorf("the enrollment API on %s: %w", cfg.API, err)
 	}
+	if ca := controlAddr(pools); ca.IsValid() {
+		cfg.Site.Control = netip.AddrPortFrom(ca, ControlPort)
+	}
 	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	logger := slog.New(slog.NewTextHandler(logWriter{o.Verbosef}, nil))
 	// A new device is a peer before its offer leaves, so that its first
 	// handshake is answered.
-	enroller := &RegistryEnroller{Registry: reg, Site: cfg.Site, AfterEnroll: s.sync}
-	srv := NewServer(EnrollHandler(enroller, nil))
+	enroller := &RegistryEnroller{Registry: reg, SiteNow: s.site, AfterEnroll: s.sync}
+	mux := http.NewServeMux()
+	mux.Handle(EnrollPath, EnrollHandler(enroller, logger))
+	mux.Handle(enroll.StatusPath, statusHandler(key, reg, logger))
+	srv := NewServer(mux)
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	go srv.ServeTLS(ln, "", "")
 	defer srv.Close()
 
+	// The control service, inside the tunnel.
+	if c := cfg.Site.Control; c.IsValid() {
+		cln, err := listenControl(ctx, c.Addr(), cfg.Interface)
+		if err != nil {
+			return fmt.Errorf("the control service on %v: %w", c, err)
+		}
+		csrv := NewServer(controlHandler(s, logger))
+		go csrv.Serve(cln)
+		defer csrv.Close()
+	}
+
 	if err := s.sync(ctx); err != nil {
 		return fmt.Errorf("the first sync with the registry: %w", err)
 	}
-	o.Logf("gateway %s up: %s on UDP %s, enrollment API %s, %d devices", cfg.Name, cfg.Interface, cfg.Endpoint, cfg.APIURL(), len(s.peers))
+	o.Logf("gateway %s up: %s on UDP %s, enrollment API %s, control service http://%v, %d devices",
+		cfg.Name, cfg.Interface, cfg.Endpoint, cfg.APIURL(), cfg.Site.Control, len(s.peers))
 	ready(nil)
+	cfgFile := filepath.Join(dir, "gateway.json")
+	cfgStat, _ := os.Stat(cfgFile)
 	tick := time.NewTicker(syncEvery)
 	defer tick.Stop()
 	for {
@@ -143,12 +168,31 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 			frontDone <- err
 			return fmt.Errorf("the interface stopped: %v", err)
 		case <-tick.C:
+			// gateway.json edited (ptun gateway route add, or by hand):
+			// its routes, DNS and search domains reach devices at once.
+			if st, err := os.Stat(cfgFile); err == nil && (cfgStat == nil || !st.ModTime().Equal(cfgStat.ModTime()) || st.Size() != cfgStat.Size()) {
+				cfgStat = st
+				if nc, err := LoadConfig(dir); err != nil {
+					o.Logf("gateway: %v: keeping the configuration it had", err)
+				} else {
+					s.setConfig(nc)
+					o.Logf("gateway: configuration reloaded: routes %v, DNS %v, search %v", nc.Site.Routes, nc.Site.DNS, nc.Site.Search)
+				}
+			}
 			if err := s.sync(ctx); err != nil {
 				// The devices already configured keep working.
 				s.logOnce("the registry is unreachable (%v): devices already configured keep working; enrollment and changes wait", err)
 			}
 		}
 	}
+}
+
+// logWriter makes a log function an io.Writer (for slog).
+type logWriter struct{ logf func(string, ...any) }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.logf("%s", strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
 }
 
 // syncer keeps the interface's peers equal to the registry's active
@@ -163,6 +207,37 @@ type syncer struct {
 	seq     uint64
 	synced  bool
 	lastErr string
+
+	// What the control service answers from, as of the last sync.
+	byAddr   map[netip.Addr]registry.Device
+	gateways []registry.Gateway
+}
+
+// site is the current Site.
+func (s *syncer) site() Site {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg.Site
+}
+
+// setConfig makes cfg (reloaded from the state folder) the syncer's: the
+// next sync recomputes every peer's access.
+func (s *syncer) setConfig(cfg *Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cfg.Site.Control = s.cfg.Site.Control
+	s.cfg, s.synced = cfg, false
+}
+
+// offerByAddr implements offerSource from the last sync's view.
+func (s *syncer) offerByAddr(a netip.Addr) (*profile.Offer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.byAddr[a.Unmap()]
+	if !ok {
+		return nil, errNoDevice
+	}
+	return makeOffer(s.gateways, s.cfg.Site, d)
 }
 
 func (s *syncer) logOnce(format string, args ...any) {
@@ -183,7 +258,11 @@ func (s *syncer) sync(ctx context.Context) error {
 	if len(changes) == 0 && s.synced {
 		return nil
 	}
-	want, err := s.desired(ctx)
+	want, byAddr, err := s.desired(ctx)
+	if err != nil {
+		return err
+	}
+	gws, err := s.reg.ListGateways(ctx)
 	if err != nil {
 		return err
 	}
@@ -206,20 +285,21 @@ func (s *syncer) sync(ctx context.Context) error {
 		s.logf("registry sync: %d peer changes", len(cfg.Peers))
 	}
 	s.peers, s.seq, s.synced = want, now, true
+	s.byAddr, s.gateways = byAddr, gws
 	s.lastErr = ""
 	return nil
 }
 
 // desired computes every active device's peer: its addresses as allowed
 // IPs and the access rules of its user's groups.
-func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, error) {
+func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, map[netip.Addr]registry.Device, error) {
 	devs, err := s.reg.ListDevices(ctx, registry.DeviceFilter{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rules, err := s.reg.ListRules(ctx, "")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	byGroup := map[string][]registry.Rule{}
 	for _, r := range rules {
@@ -227,11 +307,12 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 	}
 	groupsOf := map[string][]registry.Group{}
 	want := map[noise.PublicKey]wgcfg.PeerConfig{}
+	byAddr := map[netip.Addr]registry.Device{}
 	for _, d := range devs {
 		gs, ok := groupsOf[d.User]
 		if !ok {
 			if gs, err = s.reg.GroupsOf(ctx, d.User); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			groupsOf[d.User] = gs
 		}
@@ -239,10 +320,11 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 		pc := wgcfg.PeerConfig{PublicKey: k, ReplaceAllowedIPs: true, Access: &wgcfg.AccessRules{Rules: s.access(gs, byGroup)}}
 		for _, a := range d.Addresses {
 			pc.AddAllowedIPs = append(pc.AddAllowedIPs, netip.PrefixFrom(a, a.BitLen()))
+			byAddr[a] = d
 		}
 		want[k] = pc
 	}
-	return want, nil
+	return want, byAddr, nil
 }
 
 // access is what a member of groups may reach: each group's rules, and for
@@ -266,10 +348,31 @@ func (s *syncer) access(groups []registry.Group, byGroup map[string][]registry.R
 			out = append(out, acl.Rule{Dst: r})
 		}
 	}
+	if c := s.cfg.Site.Control; c.IsValid() {
+		// Every device may reach the gateway's control service (and ping
+		// the gateway), whatever its access rules.
+		host := netip.PrefixFrom(c.Addr(), c.Addr().BitLen())
+		out = append(out, acl.Rule{Dst: host, Proto: acl.ProtoTCP, PortLo: c.Port(), PortHi: c.Port()},
+			acl.Rule{Dst: host, Proto: acl.ProtoICMP})
+	}
 	if out == nil {
 		out = []acl.Rule{} // nothing: a filter that allows nothing
 	}
 	return out
+}
+
+// controlAddr is the gateway's address in the first IPv4 pool (else the
+// first pool): where the control service listens.
+func controlAddr(pools []registry.Pool) netip.Addr {
+	var a netip.Addr
+	for _, p := range pools {
+		if g := p.Prefix.Addr().Next(); g.Is4() {
+			return g
+		} else if !a.IsValid() {
+			a = g
+		}
+	}
+	return a
 }
 
 func samePeer(a, b wgcfg.PeerConfig) bool {

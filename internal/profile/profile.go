@@ -51,7 +51,15 @@ type Offer struct {
 	DNS       []netip.Addr   `json:"dns,omitempty"`
 	Search    []string       `json:"search,omitempty"`
 	Keepalive int            `json:"keepalive,omitempty"` // seconds; 0: off
+	// Control is the gateways' service inside the tunnel (every gateway of
+	// a registry answers on the same address), where the device fetches
+	// its current offer: WireGuard authenticates it there, by the source
+	// address only its key may use. The zero value: none.
+	Control netip.AddrPort `json:"control,omitzero"`
 }
+
+// ControlPath is the path of the offer at Offer.Control.
+const ControlPath = "/api/v1/profile"
 
 // Limits of an offer, so that a hostile gateway cannot make the device
 // hold or apply something absurd.
@@ -77,6 +85,8 @@ func (o *Offer) Check() error {
 		return fmt.Errorf("profile: keepalive %d is out of range", o.Keepalive)
 	case !validName(o.User) || !validName(o.Device):
 		return errors.New("profile: the offer's user or device name is not valid")
+	case o.Control.IsValid() && (o.Control.Port() == 0 || !o.Control.Addr().IsGlobalUnicast() || o.Control.Addr().Zone() != ""):
+		return fmt.Errorf("profile: the control address %v is not a unicast address and port", o.Control)
 	}
 	for _, g := range o.Gateways {
 		if !validName(g.Name) || g.PublicKey.IsZero() || !g.Endpoint.IsValid() || g.Endpoint.Port() == 0 {
@@ -173,7 +183,23 @@ func (p *Profile) Peer(g Gateway) wgcfg.PeerConfig {
 	ep := g.Endpoint
 	ka := uint16(p.Offer.Keepalive)
 	return wgcfg.PeerConfig{PublicKey: g.PublicKey, Endpoint: &ep, PersistentKeepalive: &ka,
-		ReplaceAllowedIPs: true, AddAllowedIPs: append([]netip.Prefix(nil), p.Offer.Routes...)}
+		ReplaceAllowedIPs: true, AddAllowedIPs: p.Offer.TunnelRoutes()}
+}
+
+// TunnelRoutes are the destinations the tunnel carries: the offer's routes
+// and, unless they cover it, the control address.
+func (o *Offer) TunnelRoutes() []netip.Prefix {
+	out := append([]netip.Prefix(nil), o.Routes...)
+	if !o.Control.IsValid() {
+		return out
+	}
+	for _, r := range o.Routes {
+		if r.Contains(o.Control.Addr()) {
+			return out
+		}
+	}
+	a := o.Control.Addr()
+	return append(out, netip.PrefixFrom(a, a.BitLen()))
 }
 
 // Save writes p to dir/NAME.json (mode 0600; dir made 0700), replacing

@@ -51,6 +51,9 @@ func TestOfferCheck(t *testing.T) {
 		"many routes":   func(o *Offer) { o.Routes = make([]netip.Prefix, maxRoutes+1) },
 		"zoned dns":     func(o *Offer) { o.DNS = []netip.Addr{netip.MustParseAddr("fe80::1%eth0")} },
 		"negative keep": func(o *Offer) { o.Keepalive = -1 },
+		"control port":  func(o *Offer) { o.Control = netip.MustParseAddrPort("100.80.0.1:0") },
+		"control lo":    func(o *Offer) { o.Control = netip.MustParseAddrPort("127.0.0.1:51821") },
+		"control any":   func(o *Offer) { o.Control = netip.MustParseAddrPort("0.0.0.0:51821") },
 	} {
 		o := testOffer(t)
 		o.Gateways = append([]Gateway(nil), o.Gateways...)
@@ -99,6 +102,27 @@ func TestSaveLoad(t *testing.T) {
 	pc := back.Peer(back.Offer.Gateways[0])
 	if pc.PublicKey != back.Offer.Gateways[0].PublicKey || *pc.PersistentKeepalive != 25 || len(pc.AddAllowedIPs) != 1 {
 		t.Fatalf("Peer = %+v", pc)
+	}
+}
+
+func TestTunnelRoutes(t *testing.T) {
+	o := testOffer(t)
+	if got := o.TunnelRoutes(); len(got) != 1 || got[0] != o.Routes[0] {
+		t.Errorf("without a control address: %v", got)
+	}
+	o.Control = netip.MustParseAddrPort("100.80.0.1:51821")
+	if err := o.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if got := o.TunnelRoutes(); len(got) != 2 || got[1] != netip.MustParsePrefix("100.80.0.1/32") {
+		t.Errorf("with a control address: %v", got)
+	}
+	o.Routes = append(o.Routes, netip.MustParsePrefix("0.0.0.0/0"))
+	if got := o.TunnelRoutes(); len(got) != 2 {
+		t.Errorf("with a full tunnel, which carries the control address already: %v", got)
+	}
+	if len(o.Routes) != 2 {
+		t.Errorf("TunnelRoutes changed the offer's routes: %v", o.Routes)
 	}
 }
 

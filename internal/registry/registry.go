@@ -151,6 +151,7 @@ type Gateway struct {
 	Name      string
 	PublicKey Key
 	Endpoint  string // host:port that devices send to
+	API       string // its enrollment API's https://HOST[:PORT] ("": none known)
 	CreatedAt time.Time
 }
 

@@ -533,7 +533,7 @@ func TestGateways(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b *backend) {
 		r := b.open(t, Options{})
 		gwA := must(r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(1), Endpoint: "198.18.0.1:51820"}))(t)
-		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820"}))(t)
+		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820", API: "https://[2001:db8::1]:8443"}))(t)
 		must(r.AddGateway(bg, Gateway{Name: "gw-c", PublicKey: key(3), Endpoint: "vpn.example.com:443"}))(t)
 		before := counts(t, r)
 		_, err := r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(9), Endpoint: "198.18.0.9:51820"})
@@ -544,6 +544,10 @@ func TestGateways(t *testing.T) {
 		wantErr(t, err, ErrInvalid, "endpoint without a port")
 		_, err = r.AddGateway(bg, Gateway{Name: "gw-d", Endpoint: "198.18.0.9:1"})
 		wantErr(t, err, ErrInvalid, "zero gateway key")
+		for _, api := range []string{"http://198.18.0.9:8443", "https://", "https://198.18.0.9/x", "https://u@198.18.0.9", "198.18.0.9:8443"} {
+			_, err = r.AddGateway(bg, Gateway{Name: "gw-d", PublicKey: key(9), Endpoint: "198.18.0.9:1", API: api})
+			wantErr(t, err, ErrInvalid, "API "+api)
+		}
 		wantErr(t, r.RemoveGateway(bg, "gw-x"), ErrNotFound, "remove unknown gateway")
 		unchanged(t, r, before, "refused gateways")
 		gs := must(r.ListGateways(bg))(t)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -1045,8 +1046,13 @@ func (r *sqlRegistry) AddGateway(ctx context.Context, g Gateway) (Gateway, error
 		return Gateway{}, err
 	}
 	g.Endpoint = ep
+	if g.API != "" {
+		if u, err := url.Parse(g.API); err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			return Gateway{}, fmt.Errorf("%w: gateway %q's API %q is not an https://HOST[:PORT] URL", ErrInvalid, g.Name, g.API)
+		}
+	}
 	err = r.write(ctx, func(t *txn) error {
-		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, created_at) VALUES (?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, t.now)
+		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, api, created_at) VALUES (?, ?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, g.API, t.now)
 		if err != nil {
 			return err
 		}
@@ -1081,7 +1087,7 @@ func (r *sqlRegistry) RemoveGateway(ctx context.Context, name string) error {
 }
 
 func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
-	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, created_at FROM gateways ORDER BY name`)
+	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, created_at FROM gateways ORDER BY name`)
 	if err != nil {
 		return nil, r.dbErr(err, "")
 	}
@@ -1091,7 +1097,7 @@ func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
 		var g Gateway
 		var key []byte
 		var at int64
-		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &at); err != nil {
+		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &g.API, &at); err != nil {
 			return nil, r.dbErr(err, "")
 		}
 		copy(g.PublicKey[:], key)
