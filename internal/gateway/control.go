@@ -54,8 +54,11 @@ type offerSource interface {
 // errNoDevice: no active device has that address.
 var errNoDevice = errors.New("no enrolled device has this address")
 
-// ControlHandler serves profile.ControlPath from src.
+// controlHandler serves profile.ControlPath from src.
 func controlHandler(src offerSource, logger *slog.Logger) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	limits := newSourceLimiter(controlRate, controlBurst, maxSources)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+profile.ControlPath, func(w http.ResponseWriter, r *http.Request) {
@@ -113,6 +116,9 @@ func listenControl(ctx context.Context, a netip.Addr, ifname string) (net.Listen
 // statusHandler serves enroll.StatusPath for the gateway holding key,
 // looking devices up in reg.
 func statusHandler(key noise.PrivateKey, reg registry.Devices, logger *slog.Logger) http.Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	limits := newSourceLimiter(statusRate, statusBurst, maxSources)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
