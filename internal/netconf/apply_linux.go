@@ -235,7 +235,9 @@ func Undo(rec *Record, o Options) error {
 	link, lerr := netlink.LinkByName(rec.Interface)
 	for i := len(rec.Routes) - 1; i >= 0; i-- {
 		r := rec.Routes[i]
-		route := &netlink.Route{Dst: ipNet(r.Dst), Table: r.Table}
+		// The scope it was added with: a default route of another scope
+		// does not match (ESRCH) and would stay until the link goes.
+		route := &netlink.Route{Dst: ipNet(r.Dst), Table: r.Table, Scope: netlink.SCOPE_LINK}
 		if lerr == nil {
 			route.LinkIndex = link.Attrs().Index
 		}

@@ -30,16 +30,15 @@ func applyKillSwitch(p *Plan, rec *Record) error {
 	if err != nil {
 		return fmt.Errorf("netconf: nftables: %w", err)
 	}
-	// A table left by a client that died is replaced, not doubled.
+	// A table left by a client that died, or the one an update replaces,
+	// goes in the same transaction as the new one comes: there is no
+	// moment without a kill switch.
 	old, err := findTable(c, name)
 	if err != nil {
 		return err
 	}
-	if t := old; t != nil {
-		c.DelTable(t)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("netconf: removing the old kill switch: %w", err)
-		}
+	if old != nil {
+		c.DelTable(old)
 	}
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
 	drop := nftables.ChainPolicyDrop
@@ -84,7 +83,9 @@ func applyKillSwitch(p *Plan, rec *Record) error {
 	// Recorded first: if the flush half-succeeded, Undo still looks.
 	rec.NftTable = name
 	if err := c.Flush(); err != nil {
-		rec.NftTable = ""
+		if old == nil {
+			rec.NftTable = "" // the transaction failed whole: nothing there
+		}
 		return fmt.Errorf("netconf: installing the kill switch: %w", err)
 	}
 	return nil

@@ -228,7 +228,7 @@ func TestApplyUndoFullTunnel(t *testing.T) {
 	after := tb.state(t)
 	t.Logf("before: %+v; after Undo: %+v", before, after)
 	if after.mtu != before.mtu || len(after.addrs) != len(before.addrs) || len(after.mainRoutes) != len(before.mainRoutes) ||
-		len(after.rules) != 0 || after.srcValid != before.srcValid || contains(after.tables, KillSwitchTable(tunName)) {
+		len(after.tableRoutes) != 0 || len(after.rules) != 0 || after.srcValid != before.srcValid || contains(after.tables, KillSwitchTable(tunName)) {
 		t.Errorf("left behind: before %+v, after %+v", before, after)
 	}
 	if b, _ := os.ReadFile(tb.resolv); string(b) != "nameserver 198.18.0.53\n" {
