@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/ptun-vpn/ptun/internal/client"
+	"github.com/ptun-vpn/ptun/internal/engine"
+	"github.com/ptun-vpn/ptun/internal/front"
+	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
+	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/profile"
 )
 
@@ -22,23 +28,72 @@ func clientFlags(name string) (*flagSetWith, *client.Options) {
 	return &flagSetWith{fs}, o
 }
 
-// runUp is `ptun up NAME [--kill-switch] [--profiles DIR] [--state DIR]`.
+// runUp is `ptun up NAME [--kill-switch] [--gateway G] [--foreground]`:
+// it starts the profile's daemon (client.Run) in the background and
+// returns once traffic passes; with --foreground it is that daemon, until
+// SIGTERM or SIGINT takes the tunnel down (as a systemd unit runs it).
 func runUp(args []string) error {
 	fs, o := clientFlags("up")
 	fs.BoolVar(&o.KillSwitch, "kill-switch", false, "let nothing leave the host but through the tunnel, to the gateways, and on loopback")
 	fs.DurationVar(&o.Wait, "wait", 10*time.Second, "how long to wait for the first handshake")
+	fs.StringVar(&o.Gateway, "gateway", "", "the profile's gateway to use first (default: its first)")
+	foreground := fs.Bool("foreground", false, "stay in the foreground, logging to stderr, until SIGTERM or SIGINT")
+	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with --foreground, else syslog)")
+	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc")
 	name, err := oneName(fs, args)
 	if err != nil {
 		return err
 	}
-	o.Logf = func(format string, a ...any) { fmt.Fprintf(os.Stderr, "ptun up: "+format+"\n", a...) }
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	start := time.Now()
-	if err := client.Up(ctx, name, *o); err != nil {
+	mode, err := ipc.ParseMode(*ipcFlag)
+	if err != nil {
+		return fmt.Errorf("--ipc: %w", err)
+	}
+	if err := profile.CheckName(name); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s is up on %s (handshake after %v)\n", name, client.Interface(name), time.Since(start).Round(time.Millisecond))
+	if os.Geteuid() != 0 {
+		return errors.New("ptun up needs root (it creates an interface and sets routes): run it with sudo")
+	}
+	start := time.Now()
+	if !*foreground && os.Getenv(readyFDEnv) == "" {
+		if code := daemonize(append([]string{"up"}, args...)); code != 0 {
+			return errReported
+		}
+		fmt.Fprintf(stdout, "%s is up on %s (handshake after %v)\n", name, client.Interface(name), time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+	if err := front.DropCapabilities(); err != nil {
+		readyReporter()(err)
+		return err
+	}
+	ready := readyReporter()
+	logger, closeLog, err := openLog(*logFile, *foreground, client.Interface(name))
+	if err != nil {
+		ready(err)
+		return err
+	}
+	defer closeLog()
+	gomaxprocs.Apply()
+	o.Logf = logger.Printf
+	if level := os.Getenv("LOG_LEVEL"); level == "verbose" || level == "debug" {
+		o.Verbosef = logger.Printf
+	}
+	o.Mode = mode
+	ifname := client.Interface(name)
+	o.EngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], engineRole, ifname) }
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	err = client.Run(ctx, name, *o, func(err error) {
+		if err == nil {
+			logger.Printf("%s is up on %s (handshake after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
+		}
+		ready(err)
+	})
+	if err != nil {
+		logger.Printf("%s: %v", name, err)
+		return errReported
+	}
+	logger.Printf("%s is down", name)
 	return nil
 }
 
@@ -67,12 +122,23 @@ func runStatus(args []string) error {
 	if err != nil {
 		return err
 	}
+	if !s.State.Revoked.IsZero() {
+		fmt.Fprintf(stdout, "%s: REVOKED by the gateway at %s: the tunnel is down and nothing is retried\n  run: ptun down %s, then ptun join with a new invite\n",
+			name, s.State.Revoked.Format(time.RFC3339), name)
+		return nil
+	}
 	hs := "none yet"
 	if !s.LastHandshake.IsZero() {
 		hs = time.Since(s.LastHandshake).Round(time.Second).String() + " ago"
 	}
 	fmt.Fprintf(stdout, "%s: up on %s since %s\n  gateway %s at %s, latest handshake %s, received %d B, sent %d B\n",
 		name, s.State.Interface, s.State.Since.Format(time.RFC3339), s.State.Gateway, s.Endpoint, hs, s.RxBytes, s.TxBytes)
+	if !s.State.Refreshed.IsZero() {
+		fmt.Fprintf(stdout, "  profile refreshed %s ago\n", time.Since(s.State.Refreshed).Round(time.Second))
+	}
+	if s.State.Problem != "" {
+		fmt.Fprintf(stdout, "  problem: %s (retrying)\n", s.State.Problem)
+	}
 	return nil
 }
 

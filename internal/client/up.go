@@ -6,47 +6,64 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/ptun-vpn/ptun/internal/front"
+	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
-// `ptun up NAME` brings profile NAME's tunnel up: it starts a ptun daemon
-// for the interface (front and engine, as `ptun IFNAME` does), gives it the
-// device's key and the gateway as its peer through the UAPI, applies the
-// host configuration (package netconf) and returns once a handshake with
-// the gateway completed. What it did is recorded in STATE/NAME.json as it
-// goes, so `ptun down NAME` undoes exactly that, also after a crash.
+// `ptun up NAME` runs profile NAME's tunnel in a daemon of its own (Run):
+// the interface (a front in the daemon and its confined engine), the
+// device's key and one gateway as its peer, the host configuration
+// (package netconf), and then, for as long as it runs, a supervisor that
+// keeps the tunnel current and alive (supervise.go). `ptun up` returns once
+// the first handshake completed. What the daemon applied is recorded in
+// STATE/NAME.json as it goes, so that `ptun down NAME` (which asks the
+// daemon to stop, and cleans up after one that died) removes exactly that.
 
 // DefaultStateDir is where up records what it applied.
 const DefaultStateDir = "/var/lib/ptun/client"
 
 // FwMark marks the tunnel's own datagrams (and routes them around a full
-// tunnel), as wg-quick's default does.
+// tunnel), as wg-quick's default does. The daemon's requests to the
+// gateways' APIs carry it too, so that they never go into the tunnel.
 const FwMark = 0xca6c
 
 // defaultKeepalive is the keepalive a profile without one gets: a roaming
 // client behind NAT needs one, and it makes the first handshake at once.
 const defaultKeepalive = 25
 
-// Options configure Up and Down.
+// Options configure Run, Down and StatusOf.
 type Options struct {
 	Profiles   string        // profile directory (default profile.DefaultDir)
 	State      string        // state directory (default DefaultStateDir)
-	KillSwitch bool          // Up: nothing leaves but through the tunnel
-	Binary     string        // the ptun binary that serves the interface (default: this one)
+	KillSwitch bool          // Run: nothing leaves but through the tunnel
+	Gateway    string        // Run: the gateway to use first (default: the profile's first)
 	ResolvConf string        // default /etc/resolv.conf
-	Wait       time.Duration // Up: how long to wait for a handshake (default 10 s)
+	Wait       time.Duration // Run: how long to wait for the first handshake (default 10 s)
 	Logf       func(format string, args ...any)
+	Verbosef   func(format string, args ...any)
+	// Mode and EngineCommand are the interface's, as front.Config has them.
+	Mode          ipc.Mode
+	EngineCommand func() (*exec.Cmd, error)
+	// Supervision: how often the gateway is asked for the profile
+	// (default 2 s), and how many missed answers in a row make the client
+	// move to the next gateway (default 3).
+	Probe     time.Duration
+	FailAfter int
 }
 
 func (o *Options) defaults() {
@@ -62,15 +79,36 @@ func (o *Options) defaults() {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if o.Verbosef == nil {
+		o.Verbosef = func(string, ...any) {}
+	}
+	if o.Probe == 0 {
+		o.Probe = 2 * time.Second
+	}
+	if o.FailAfter == 0 {
+		o.FailAfter = 3
+	}
 }
 
-// State is what up recorded of one profile.
+// State is what the daemon of one profile recorded.
 type State struct {
-	Profile   string         `json:"profile"`
-	Interface string         `json:"interface"`
-	Gateway   string         `json:"gateway"`
-	Netconf   netconf.Record `json:"netconf"`
-	Since     time.Time      `json:"since"`
+	Profile   string `json:"profile"`
+	Interface string `json:"interface"`
+	Gateway   string `json:"gateway"` // the gateway in use
+	// PID and Started (its start time in clock ticks after boot) name the
+	// daemon, so that a PID used again by another process is not taken
+	// for it.
+	PID     int            `json:"pid"`
+	Started uint64         `json:"started"`
+	Netconf netconf.Record `json:"netconf"`
+	Since   time.Time      `json:"since"`
+	// Problem says why no traffic passes now ("" when it does).
+	Problem string `json:"problem,omitempty"`
+	// Revoked is when a gateway said this device was revoked: the daemon
+	// stopped trying.
+	Revoked time.Time `json:"revoked,omitzero"`
+	// Refreshed is when the gateway last answered the profile request.
+	Refreshed time.Time `json:"refreshed,omitzero"`
 }
 
 // Interface is the tunnel interface of profile name: "pt-" and the name,
@@ -112,10 +150,45 @@ func loadState(o *Options, name string) (*State, error) {
 	return &st, nil
 }
 
-// Up brings profile name's tunnel up (see above). Whatever fails, nothing
-// it did is left behind.
-func Up(ctx context.Context, name string, o Options) (err error) {
+// startTime is process pid's start time (field 22 of /proc/PID/stat), or 0.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[19], 10, 64)
+	return n
+}
+
+// daemonAlive reports whether st's daemon still runs.
+func daemonAlive(st *State) bool {
+	return st.PID > 0 && st.Started != 0 && startTime(st.PID) == st.Started
+}
+
+// Run is the daemon of profile name (see above). It calls ready once: nil
+// when the first handshake completed, or the error that stopped it. It
+// returns when ctx ends (having undone everything), or on an error
+// (having undone everything too). A profile that is up, or an interface
+// that exists, is refused and nothing is changed.
+func Run(ctx context.Context, name string, o Options, ready func(error)) (err error) {
 	o.defaults()
+	reported := false
+	report := func(e error) {
+		if !reported && ready != nil {
+			reported = true
+			ready(e)
+		}
+	}
+	defer func() { report(err) }()
 	if os.Geteuid() != 0 {
 		return errors.New("ptun up needs root (it creates an interface and sets routes): run it with sudo")
 	}
@@ -129,57 +202,95 @@ func Up(ctx context.Context, name string, o Options) (err error) {
 	}
 	ifname := Interface(name)
 	if st, err := loadState(&o, name); err == nil {
-		if linkUp(st.Interface) {
-			return fmt.Errorf("%s is up already (interface %s): ptun down %s first", name, st.Interface, name)
+		if daemonAlive(st) {
+			return fmt.Errorf("%s is up already (interface %s, daemon %d): ptun down %s first", name, st.Interface, st.PID, name)
 		}
 		o.Logf("cleaning up what a previous ptun up %s left", name)
-		if err := Down(name, o); err != nil {
+		if err := cleanup(st, &o); err != nil {
 			return fmt.Errorf("cleaning up a previous ptun up %s: %w", name, err)
 		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	if linkUp(ifname) {
 		return fmt.Errorf("interface %s exists already and is not ptun's record of %s: remove it (ip link del %s) or rename the profile", ifname, name, ifname)
 	}
-	gw := p.Offer.Gateways[0]
-	st := &State{Profile: name, Interface: ifname, Gateway: gw.Name, Since: time.Now().UTC()}
+	first := 0
+	if o.Gateway != "" {
+		first = -1
+		var names []string
+		for i, g := range p.Offer.Gateways {
+			names = append(names, g.Name)
+			if g.Name == o.Gateway {
+				first = i
+			}
+		}
+		if first < 0 {
+			return fmt.Errorf("--gateway %s: profile %s has no such gateway (it has %s)", o.Gateway, name, strings.Join(names, ", "))
+		}
+	}
+	st := &State{Profile: name, Interface: ifname, Gateway: p.Offer.Gateways[first].Name,
+		PID: os.Getpid(), Started: startTime(os.Getpid()), Since: time.Now().UTC()}
 	if err := saveState(&o, st); err != nil {
 		return fmt.Errorf("recording the state in %s: %w", o.State, err)
 	}
-	defer func() {
-		if err != nil {
-			if derr := Down(name, o); derr != nil {
-				err = fmt.Errorf("%w (and cleaning up: %v)", err, derr)
-			}
-		}
+
+	// The interface: a front in this process, its engine confined.
+	handlers := make(chan uapi.Handler, 1)
+	upErr := make(chan error, 1)
+	stop := make(chan struct{})
+	frontDone := make(chan error, 1)
+	go func() {
+		frontDone <- front.Run(front.Config{
+			Name: ifname, MTU: p.Offer.MTU, Mode: o.Mode, Logf: o.Logf, Verbosef: o.Verbosef,
+			EngineCommand: o.EngineCommand,
+			OnUp:          func(h uapi.Handler) { handlers <- h },
+		}, stop, func(e error) { upErr <- e })
 	}()
-	if err := startDaemon(ctx, o.Binary, ifname, p.Offer.MTU); err != nil {
+	keep := false // the interface died under a running tunnel
+	defer func() {
+		if keep {
+			// The host configuration stays, kill switch included, and
+			// its record: nothing leaks until ptun down (or the next
+			// ptun up) removes it.
+			close(stop)
+			<-frontDone
+			o.Logf("%s: the host configuration (and kill switch) stays until ptun down %s", name, name)
+			return
+		}
+		// Everything goes, in the order it came: the host configuration,
+		// then the interface, then the record.
+		save := func(r *netconf.Record) error { st.Netconf = *r; return saveState(&o, st) }
+		uerr := netconf.Undo(&st.Netconf, netconf.Options{Save: save})
+		close(stop)
+		<-frontDone
+		if uerr != nil {
+			err = errors.Join(err, uerr)
+			return
+		}
+		os.Remove(statePath(&o, name))
+	}()
+	if err := <-upErr; err != nil {
 		return err
 	}
-	peer := p.Peer(gw)
-	if *peer.PersistentKeepalive == 0 {
-		ka := uint16(defaultKeepalive)
-		peer.PersistentKeepalive = &ka
-	}
+	h := <-handlers
+	sv := &supervisor{name: name, o: &o, p: p, key: key, h: h, st: st, cur: first, killSwitch: o.KillSwitch}
 	mark := uint32(FwMark)
-	if err := uapi.Set(uapi.SocketPath(ifname), &wgcfg.DeviceConfig{
-		PrivateKey: &key, FwMark: &mark, ReplacePeers: true, Peers: []wgcfg.PeerConfig{peer},
-	}); err != nil {
+	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, FwMark: &mark, ReplacePeers: true,
+		Peers: []wgcfg.PeerConfig{sv.peer(first)}}); err != nil {
 		return fmt.Errorf("configuring %s: %w", ifname, err)
 	}
-	plan := &netconf.Plan{Interface: ifname, Addresses: p.Offer.Addresses, MTU: p.Offer.MTU,
-		Routes: p.Offer.Routes, FwMark: FwMark, DNS: p.Offer.DNS, Search: p.Offer.Search}
-	if o.KillSwitch {
-		plan.KillSwitch = &netconf.KillSwitch{}
-		for _, g := range p.Offer.Gateways {
-			plan.KillSwitch.Endpoints = append(plan.KillSwitch.Endpoints, g.Endpoint)
-		}
-	}
-	save := func(r *netconf.Record) error { st.Netconf = *r; return saveState(&o, st) }
-	var rec netconf.Record
-	if err := netconf.Apply(plan, &rec, netconf.Options{Save: save, ResolvConf: o.ResolvConf}); err != nil {
+	sv.plan = sv.makePlan()
+	if err := netconf.Apply(sv.plan, &st.Netconf, netconf.Options{Save: sv.saveRecord, ResolvConf: o.ResolvConf}); err != nil {
 		return err
 	}
-	return waitHandshake(ctx, ifname, gw, o.Wait)
+	if err := sv.waitHandshake(ctx, o.Wait); err != nil {
+		return err
+	}
+	report(nil)
+	err = sv.loop(ctx, frontDone)
+	keep = err != nil
+	return err
 }
 
 // linkUp reports whether interface name exists.
@@ -188,55 +299,10 @@ func linkUp(name string) bool {
 	return err == nil
 }
 
-// startDaemon runs `BINARY --mtu MTU IFNAME`, which returns once the
-// interface and its UAPI socket are ready and keeps serving in the
-// background.
-func startDaemon(ctx context.Context, bin, ifname string, mtu int) error {
-	if bin == "" {
-		var err error
-		if bin, err = os.Executable(); err != nil {
-			return err
-		}
-	}
-	args := []string{ifname}
-	if mtu != 0 {
-		args = []string{"--mtu", fmt.Sprint(mtu), ifname}
-	}
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "WG_PROCESS_FOREGROUND=")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("starting the interface %s: %v: %s", ifname, err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-// waitHandshake waits (bounded) until the gateway's handshake completed.
-func waitHandshake(ctx context.Context, ifname string, gw profile.Gateway, wait time.Duration) error {
-	deadline := time.Now().Add(wait)
-	for {
-		st, err := uapi.Get(uapi.SocketPath(ifname))
-		if err == nil {
-			for _, p := range st.Peers {
-				if p.PublicKey == gw.PublicKey && !p.LastHandshake.IsZero() {
-					return nil
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no handshake with gateway %s at %s within %v: is it reachable on UDP, and is this device still enrolled?", gw.Name, gw.Endpoint, wait)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// Down takes profile name's tunnel down: it undoes the host configuration
-// up recorded and deletes the interface (its daemon then exits). With no
-// record it does nothing and says so.
+// Down takes profile name's tunnel down: it asks its daemon to stop (which
+// undoes everything it applied) and waits for it, then removes whatever a
+// daemon that died left (the recorded host configuration, the interface).
+// With no record it does nothing and says so.
 func Down(name string, o Options) error {
 	o.defaults()
 	if err := profile.CheckName(name); err != nil {
@@ -249,8 +315,33 @@ func Down(name string, o Options) error {
 	if err != nil {
 		return err
 	}
+	if daemonAlive(st) {
+		if err := syscall.Kill(st.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stopping the daemon of %s (%d): %w", name, st.PID, err)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for daemonAlive(st) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the daemon of %s (%d) did not stop within 15 s", name, st.PID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// What a daemon that died (or was killed) left behind.
+	st, err = loadState(&o, name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return cleanup(st, &o)
+}
+
+// cleanup removes what st records, the interface, and the record.
+func cleanup(st *State, o *Options) error {
 	var errs []error
-	save := func(r *netconf.Record) error { st.Netconf = *r; return saveState(&o, st) }
+	save := func(r *netconf.Record) error { st.Netconf = *r; return saveState(o, st) }
 	if err := netconf.Undo(&st.Netconf, netconf.Options{Save: save}); err != nil {
 		errs = append(errs, err)
 	}
@@ -263,17 +354,22 @@ func Down(name string, o Options) error {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
-		os.Remove(statePath(&o, name))
+		os.Remove(statePath(o, st.Profile))
 	}
 	return errors.Join(errs...)
 }
 
-// waitSocketGone waits (bounded) for the daemon of ifname to remove its
-// UAPI socket as it exits.
+// waitSocketGone waits (bounded) for the UAPI socket of ifname to go. A
+// socket whose daemon is gone is removed.
 func waitSocketGone(ifname string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for {
-		if _, err := os.Stat(uapi.SocketPath(ifname)); errors.Is(err, os.ErrNotExist) {
+		path := uapi.SocketPath(ifname)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if _, err := uapi.Get(path); err != nil {
+			os.Remove(path) // nobody answers: a dead daemon's
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -303,12 +399,37 @@ func StatusOf(name string, o Options) (*Status, error) {
 		return nil, err
 	}
 	s := &Status{State: st}
+	if !daemonAlive(st) {
+		return s, fmt.Errorf("%s is recorded as up on %s, but its daemon is not running (did it crash?): its host configuration, kill switch included, is still in place; ptun down %s cleans up", name, st.Interface, name)
+	}
 	dev, err := uapi.Get(uapi.SocketPath(st.Interface))
 	if err != nil {
-		return s, fmt.Errorf("%s is recorded as up on %s, but its daemon does not answer (%v): ptun down %s cleans up", name, st.Interface, err, name)
+		return s, fmt.Errorf("%s is up on %s, but its daemon does not answer (%v): ptun down %s cleans up", name, st.Interface, err, name)
 	}
 	for _, p := range dev.Peers {
 		s.Endpoint, s.LastHandshake, s.RxBytes, s.TxBytes = p.Endpoint, p.LastHandshake, p.RxBytes, p.TxBytes
 	}
 	return s, nil
+}
+
+// apiAddr is the address and port of an https://HOST:PORT API URL whose
+// host is an address, or the zero value.
+func apiAddr(api string) netip.AddrPort {
+	u, err := url.Parse(api)
+	if err != nil || u.Scheme != "https" {
+		return netip.AddrPort{}
+	}
+	a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]"))
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	port := uint16(443)
+	if p := u.Port(); p != "" {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return netip.AddrPort{}
+		}
+		port = uint16(n)
+	}
+	return netip.AddrPortFrom(a, port)
 }

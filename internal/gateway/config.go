@@ -152,7 +152,7 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 			return pin, fmt.Errorf("--pool %v: %w", p, err)
 		}
 	}
-	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String(), API: o.APIURL()}); err != nil {
+	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String(), API: o.APIURL(), Pin: pin.String()}); err != nil {
 		return pin, fmt.Errorf("registering gateway %s: %w", o.Name, err)
 	}
 	b, err := json.MarshalIndent(&o.Config, "", "  ")

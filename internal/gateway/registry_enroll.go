@@ -88,7 +88,7 @@ func makeOffer(gws []registry.Gateway, site Site, dev registry.Device) (*profile
 		if api == "" {
 			api = site.API
 		}
-		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: api})
+		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: api, Pin: g.Pin})
 	}
 	for _, a := range dev.Addresses {
 		o.Addresses = append(o.Addresses, netip.PrefixFrom(a, a.BitLen()))

@@ -36,6 +36,9 @@ type Gateway struct {
 	// API is the gateway's HTTPS base URL (enrollment, profile updates),
 	// pinned by the profile's Pin.
 	API string `json:"api,omitempty"`
+	// Pin is the pin of that API's certificate ("": the profile's own,
+	// the enrolling gateway's).
+	Pin string `json:"pin,omitempty"`
 }
 
 // Offer is the gateway's answer to an enrollment: everything the device
@@ -94,6 +97,9 @@ func (o *Offer) Check() error {
 		}
 		if g.API != "" && !strings.HasPrefix(g.API, "https://") {
 			return fmt.Errorf("profile: gateway %q's API is not an https URL", g.Name)
+		}
+		if g.Pin != "" && !strings.HasPrefix(g.Pin, "pin-sha256:") {
+			return fmt.Errorf("profile: gateway %q's pin is not pin-sha256:BASE64", g.Name)
 		}
 	}
 	fams := map[bool]bool{}

@@ -152,6 +152,7 @@ type Gateway struct {
 	PublicKey Key
 	Endpoint  string // host:port that devices send to
 	API       string // its enrollment API's https://HOST[:PORT] ("": none known)
+	Pin       string // its API certificate's pin, pin-sha256:BASE64 ("": none known)
 	CreatedAt time.Time
 }
 

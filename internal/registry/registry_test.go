@@ -533,7 +533,7 @@ func TestGateways(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b *backend) {
 		r := b.open(t, Options{})
 		gwA := must(r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(1), Endpoint: "198.18.0.1:51820"}))(t)
-		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820", API: "https://[2001:db8::1]:8443"}))(t)
+		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820", API: "https://[2001:db8::1]:8443", Pin: "pin-sha256:AAAA"}))(t)
 		must(r.AddGateway(bg, Gateway{Name: "gw-c", PublicKey: key(3), Endpoint: "vpn.example.com:443"}))(t)
 		before := counts(t, r)
 		_, err := r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(9), Endpoint: "198.18.0.9:51820"})

@@ -1051,8 +1051,11 @@ func (r *sqlRegistry) AddGateway(ctx context.Context, g Gateway) (Gateway, error
 			return Gateway{}, fmt.Errorf("%w: gateway %q's API %q is not an https://HOST[:PORT] URL", ErrInvalid, g.Name, g.API)
 		}
 	}
+	if len(g.Pin) > 100 {
+		return Gateway{}, fmt.Errorf("%w: gateway %q's pin is too long", ErrInvalid, g.Name)
+	}
 	err = r.write(ctx, func(t *txn) error {
-		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, api, created_at) VALUES (?, ?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, g.API, t.now)
+		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, api, pin, created_at) VALUES (?, ?, ?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, g.API, g.Pin, t.now)
 		if err != nil {
 			return err
 		}
@@ -1087,7 +1090,7 @@ func (r *sqlRegistry) RemoveGateway(ctx context.Context, name string) error {
 }
 
 func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
-	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, created_at FROM gateways ORDER BY name`)
+	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, pin, created_at FROM gateways ORDER BY name`)
 	if err != nil {
 		return nil, r.dbErr(err, "")
 	}
@@ -1097,7 +1100,7 @@ func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
 		var g Gateway
 		var key []byte
 		var at int64
-		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &g.API, &at); err != nil {
+		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &g.API, &g.Pin, &at); err != nil {
 			return nil, r.dbErr(err, "")
 		}
 		copy(g.PublicKey[:], key)
