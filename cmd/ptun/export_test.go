@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"image/png"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,7 +88,9 @@ func TestGatewayExport(t *testing.T) {
 	}
 	defer reg.Close()
 	gws, _ := reg.ListGateways(context.Background())
-	want, err := gateway.ExportConfig(dev, priv, gws[0], cfg.Site)
+	site := cfg.Site
+	site.Control = netip.AddrPortFrom(netip.MustParseAddr("100.80.0.1"), gateway.ControlPort) // the gateway's tunnel address
+	want, err := gateway.ExportConfig(dev, priv, gws[0], site)
 	if err != nil {
 		t.Fatal(err)
 	}

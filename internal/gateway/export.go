@@ -33,13 +33,14 @@ const DefaultExportKeepalive = 25
 //     prefixes; DNS: the site's servers, then its search domains (wg-quick
 //     hands names that are not addresses to resolvconf as search domains,
 //     and the apps read them the same way); MTU: the site's.
-//   - [Peer] PublicKey and Endpoint: gw's; AllowedIPs: the site's routes,
-//     as `ptun up` routes them, and nothing else: the gateway's own tunnel
-//     address is not added, because the access rules apply to packets to
-//     it too (a group reaches the routes the gateway offers), so a device
-//     would get nothing from it but drops; a site that serves something on
-//     that address (DNS) offers it with --route. PersistentKeepalive: the
-//     site's, or DefaultExportKeepalive if it sets none.
+//   - [Peer] PublicKey and Endpoint: gw's; AllowedIPs: what `ptun up`
+//     routes (profile.Offer.TunnelRoutes): the site's routes and, unless
+//     they cover it, the gateway's own tunnel address (site.Control's) as
+//     a host route. Every device may ping that address whatever its access
+//     rules, so an app's user can tell a tunnel that is down from a host
+//     behind it that is; the control service on it serves ptun clients,
+//     and an app does not use it. PersistentKeepalive: the site's, or
+//     DefaultExportKeepalive if it sets none.
 //
 // It fails if the result would not work: no address, no route, a zero
 // key, or an endpoint that is not HOST:PORT.
@@ -81,9 +82,9 @@ func ExportConfig(dev registry.Device, priv noise.PrivateKey, gw registry.Gatewa
 	b.WriteString("\n[Peer]\n")
 	fmt.Fprintf(&b, "PublicKey = %s\n", noise.PublicKey(gw.PublicKey).Base64())
 	fmt.Fprintf(&b, "Endpoint = %s\n", endpoint)
-	routes := make([]string, len(site.Routes))
-	for i, r := range site.Routes {
-		routes[i] = r.String()
+	var routes []string
+	for _, r := range (&profile.Offer{Routes: site.Routes, Control: site.Control}).TunnelRoutes() {
+		routes = append(routes, r.String())
 	}
 	fmt.Fprintf(&b, "AllowedIPs = %s\n", strings.Join(routes, ", "))
 	keepalive := site.Keepalive
@@ -178,6 +179,10 @@ func Export(ctx context.Context, reg registry.Registry, cfg *Config, req ExportR
 	if err != nil {
 		return "", dev, err
 	}
+	site := cfg.Site
+	if ca := controlAddr(pools); ca.IsValid() { // as Run sets it
+		site.Control = netip.AddrPortFrom(ca, ControlPort)
+	}
 	priv, err := noise.GeneratePrivateKey()
 	if err != nil {
 		return "", dev, err
@@ -191,7 +196,7 @@ func Export(ctx context.Context, reg registry.Registry, cfg *Config, req ExportR
 			longest.Addresses = append(longest.Addresses, netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
 		}
 	}
-	dry, err := ExportConfig(longest, priv, *gw, cfg.Site)
+	dry, err := ExportConfig(longest, priv, *gw, site)
 	if err != nil {
 		return "", dev, err
 	}
@@ -204,7 +209,7 @@ func Export(ctx context.Context, reg registry.Registry, cfg *Config, req ExportR
 	if err != nil {
 		return "", dev, err
 	}
-	conf, err = ExportConfig(dev, priv, *gw, cfg.Site)
+	conf, err = ExportConfig(dev, priv, *gw, site)
 	if err != nil { // the dry run passed: not expected
 		return "", dev, fmt.Errorf("device %s/%s was made but its config was not (%v): revoke it", dev.User, dev.Name, err)
 	}

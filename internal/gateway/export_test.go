@@ -33,7 +33,7 @@ var (
 		Addresses: []netip.Addr{netip.MustParseAddr("100.80.3.7"), netip.MustParseAddr("2001:db8:80::3:7")}}
 	testSite = Site{MTU: 1420, Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24"), netip.MustParsePrefix("2001:db8:2::/64")},
 		DNS: []netip.Addr{netip.MustParseAddr("198.18.2.53"), netip.MustParseAddr("2001:db8:2::53")}, Search: []string{"corp.example", "lab.example"},
-		Keepalive: 25, API: "https://198.18.0.1:8443"}
+		Keepalive: 25, API: "https://198.18.0.1:8443", Control: netip.MustParseAddrPort("100.80.0.1:51821")}
 )
 
 // TestExportConfig: the exact text of exported configs.
@@ -61,11 +61,11 @@ MTU = 1420
 [Peer]
 PublicKey = IiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI=
 Endpoint = 198.18.0.1:51820
-AllowedIPs = 198.18.2.0/24, 2001:db8:2::/64
+AllowedIPs = 198.18.2.0/24, 2001:db8:2::/64, 100.80.0.1/32
 PersistentKeepalive = 25
 `},
-		{"no DNS, no keepalive set (25), IPv6 endpoint", v4only, v6gw,
-			Site{MTU: 1280, Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}, `# alice/phone through ptun gateway gw1
+		{"no DNS, no keepalive set (25), IPv6 endpoint, the routes cover the gateway", v4only, v6gw,
+			Site{MTU: 1280, Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, Control: testSite.Control}, `# alice/phone through ptun gateway gw1
 [Interface]
 PrivateKey = ERERERERERERERERERERERERERERERERERERERERERE=
 Address = 100.80.3.7/32
@@ -77,7 +77,7 @@ Endpoint = [2001:db8:ff::2]:51820
 AllowedIPs = 0.0.0.0/0
 PersistentKeepalive = 25
 `},
-		{"search domain only, site keepalive, hostname endpoint", v4only, named,
+		{"search domain only, site keepalive, hostname endpoint, no control address", v4only, named,
 			Site{MTU: 1420, Keepalive: 10, Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}, Search: []string{"corp.example"}},
 			`# alice/phone through ptun gateway gw1
 [Interface]
@@ -309,8 +309,10 @@ func TestExport(t *testing.T) {
 		t.Error("the registry's key is not the config's private key's")
 	}
 	gws, _ := reg.ListGateways(ctx)
-	want, _ := ExportConfig(dev, priv, gws[0], cfg.Site)
-	if conf != want {
+	site := cfg.Site
+	site.Control = netip.MustParseAddrPort("100.80.0.1:51821") // the first IPv4 pool's, as Run serves it
+	want, _ := ExportConfig(dev, priv, gws[0], site)
+	if conf != want || !strings.Contains(conf, "\nAllowedIPs = 198.18.2.0/24, 2001:db8:2::/64, 100.80.0.1/32\n") {
 		t.Errorf("config:\n%s\nwant:\n%s", conf, want)
 	}
 	entries, err := reg.Audit(ctx, 0, 1000)
