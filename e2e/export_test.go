@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,8 +22,12 @@ import (
 	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
-// exportLAN is the lan host behind the gateway in TestExport.
-var exportLAN = netip.MustParseAddr("198.18.2.2")
+// The lan host behind the gateway in TestExport, and the gateway's
+// address in its pool.
+var (
+	exportLAN     = netip.MustParseAddr("198.18.2.2")
+	gatewayTunnel = netip.MustParseAddr("100.80.0.1")
+)
 
 // TestExport: a config for the official apps, end to end. The gateway
 // stands in front of a lan host as in TestGatewayEndToEnd; `ptun gateway
@@ -30,7 +35,8 @@ var exportLAN = netip.MustParseAddr("198.18.2.2")
 // (as the app's scanner would), is the very config printed on stdout; the
 // real wg-quick brings it up on the client with wireguard-go (the
 // userspace implementation the official apps share their code with) and
-// pings the lan host through the gateway; wg-quick down takes it away.
+// pings the lan host through the gateway, and the gateway's own tunnel
+// address; wg-quick down takes it away.
 //
 // The config has a DNS line, for which wg-quick calls resolvconf. That
 // would change the machine's resolver (and this machine may have no
@@ -170,13 +176,15 @@ func TestExport(t *testing.T) {
 	pingOut := mustRun(t, c.ns, "ping", "-n", "-c", "3", "-i", "0.2", "-w", "10", exportLAN.String())
 	t.Logf("wg-quick up took %v; the first 3 pings through the gateway %v:\n%s", upTook.Round(time.Millisecond),
 		time.Since(start).Round(time.Millisecond), lastLines(pingOut, 2))
+	// The gateway's own tunnel address, which the config routes too.
+	nsPing(t, c.ns, gatewayTunnel)
 
 	d, err := parseDump(mustRun(t, c.ns, "wg", "show", ifname, "dump"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	gwPeer, ok := d.Peers[gw.pub]
-	if len(d.Peers) != 1 || !ok || gwPeer.Endpoint != serverLink4.String()+":51820" || gwPeer.AllowedIPs != "198.18.2.0/24" ||
+	if len(d.Peers) != 1 || !ok || gwPeer.Endpoint != serverLink4.String()+":51820" || !sameSet(gwPeer.AllowedIPs, "198.18.2.0/24,100.80.0.1/32") ||
 		gwPeer.LatestHandshake == 0 || gwPeer.RxBytes == 0 {
 		t.Errorf("wireguard-go's peers (want only the gateway %s, with a handshake):\n%s", gw.pub, d.raw)
 	}
@@ -279,6 +287,14 @@ func startExportGateway(t *testing.T, l *lab) *exportGateway {
 		return err == nil && len(g.pub) == 44, out
 	})
 	return g
+}
+
+// sameSet reports whether two comma-separated lists hold the same items.
+func sameSet(a, b string) bool {
+	as, bs := strings.Split(a, ","), strings.Split(b, ",")
+	slices.Sort(as)
+	slices.Sort(bs)
+	return slices.Equal(as, bs)
 }
 
 // scanQR decodes the QR code in a PNG file with gozxing, as an app's
