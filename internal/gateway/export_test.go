@@ -7,6 +7,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -376,4 +377,41 @@ func TestExportPoolExhausted(t *testing.T) {
 	if devs, _ := reg.ListDevices(ctx, registry.DeviceFilter{IncludeRevoked: true}); len(devs) != 1 {
 		t.Errorf("%d devices after a refused export, want 1", len(devs))
 	}
+}
+
+// FuzzExportEndpoint: whatever endpoint the registry holds, the config
+// either is refused or has it on one Endpoint line that wg-quick reads
+// back as HOST:PORT, and no other line than a clean config's: an endpoint
+// cannot add a setting.
+func FuzzExportEndpoint(f *testing.F) {
+	for _, s := range []string{"198.18.0.1:51820", "[2001:db8::1]:51820", "vpn.corp.example:443", "[::ffff:198.18.0.1]:1",
+		"a\nDNS = 1.2.3.4:1", "x:0", "", ":51820", "[fe80::1%eth0]:51820", "vpn.example.:65535"} {
+		f.Add(s)
+	}
+	clean, err := ExportConfig(testDev, testPriv, testGW, testSite)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, ep string) {
+		conf, err := exportWithEndpoint(ep)
+		if err != nil {
+			return
+		}
+		var got string
+		lines, cleanLines := strings.Split(conf, "\n"), strings.Split(clean, "\n")
+		if len(lines) != len(cleanLines) {
+			t.Fatalf("endpoint %q: %d lines, want %d:\n%s", ep, len(lines), len(cleanLines), conf)
+		}
+		for i, line := range lines {
+			if v, ok := strings.CutPrefix(line, "Endpoint = "); ok {
+				got = v
+			} else if line != cleanLines[i] {
+				t.Fatalf("endpoint %q changed line %q to %q", ep, cleanLines[i], line)
+			}
+		}
+		host, port, err := net.SplitHostPort(got)
+		if err != nil || host == "" || port == "" || strings.ContainsAny(got, " \t#,=\r\n") {
+			t.Fatalf("endpoint %q written as %q", ep, got)
+		}
+	})
 }
