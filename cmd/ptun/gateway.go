@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"sort"
@@ -45,6 +46,10 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              make an enrollment URL for USER (the last line
                              of the output, alone)
   devices [--json]           list devices: user, name, addresses, created, state
+  export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME]
+                             make a device for an official WireGuard app: its
+                             key is made here and printed once, in the
+                             wg-quick config on stdout (and its QR code)
   revoke USER/DEVICE         revoke a device: its addresses go back to the pool
   allow GROUP DEST [tcp/PORT[-PORT] | udp/PORT[-PORT] | icmp]
                              let GROUP's members reach DEST (a group without
@@ -66,6 +71,33 @@ Example:
        --pool 100.80.0.0/16 --pool 2001:db8:80::/64 --route 198.18.2.0/24 --dns 198.18.2.53
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
+  sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
+`
+
+const gatewayExportUsage = `Usage: ptun gateway export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME] [--state DIR]
+
+Make device DEVICE for USER, for an official WireGuard app or wg-quick,
+which cannot enroll: the device's key pair is made here, its public key
+goes to the registry with an address from every pool (as an enrollment
+would, and in the audit log as an export), and its wg-quick configuration
+is printed on stdout. The private key is in that output only and is not
+stored anywhere: keep it safe, and if it leaks, revoke the device
+(ptun gateway revoke USER/DEVICE).
+
+--qr FILE.png also writes the configuration as a QR code, for the app's
+"scan from QR code", to a new FILE.png of mode 0600 (an existing file is
+never overwritten); --qr - prints the QR code after the configuration.
+--gateway NAME uses that gateway of the registry (its key and endpoint)
+instead of this state folder's.
+
+wg-quick names the interface after the file: at most 15 characters
+before .conf. Nothing is written when the export is refused (unknown user,
+device name taken, no free address, bad name).
+
+Examples:
+  sudo ptun gateway export alice phone --qr -
+  sudo ptun gateway export alice laptop --qr alice-laptop.png > wg-alice.conf
+  sudo wg-quick up ./wg-alice.conf              # on alice's laptop
 `
 
 var gatewayCommands = map[string]func(args []string) error{
@@ -74,6 +106,7 @@ var gatewayCommands = map[string]func(args []string) error{
 	"users":   gatewayUsers,
 	"invite":  gatewayInvite,
 	"devices": gatewayDevices,
+	"export":  gatewayExport,
 	"revoke":  gatewayRevoke,
 	"run":     gatewayRun,
 	"allow":   gatewayAllow,
@@ -346,6 +379,102 @@ func gatewayRevoke(args []string) error {
 			}
 		}
 		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
+		return nil
+	})
+}
+
+// gatewayExport is `ptun gateway export USER DEVICE [--qr FILE.png|-]
+// [--gateway NAME]`.
+func gatewayExport(args []string) error {
+	fs, state := gwFlags("export")
+	commandUsage["gateway export"] = gatewayExportUsage
+	qrDest := fs.String("qr", "", "also write the config as a QR code: to `FILE.png` (mode 0600, never overwritten), or - for the terminal")
+	gwName := fs.String("gateway", "", "the registry's gateway whose key and endpoint the config uses (default: this state folder's)")
+	pos, err := parseInterspersed(fs, args, 2)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		fmt.Fprintln(os.Stderr, "ptun gateway export: give USER and DEVICE, such as: ptun gateway export alice phone\nrun 'ptun gateway export -h' for help")
+		return errUsage
+	}
+	pngPath := *qrDest
+	if pngPath == "-" {
+		pngPath = ""
+	}
+	if pngPath != "" {
+		if _, err := os.Lstat(pngPath); err == nil {
+			return fmt.Errorf("--qr %s exists: name a new file (an export never overwrites one)", pngPath)
+		}
+	}
+	return withRegistry(*state, func(ctx context.Context, c *gateway.Config, reg registry.Registry) (err error) {
+		var png *os.File // made by the check, so that a refused export leaves none
+		defer func() {
+			if png != nil && err != nil {
+				png.Close()
+				os.Remove(pngPath)
+			}
+		}()
+		check := func(dry string) error {
+			if *qrDest == "" {
+				return nil
+			}
+			if err := gateway.CheckQR(dry); err != nil {
+				return err
+			}
+			if pngPath == "" {
+				return nil
+			}
+			f, err := os.OpenFile(pngPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if errors.Is(err, os.ErrExist) {
+				return fmt.Errorf("--qr %s exists: name a new file (an export never overwrites one)", pngPath)
+			} else if err != nil {
+				return fmt.Errorf("--qr: %w", err)
+			}
+			png = f
+			return nil
+		}
+		conf, dev, err := gateway.Export(ctx, reg, c, gateway.ExportRequest{User: pos[0], Device: pos[1], Gateway: *gwName, Check: check})
+		if err != nil {
+			return err
+		}
+		// From here on the device exists: a failure revokes it, so that
+		// no key stays enrolled that nobody holds.
+		undo := func(what string, err error) error {
+			if rerr := reg.RevokeDevice(ctx, dev.ID); rerr != nil {
+				return fmt.Errorf("%s: %v; revoking %s/%s failed too (%v): revoke it", what, err, dev.User, dev.Name, rerr)
+			}
+			return fmt.Errorf("%s: %v; %s/%s is revoked: export it again under another name", what, err, dev.User, dev.Name)
+		}
+		var term string
+		if png != nil {
+			b, err := gateway.QRPNG(conf)
+			if err == nil {
+				_, err = png.Write(b)
+			}
+			if cerr := png.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return undo("writing "+pngPath, err)
+			}
+		} else if *qrDest == "-" {
+			if term, err = gateway.QRTerminal(conf); err != nil {
+				return undo("the QR code", err)
+			}
+		}
+		if _, err := io.WriteString(stdout, conf+term); err != nil {
+			return undo("printing the config", err)
+		}
+		var as []string
+		for _, a := range dev.Addresses {
+			as = append(as, a.String())
+		}
+		fmt.Fprintf(os.Stderr, "device %s/%s made (%s); its private key is in this config only, not stored anywhere\n",
+			dev.User, dev.Name, strings.Join(as, ", "))
+		if png != nil {
+			fmt.Fprintf(os.Stderr, "QR code written to %s (it holds the private key: delete it once scanned)\n", pngPath)
+		}
 		return nil
 	})
 }

@@ -101,6 +101,10 @@ func (d Device) Revoked() bool { return !d.RevokedAt.IsZero() }
 type DeviceSpec struct {
 	Name      string
 	PublicKey Key
+	// Via says, for the audit entry of CreateDevice, how the key came
+	// ("export": the gateway made it for an app's config); "" says
+	// nothing. Redeem ignores it and names the invite instead.
+	Via string
 }
 
 // DeviceFilter selects devices for ListDevices; zero fields match all.

@@ -555,7 +555,7 @@ func (r *sqlRegistry) CreateDevice(ctx context.Context, user string, spec Device
 		if err != nil {
 			return err
 		}
-		d, err = t.createDevice(uid, user, spec, "")
+		d, err = t.createDevice(uid, user, spec, spec.Via)
 		return err
 	})
 	return d, r.dbErr(err, fmt.Sprintf("device %s/%s: its name or its public key is taken", user, spec.Name))
