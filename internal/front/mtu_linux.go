@@ -14,7 +14,14 @@ func watchMTU(name string, mtu int, stop <-chan struct{}, changed func(int), log
 	done := make(chan struct{})
 	defer close(done)
 	err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-		ErrorCallback: func(err error) { logf("front: watching %s's MTU: %v", name, err) },
+		ErrorCallback: func(err error) {
+			select {
+			case <-done: // the subscription's own end, as the front stops
+			case <-stop:
+			default:
+				logf("front: watching %s's MTU: %v", name, err)
+			}
+		},
 	})
 	if err != nil {
 		logf("front: cannot watch %s's MTU (%v); the engine reads it every 250 ms", name, err)
