@@ -314,3 +314,87 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 		t.Logf("status (a problem line may lag one probe): %s", s)
 	}
 }
+
+// TestGatewayRegistryOutage: with its PostgreSQL registry unreachable, a
+// gateway keeps carrying the devices it has, says why in its log, and
+// refuses enrollment with a clear answer that writes nothing; once the
+// registry is back it catches up (an enrollment passes, a revoke is in
+// force).
+func TestGatewayRegistryOutage(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	dbName := "ptun_e2e_out_" + l.id
+	db := newPostgresDB(t, dbName)
+	psql := testenv.RequireTool(t, "psql", "postgresql-client")
+	admin := os.Getenv("PTUN_TEST_POSTGRES")
+	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
+	mustRun(t, "", "ip", "netns", "add", lan.ns)
+	t.Cleanup(func() { lan.destroy(t) })
+	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan.ns)
+	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
+	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
+	mustRun(t, lan.ns, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
+	mustRun(t, lan.ns, "ip", "link", "set", "lan0", "up")
+
+	dir := t.TempDir()
+	state := filepath.Join(dir, "gw")
+	iface := "pgo" + l.id
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", state, "--interface", iface, "--db", db,
+		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
+		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24", "--masquerade")
+	for _, u := range []string{"alice", "bob"} {
+		mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", u, "--state", state)
+	}
+	gw := startGateway(t, l.server.ns, state)
+	lastLine := func(out string) string {
+		out = strings.TrimSpace(out)
+		return out[strings.LastIndexByte(out, '\n')+1:]
+	}
+	inviteA := lastLine(mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state))
+	inviteB := lastLine(mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "bob", "--state", state))
+	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
+	flags := []string{"--profiles", profiles, "--state", cstate}
+	mustRun(t, l.client.ns, ptun.bin, "join", inviteA, "--name", "work", "--device", "laptop", "--profiles", profiles)
+	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", "work"}, flags...)...) })
+	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", "work"}, flags...)...)
+
+	// The registry goes away: no new connection, and the gateway's are cut.
+	allow := func(on bool) {
+		mustRun(t, "", psql, admin, "-qc", fmt.Sprintf("ALTER DATABASE %s ALLOW_CONNECTIONS %v", dbName, on))
+		if !on {
+			mustRun(t, "", psql, admin, "-qc", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '"+dbName+"'")
+		}
+	}
+	allow(false)
+	t.Cleanup(func() { run("", psql, admin, "-qc", "ALTER DATABASE "+dbName+" ALLOW_CONNECTIONS true") })
+	waitFor(t, 10*time.Second, "the gateway to log that the registry is unreachable", func() (bool, string) {
+		b, _ := os.ReadFile(gw.logPath)
+		return strings.Contains(string(b), "registry is unreachable"), string(b)
+	})
+	for i := 0; i < 3; i++ {
+		mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", "198.18.2.2")
+		time.Sleep(time.Second)
+	}
+	out, err := run(l.client.ns, ptun.bin, "join", inviteB, "--name", "bob", "--profiles", profiles)
+	if err == nil || !strings.Contains(out, "cannot reach its registry") || strings.Contains(out, dbName) {
+		t.Errorf("an enrollment while the registry is away: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(profiles, "bob.json")); !os.IsNotExist(err) {
+		t.Errorf("a refused enrollment wrote a profile: %v", err)
+	}
+	if b, _ := os.ReadFile(gw.logPath); !strings.Contains(string(b), "enrollment refused") {
+		t.Errorf("the gateway did not log the refused enrollment:\n%s", b)
+	}
+
+	// The registry is back.
+	allow(true)
+	waitFor(t, 20*time.Second, "an enrollment to pass again", func() (bool, string) {
+		out, err := run(l.client.ns, ptun.bin, "join", inviteB, "--name", "bob", "--profiles", profiles)
+		return err == nil, out
+	})
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "revoke", "alice/laptop", "--state", state)
+	waitFor(t, 5*time.Second, "the revoke after the outage to cut alice off", func() (bool, string) {
+		out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", "198.18.2.2")
+		return err != nil, out
+	})
+}

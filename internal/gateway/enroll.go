@@ -153,7 +153,7 @@ func (h *enrollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, ErrUnavailable):
 			status, msg = http.StatusServiceUnavailable, err.Error()
 		}
-		h.log.Warn("enrollment refused", "source", src, "prefix", prefix, "device", req.Device, "err", err)
+		h.log.Warn("enrollment refused", "source", src, "prefix", prefix, "device", req.Device, "err", logDetail(err))
 		fail(w, status, msg)
 		return
 	}

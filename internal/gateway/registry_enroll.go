@@ -54,7 +54,7 @@ func (e *RegistryEnroller) Enroll(ctx context.Context, en Enrollment) (*profile.
 	case errors.Is(err, registry.ErrPoolExhausted):
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	case err != nil:
-		return nil, fmt.Errorf("%w: the registry: %v", ErrUnavailable, err)
+		return nil, registryDown(err)
 	}
 	if e.AfterEnroll != nil {
 		e.AfterEnroll(ctx) // a failure is retried by the gateway's own sync
@@ -66,7 +66,7 @@ func (e *RegistryEnroller) Enroll(ctx context.Context, en Enrollment) (*profile.
 func (e *RegistryEnroller) Offer(ctx context.Context, dev registry.Device) (*profile.Offer, error) {
 	gws, err := e.Registry.ListGateways(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the registry's gateways: %v", ErrUnavailable, err)
+		return nil, registryDown(err)
 	}
 	site := e.Site
 	if e.SiteNow != nil {
@@ -94,4 +94,30 @@ func makeOffer(gws []registry.Gateway, site Site, dev registry.Device) (*profile
 		o.Addresses = append(o.Addresses, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return o, nil
+}
+
+// registryDown is the error of an enrollment the registry could not serve:
+// the device is told only that, and the gateway's log gets the cause
+// (which may name database hosts and users).
+func registryDown(cause error) error {
+	return &privateCause{public: ErrUnavailable.Error() + ": the gateway cannot reach its registry now; try again later", cause: cause}
+}
+
+// privateCause is an error whose message is safe to send, wrapping one
+// that is not.
+type privateCause struct {
+	public string
+	cause  error
+}
+
+func (e *privateCause) Error() string   { return e.public }
+func (e *privateCause) Unwrap() []error { return []error{ErrUnavailable, e.cause} }
+
+// logDetail is err's full story for the gateway's log.
+func logDetail(err error) string {
+	var pc *privateCause
+	if errors.As(err, &pc) {
+		return pc.public + " (" + pc.cause.Error() + ")"
+	}
+	return err.Error()
 }

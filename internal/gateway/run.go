@@ -127,7 +127,7 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 		cfg.Site.Control = netip.AddrPortFrom(ca, ControlPort)
 	}
 	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
-	logger := slog.New(slog.NewTextHandler(logWriter{o.Verbosef}, nil))
+	logger := slog.New(slog.NewTextHandler(logWriter{o.Logf}, nil))
 	// A new device is a peer before its offer leaves, so that its first
 	// handshake is answered.
 	enroller := &RegistryEnroller{Registry: reg, SiteNow: s.site, AfterEnroll: s.sync}
