@@ -11,6 +11,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/internal/client"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/testenv"
 	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
@@ -99,5 +100,60 @@ func TestClientUpDown(t *testing.T) {
 	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", l.server.link4.String())
 	if _, err := os.Stat(filepath.Join(state, name+".json")); !os.IsNotExist(err) {
 		t.Errorf("state record left after down: %v", err)
+	}
+}
+
+// TestClientUpResolved: on a host where systemd-resolved runs (the real
+// one, on a bus of its own), `ptun up` gives the tunnel's link its DNS
+// servers and search domain there, a full tunnel takes every query, the
+// resolver file is left alone, and `ptun down` leaves resolved holding
+// nothing of the tunnel's.
+func TestClientUpResolved(t *testing.T) {
+	t.Parallel()
+	l := newLab(t)
+	rd := testenv.StartResolved(t, l.client.ns)
+	s := l.server.start(ptun, startOpts{})
+	devPriv, devPub := newKeyPair(t)
+	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
+	dir := t.TempDir()
+	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
+	nsEtc := filepath.Join("/etc/netns", l.client.ns)
+	if err := os.MkdirAll(nsEtc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(nsEtc) })
+	resolv := filepath.Join(nsEtc, "resolv.conf")
+	os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
+	name := "rd" + l.id
+	p := &profile.Profile{
+		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
+		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
+			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
+			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
+			Routes:    []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
+			DNS:       []netip.Addr{netip.MustParseAddr("198.18.2.53")}, Search: []string{"corp.example"}},
+	}
+	if err := profile.Save(profiles, p); err != nil {
+		t.Fatal(err)
+	}
+	ifname := client.Interface(name)
+	withBus := []string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + rd.Bus, ptun.bin}
+	flags := []string{"--profiles", profiles, "--state", state}
+	t.Cleanup(func() { run(l.client.ns, append(append(withBus, "down", name), flags...)...) })
+	mustRun(t, l.client.ns, append(append(withBus, "up", name), flags...)...)
+	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", serverTun4.String())
+	st, err := rd.Ctl("status", ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st, "198.18.2.53") || !strings.Contains(st, "corp.example") || !strings.Contains(st, "~.") || !strings.Contains(st, "+DefaultRoute") {
+		t.Errorf("resolved's view of %s:\n%s", ifname, st)
+	}
+	if b, _ := os.ReadFile(resolv); string(b) != "nameserver 198.18.0.53\n" {
+		t.Errorf("resolv.conf was written with resolved running:\n%s", b)
+	}
+	mustRun(t, l.client.ns, append(append(withBus, "down", name), flags...)...)
+	if st, _ := rd.Ctl("status"); strings.Contains(st, "198.18.2.53") || strings.Contains(st, ifname) {
+		t.Errorf("resolved after down:\n%s", st)
 	}
 }

@@ -52,7 +52,7 @@ func Apply(p *Plan, rec *Record, o Options) (err error) {
 		func() error { return applyAddresses(p, link, rec) },
 		func() error { return netlink.LinkSetUp(link) },
 		func() error { return applyRoutes(p, idx, rec, save) },
-		func() error { return applyResolv(p, rec, o.resolvConf()) },
+		func() error { return applyDNS(p, idx, rec, o) },
 		func() error { return applyKillSwitch(p, rec) },
 	}
 	for _, step := range steps {
@@ -64,6 +64,17 @@ func Apply(p *Plan, rec *Record, o Options) (err error) {
 		}
 	}
 	return nil
+}
+
+// applyDNS gives the plan's DNS to systemd-resolved if it runs (and no
+// resolver file was named), else writes the resolver file.
+func applyDNS(p *Plan, ifindex int, rec *Record, o Options) error {
+	if o.ResolvConf == "" {
+		if done, err := applyResolved(p, ifindex, rec); done || err != nil {
+			return err
+		}
+	}
+	return applyResolv(p, rec, o.resolvConf())
 }
 
 func applyMTU(p *Plan, link netlink.Link, rec *Record) error {
@@ -215,6 +226,12 @@ func Undo(rec *Record, o Options) error {
 		}
 		rec.Resolv = nil
 	}
+	if rec.Resolved != nil {
+		if err := revertResolved(rec.Resolved); err != nil {
+			errs = append(errs, err)
+		}
+		rec.Resolved = nil
+	}
 	for i := len(rec.Sysctls) - 1; i >= 0; i-- {
 		s := rec.Sysctls[i]
 		cur, err := os.ReadFile(s.Path)
@@ -277,7 +294,7 @@ func gone(err error) bool {
 // Empty reports whether rec records nothing left to undo.
 func (rec *Record) Empty() bool {
 	return rec.MTU == nil && len(rec.Addresses) == 0 && len(rec.Routes) == 0 && len(rec.Rules) == 0 &&
-		len(rec.Sysctls) == 0 && rec.Resolv == nil && rec.NftTable == ""
+		len(rec.Sysctls) == 0 && rec.Resolv == nil && rec.Resolved == nil && rec.NftTable == ""
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

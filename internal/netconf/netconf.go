@@ -55,7 +55,9 @@ type Options struct {
 	// Save is called with the record after every step that changed the
 	// host, so that a crash leaves a record of what to undo. nil: none.
 	Save func(*Record) error
-	// ResolvConf is the resolver file to write (default /etc/resolv.conf).
+	// ResolvConf is the resolver file to write. By default the DNS goes
+	// to systemd-resolved over D-Bus when it runs, else to
+	// /etc/resolv.conf; a file named here is always written instead.
 	ResolvConf string
 }
 
@@ -140,14 +142,15 @@ func (p *Plan) table() int {
 
 // Record is what Apply changed, to be undone; it marshals to JSON.
 type Record struct {
-	Interface string         `json:"interface"`
-	MTU       *MTURecord     `json:"mtu,omitempty"`
-	Addresses []netip.Prefix `json:"addresses,omitempty"`
-	Routes    []RouteRecord  `json:"routes,omitempty"`
-	Rules     []RuleRecord   `json:"rules,omitempty"`
-	Sysctls   []SysctlRecord `json:"sysctls,omitempty"`
-	Resolv    *ResolvRecord  `json:"resolv,omitempty"`
-	NftTable  string         `json:"nft_table,omitempty"`
+	Interface string          `json:"interface"`
+	MTU       *MTURecord      `json:"mtu,omitempty"`
+	Addresses []netip.Prefix  `json:"addresses,omitempty"`
+	Routes    []RouteRecord   `json:"routes,omitempty"`
+	Rules     []RuleRecord    `json:"rules,omitempty"`
+	Sysctls   []SysctlRecord  `json:"sysctls,omitempty"`
+	Resolv    *ResolvRecord   `json:"resolv,omitempty"`
+	Resolved  *ResolvedRecord `json:"resolved,omitempty"`
+	NftTable  string          `json:"nft_table,omitempty"`
 }
 
 // RouteRecord is one route Apply added.

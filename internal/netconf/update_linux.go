@@ -100,10 +100,16 @@ func Update(old, p *Plan, rec *Record, o Options) error {
 		return err
 	}
 	// The resolver configuration.
-	if !slices.Equal(p.DNS, old.DNS) || !slices.Equal(p.Search, old.Search) {
+	fullBefore, fullNow := slices.ContainsFunc(old.Routes, isDefault), slices.ContainsFunc(p.Routes, isDefault)
+	if rec.Resolved != nil && (!slices.Equal(p.DNS, old.DNS) || !slices.Equal(p.Search, old.Search) || fullBefore != fullNow) {
+		// The link's settings are replaced whole, in place.
+		if err := updateResolved(rec.Resolved, p); err != nil {
+			return err
+		}
+	} else if !slices.Equal(p.DNS, old.DNS) || !slices.Equal(p.Search, old.Search) {
 		switch {
 		case rec.Resolv == nil:
-			if err := applyResolv(p, rec, o.resolvConf()); err != nil {
+			if err := applyDNS(p, link.Attrs().Index, rec, o); err != nil {
 				return err
 			}
 		case len(p.DNS) == 0 && len(p.Search) == 0:
@@ -136,6 +142,8 @@ func Update(old, p *Plan, rec *Record, o Options) error {
 	}
 	return save()
 }
+
+func isDefault(r netip.Prefix) bool { return r.Bits() == 0 }
 
 // without is the prefixes of a that b does not hold.
 func without(a, b []netip.Prefix) []netip.Prefix {
