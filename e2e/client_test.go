@@ -66,6 +66,14 @@ func TestClientUpDown(t *testing.T) {
 	if !strings.Contains(rules, "not from all fwmark 0xca6c lookup 51820") || !strings.Contains(rules, "suppress_prefixlength 0") {
 		t.Errorf("policy rules after up:\n%s", rules)
 	}
+	// Full tunnel: any destination goes into the tunnel, but the tunnel's
+	// own (marked) datagrams go to the gateway on the underlay.
+	if r := mustRun(t, l.client.ns, "ip", "route", "get", "198.18.9.9"); !strings.Contains(r, "dev "+ifname) {
+		t.Errorf("a destination outside every route does not go into the tunnel: %s", r)
+	}
+	if r := mustRun(t, l.client.ns, "ip", "route", "get", l.server.link4.String(), "mark", strconv.Itoa(client.FwMark)); !strings.Contains(r, "dev eth0") {
+		t.Errorf("the tunnel's own datagrams would loop: %s", r)
+	}
 	status := mustRun(t, l.client.ns, append([]string{ptun.bin, "status", name}, flags...)...)
 	if !strings.Contains(status, "up on "+ifname) || strings.Contains(status, "none yet") {
 		t.Errorf("status:\n%s", status)
