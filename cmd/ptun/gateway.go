@@ -616,6 +616,11 @@ func gatewayRoute(args []string) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "routes offered: %v (connected devices get them within 10 s)\n", c.Site.Routes)
+	if err := withRegistry(*state, func(ctx context.Context, c *gateway.Config, reg registry.Registry) error {
+		return reg.NoteGatewayChange(ctx, c.Name, "gateway.route."+args[0], pfx.Masked().String())
+	}); err != nil {
+		return fmt.Errorf("the route is changed, but writing it to the audit log failed: %w", err)
+	}
 	return nil
 }
 

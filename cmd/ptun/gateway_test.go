@@ -109,3 +109,56 @@ func TestGatewayCommands(t *testing.T) {
 		t.Fatal("revoking a revoked device succeeded")
 	}
 }
+
+// TestGatewayRoutes: route add and remove change gateway.json and write
+// the audit log; a route that is there already, one that is not there, or
+// a bad prefix is refused and changes nothing.
+func TestGatewayRoutes(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "gw")
+	ok(t, "gateway", "init", "--state", state, "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443",
+		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24")
+	ok(t, "gateway", "route", "add", "198.18.3.0/24", "--state", state)
+	if out := ok(t, "gateway", "routes", "--state", state); out != "198.18.2.0/24\n198.18.3.0/24\n" {
+		t.Fatalf("routes after add: %q", out)
+	}
+	before, _ := os.ReadFile(filepath.Join(state, "gateway.json"))
+	for _, args := range [][]string{
+		{"route", "add", "198.18.3.0/24"},    // there already
+		{"route", "remove", "198.18.9.0/24"}, // not there
+		{"route", "add", "198.18.3.1/24"},    // not a network prefix
+		{"route", "add", "nonsense"},
+		{"route", "delete", "198.18.3.0/24"},
+	} {
+		var code int
+		capture(t, func() { code = run(append(append([]string{"gateway"}, args...), "--state", state)) })
+		if code == 0 {
+			t.Errorf("gateway %v succeeded", args)
+		}
+	}
+	if after, _ := os.ReadFile(filepath.Join(state, "gateway.json")); string(after) != string(before) {
+		t.Errorf("a refused route change rewrote gateway.json")
+	}
+	ok(t, "gateway", "route", "remove", "198.18.2.0/24", "--state", state)
+	if out := ok(t, "gateway", "routes", "--state", state); out != "198.18.3.0/24\n" {
+		t.Fatalf("routes after remove: %q", out)
+	}
+	ctx := context.Background()
+	_, reg, err := gateway.Load(ctx, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	audit, err := reg.Audit(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, a := range audit {
+		if strings.HasPrefix(a.Action, "gateway.route.") {
+			seen = append(seen, a.Action+" "+a.Detail)
+		}
+	}
+	if strings.Join(seen, ", ") != "gateway.route.add 198.18.3.0/24, gateway.route.remove 198.18.2.0/24" {
+		t.Errorf("audit log of the route changes: %v", seen)
+	}
+}

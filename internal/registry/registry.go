@@ -277,6 +277,10 @@ type Gateways interface {
 	AddGateway(ctx context.Context, g Gateway) (Gateway, error) // g.ID, g.CreatedAt ignored
 	RemoveGateway(ctx context.Context, name string) error
 	ListGateways(ctx context.Context) ([]Gateway, error) // by name
+	// NoteGatewayChange records, in the audit log and the change feed, a
+	// change made to gateway name's own configuration (the routes it
+	// offers, say), which lives outside the registry.
+	NoteGatewayChange(ctx context.Context, name, action, detail string) error
 }
 
 // Log is the audit log and the change feed.

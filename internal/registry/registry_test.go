@@ -554,6 +554,15 @@ func TestGateways(t *testing.T) {
 		if len(gs) != 3 || gs[0] != gwA || gs[1] != gwB || gs[2].Endpoint != "vpn.example.com:443" {
 			t.Errorf("ListGateways = %+v", gs)
 		}
+		if err := r.NoteGatewayChange(WithActor(bg, "cli:root"), "gw-b", "gateway.route.add", "198.18.3.0/24"); err != nil {
+			t.Fatal(err)
+		}
+		if a := must(r.Audit(bg, 0, 1000))(t); a[len(a)-1].Action != "gateway.route.add" || a[len(a)-1].Target != "gw-b" ||
+			a[len(a)-1].Detail != "198.18.3.0/24" || a[len(a)-1].Actor != "cli:root" {
+			t.Errorf("audit after NoteGatewayChange: %+v", a[len(a)-1])
+		}
+		wantErr(t, r.NoteGatewayChange(bg, "gw-x", "gateway.route.add", ""), ErrNotFound, "a change to an unknown gateway")
+		wantErr(t, r.NoteGatewayChange(bg, "gw-b", "user.add", ""), ErrInvalid, "a change that is not a gateway's")
 		if err := r.RemoveGateway(bg, "gw-a"); err != nil {
 			t.Fatal(err)
 		}

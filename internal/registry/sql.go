@@ -1089,6 +1089,26 @@ func (r *sqlRegistry) RemoveGateway(ctx context.Context, name string) error {
 	}), "")
 }
 
+func (r *sqlRegistry) NoteGatewayChange(ctx context.Context, name, action, detail string) error {
+	if _, err := ParseName(name); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(action, "gateway.") || len(action) > 64 || len(detail) > 4096 {
+		return fmt.Errorf("%w: a gateway change's action is gateway.* and short", ErrInvalid)
+	}
+	return r.dbErr(r.write(ctx, func(t *txn) error {
+		var id int64
+		err := t.queryRow(`SELECT id FROM gateways WHERE name = ?`, name).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: no gateway %q", ErrNotFound, name)
+		} else if err != nil {
+			return err
+		}
+		t.record(KindGateway, id, action, name, detail)
+		return nil
+	}), "")
+}
+
 func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
 	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, pin, created_at FROM gateways ORDER BY name`)
 	if err != nil {
