@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,5 +165,102 @@ func TestClientUpResolved(t *testing.T) {
 	mustRun(t, l.client.ns, append(append(withBus, "down", name), flags...)...)
 	if st, _ := rd.Ctl("status"); strings.Contains(st, "198.18.2.53") || strings.Contains(st, ifname) {
 		t.Errorf("resolved after down:\n%s", st)
+	}
+}
+
+// TestKillSwitchCapture: with the kill switch on, while the client's engine
+// is killed (and the front starts another) and then while the whole daemon
+// is killed, what the client's applications send never reaches the
+// underlay: a capture on the gateway's side sees nothing from the client
+// but WireGuard to the gateway's endpoint (and ARP).
+func TestKillSwitchCapture(t *testing.T) {
+	t.Parallel()
+	tcpdump := testenv.RequireTool(t, "tcpdump", "tcpdump")
+	l := newLab(t)
+	s := l.server.start(ptun, startOpts{})
+	devPriv, devPub := newKeyPair(t)
+	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
+	dir := t.TempDir()
+	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
+	name := "ks" + l.id
+	p := &profile.Profile{
+		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
+		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
+			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
+			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
+			Routes:    []netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}},
+	}
+	if err := profile.Save(profiles, p); err != nil {
+		t.Fatal(err)
+	}
+	ifname := client.Interface(name)
+	flags := []string{"--profiles", profiles, "--state", state}
+	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
+	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", name, "--kill-switch"}, flags...)...)
+	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", serverTun4.String())
+
+	pcap := filepath.Join(dir, "underlay.pcap")
+	ctx, cancel := context.WithCancel(context.Background())
+	capture := nsCommand(ctx, l.server.ns, tcpdump, "-i", "eth0", "-n", "-U", "-w", pcap, "src", l.client.link4.String())
+	capture.Cancel = func() error { return capture.Process.Signal(syscall.SIGINT) }
+	capture.WaitDelay = 5 * time.Second
+	var capOut strings.Builder
+	capture.Stderr = &capOut
+	if err := capture.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "tcpdump to listen", func() (bool, string) {
+		return strings.Contains(capOut.String(), "listening"), capOut.String()
+	})
+	// What applications try while the tunnel is being broken: an echo, a
+	// datagram and a connection to the gateway's host, none to the
+	// endpoint.
+	leak := func() {
+		run(l.client.ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", l.server.link4.String())
+		run(l.client.ns, "sh", "-c", "echo leak >/dev/udp/"+l.server.link4.String()+"/9; echo leak >/dev/tcp/"+l.server.link4.String()+"/22")
+	}
+	pids := func(pattern string) []string {
+		out, _ := run("", "pgrep", "-f", "--", pattern)
+		return strings.Fields(out)
+	}
+	engines := pids("--engine-of " + ifname)
+	if len(engines) == 0 {
+		t.Fatal("no engine process found")
+	}
+	for _, pid := range engines {
+		mustRun(t, "", "kill", "-9", pid)
+	}
+	leak()
+	waitFor(t, 10*time.Second, "a new engine", func() (bool, string) {
+		n := pids("--engine-of " + ifname)
+		return len(n) > 0 && n[0] != engines[0], strings.Join(n, " ")
+	})
+	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", serverTun4.String()) // the tunnel works again
+	for _, pid := range pids("ptun up " + name) {
+		run("", "kill", "-9", pid)
+	}
+	for _, pid := range pids("--engine-of " + ifname) {
+		run("", "kill", "-9", pid)
+	}
+	leak()
+	cancel()
+	capture.Wait()
+	out := mustRun(t, "", tcpdump, "-n", "-r", pcap)
+	var endpoint, other []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		switch {
+		case line == "" || strings.Contains(line, "ARP") || strings.HasPrefix(line, "reading from file"):
+		case strings.Contains(line, " > "+l.server.link4.String()+"."+strconv.Itoa(serverPort)+": UDP"):
+			endpoint = append(endpoint, line)
+		default:
+			other = append(other, line)
+		}
+	}
+	t.Logf("captured from the client: %d datagrams to the endpoint, %d others", len(endpoint), len(other))
+	if len(other) > 0 {
+		t.Errorf("the kill switch let these reach the underlay:\n%s", strings.Join(other, "\n"))
+	}
+	if len(endpoint) == 0 {
+		t.Errorf("the capture saw no WireGuard at all (is it capturing?):\n%s", out)
 	}
 }
