@@ -106,6 +106,7 @@ func newPostgresDB(t *testing.T, name string) string {
 // at A (restarted) within 5 s, and the device then says it is revoked.
 func TestSeveralGateways(t *testing.T) {
 	l := newLab(t)
+	name := "w" + l.id // the profile: its interface and UAPI socket are the host's, so unique
 	db := newPostgresDB(t, "ptun_e2e_"+l.id)
 	// Hosts: the lab's client and server (gateway A), gateway B, and a lan
 	// host on a bridge with both gateways.
@@ -164,15 +165,15 @@ func TestSeveralGateways(t *testing.T) {
 	os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
 	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
 	flags := []string{"--profiles", profiles, "--state", cstate}
-	mustRun(t, nsC, ptun.bin, "join", invite, "--name", "work", "--device", "laptop", "--profiles", profiles)
-	t.Cleanup(func() { run(nsC, append([]string{ptun.bin, "down", "work"}, flags...)...) })
+	mustRun(t, nsC, ptun.bin, "join", invite, "--name", name, "--device", "laptop", "--profiles", profiles)
+	t.Cleanup(func() { run(nsC, append([]string{ptun.bin, "down", name}, flags...)...) })
 	status := func() string {
-		out, _ := run(nsC, append([]string{ptun.bin, "status", "work"}, flags...)...)
+		out, _ := run(nsC, append([]string{ptun.bin, "status", name}, flags...)...)
 		return out
 	}
 
 	// Enrolled through A, up through B: the lan over both families.
-	mustRun(t, nsC, append([]string{ptun.bin, "up", "work", "--gateway", "gw-b"}, flags...)...)
+	mustRun(t, nsC, append([]string{ptun.bin, "up", name, "--gateway", "gw-b"}, flags...)...)
 	if s := status(); !strings.Contains(s, "gateway gw-b") {
 		t.Fatalf("status after up --gateway gw-b:\n%s", s)
 	}
@@ -195,13 +196,13 @@ func TestSeveralGateways(t *testing.T) {
 	mustRun(t, nsB, ptun.bin, "gateway", "route", "add", "198.18.3.0/24", "--state", stateB)
 	waitFor(t, 10*time.Second, "the new route on the client", func() (bool, string) {
 		out, _ := run(nsC, "ip", "route", "show", "198.18.3.0/24")
-		return strings.Contains(out, "pt-work"), out
+		return strings.Contains(out, "pt-"+name), out
 	})
 	t.Logf("route added at gw-b to route on the client: %v", time.Since(added).Round(time.Millisecond))
-	mustRun(t, nsC, append([]string{ptun.bin, "down", "work"}, flags...)...)
+	mustRun(t, nsC, append([]string{ptun.bin, "down", name}, flags...)...)
 
 	// Up through A; A stops; the client moves to B.
-	mustRun(t, nsC, append([]string{ptun.bin, "up", "work"}, flags...)...)
+	mustRun(t, nsC, append([]string{ptun.bin, "up", name}, flags...)...)
 	if s := status(); !strings.Contains(s, "gateway gw-a") {
 		t.Fatalf("status after up:\n%s", s)
 	}
@@ -214,8 +215,10 @@ func TestSeveralGateways(t *testing.T) {
 	})
 	moved := time.Since(lost)
 	t.Logf("gw-a stopped to the lan reached through gw-b: %v", moved.Round(time.Millisecond))
-	if moved > 10*time.Second {
-		t.Errorf("failover took %v, more than 10 s", moved)
+	// By design the client moves after 2 missed requests, 2 s apart (at
+	// most ~5.5 s); the bound leaves room for a loaded CI machine.
+	if moved > 12*time.Second {
+		t.Errorf("failover took %v", moved)
 	}
 	if s := status(); !strings.Contains(s, "gateway gw-b") {
 		t.Errorf("status after the failover:\n%s", s)
@@ -242,7 +245,7 @@ func TestSeveralGateways(t *testing.T) {
 	})
 	t.Logf("revoke to the client's REVOKED status: %v", time.Since(revoked).Round(time.Millisecond))
 
-	mustRun(t, nsC, append([]string{ptun.bin, "down", "work"}, flags...)...)
+	mustRun(t, nsC, append([]string{ptun.bin, "down", name}, flags...)...)
 	if out, _ := run(nsC, "ip", "route", "show", "198.18.2.0/24"); strings.TrimSpace(out) != "" {
 		t.Errorf("route left after down: %s", out)
 	}
@@ -257,6 +260,7 @@ func TestSeveralGateways(t *testing.T) {
 func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
+	name := "w" + l.id // the profile: its interface and UAPI socket are the host's, so unique
 	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
 	mustRun(t, "", "ip", "netns", "add", lan.ns)
 	t.Cleanup(func() { lan.destroy(t) })
@@ -279,9 +283,9 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 	invite := strings.TrimSpace(out[strings.LastIndexByte(strings.TrimSpace(out), '\n')+1:])
 	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
 	flags := []string{"--profiles", profiles, "--state", cstate}
-	mustRun(t, l.client.ns, ptun.bin, "join", invite, "--name", "work", "--profiles", profiles)
-	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", "work"}, flags...)...) })
-	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", "work"}, flags...)...)
+	mustRun(t, l.client.ns, ptun.bin, "join", invite, "--name", name, "--profiles", profiles)
+	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
+	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", name}, flags...)...)
 	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", "198.18.2.2")
 	reaches := func() (bool, string) {
 		out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", "198.18.2.2")
@@ -310,7 +314,7 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 	back := time.Now()
 	waitFor(t, 15*time.Second, "the tunnel after the gateway restarted", reaches)
 	t.Logf("gateway back to the lan reached again: %v", time.Since(back).Round(time.Millisecond))
-	if s := mustRun(t, l.client.ns, append([]string{ptun.bin, "status", "work"}, flags...)...); strings.Contains(s, "problem") {
+	if s := mustRun(t, l.client.ns, append([]string{ptun.bin, "status", name}, flags...)...); strings.Contains(s, "problem") {
 		t.Logf("status (a problem line may lag one probe): %s", s)
 	}
 }
@@ -323,6 +327,7 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 func TestGatewayRegistryOutage(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
+	name := "w" + l.id // the profile: its interface and UAPI socket are the host's, so unique
 	dbName := "ptun_e2e_out_" + l.id
 	db := newPostgresDB(t, dbName)
 	psql := testenv.RequireTool(t, "psql", "postgresql-client")
@@ -354,9 +359,9 @@ func TestGatewayRegistryOutage(t *testing.T) {
 	inviteB := lastLine(mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "bob", "--state", state))
 	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
 	flags := []string{"--profiles", profiles, "--state", cstate}
-	mustRun(t, l.client.ns, ptun.bin, "join", inviteA, "--name", "work", "--device", "laptop", "--profiles", profiles)
-	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", "work"}, flags...)...) })
-	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", "work"}, flags...)...)
+	mustRun(t, l.client.ns, ptun.bin, "join", inviteA, "--name", name, "--device", "laptop", "--profiles", profiles)
+	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
+	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", name}, flags...)...)
 
 	// The registry goes away: no new connection, and the gateway's are cut.
 	allow := func(on bool) {

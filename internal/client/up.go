@@ -61,7 +61,8 @@ type Options struct {
 	EngineCommand func() (*exec.Cmd, error)
 	// Supervision: how often the gateway is asked for the profile
 	// (default 2 s), and how many missed answers in a row make the client
-	// move to the next gateway (default 3).
+	// move to the next gateway (default 2: one lost request, which TCP
+	// retries within the request's 1.5 s, is not an outage).
 	Probe     time.Duration
 	FailAfter int
 }
@@ -86,7 +87,7 @@ func (o *Options) defaults() {
 		o.Probe = 2 * time.Second
 	}
 	if o.FailAfter == 0 {
-		o.FailAfter = 3
+		o.FailAfter = 2
 	}
 }
 
