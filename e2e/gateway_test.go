@@ -88,8 +88,9 @@ func TestGatewayEndToEnd(t *testing.T) {
 
 	mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.2.2")
 	devices := mustRun(t, l.server.ns, ptun.bin, "gateway", "devices", "--state", state)
-	if !strings.Contains(devices, "alice") || !strings.Contains(devices, "laptop") {
-		t.Errorf("devices:\n%s", devices)
+	if !strings.Contains(devices, "alice") || !strings.Contains(devices, "laptop") || !strings.Contains(devices, "online") ||
+		!strings.Contains(devices, l.client.link4.String()+":") || strings.Contains(devices, "not running") {
+		t.Errorf("devices (with the device online, from %v):\n%s", l.client.link4, devices)
 	}
 
 	// Access rules: eng may reach only tcp/22 on the lan host; the ping is
@@ -107,6 +108,9 @@ func TestGatewayEndToEnd(t *testing.T) {
 	})
 	if show := mustRun(t, l.server.ns, ptun.bin, "show", iface); !strings.Contains(show, "drop_acl") {
 		t.Errorf("ptun show does not count the refused ping as drop_acl:\n%s", show)
+	}
+	if devs := mustRun(t, l.server.ns, ptun.bin, "gateway", "devices", "--state", state); !strings.Contains(devs, "(drop_acl): ") || strings.Contains(devs, "(drop_acl): 0\n") {
+		t.Errorf("devices does not show the refused ping:\n%s", devs)
 	}
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "rules", "--remove", ruleID, "--state", state)
 	waitFor(t, 10*time.Second, "the ping to pass again", func() (bool, string) {

@@ -22,6 +22,8 @@ import (
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/uapi"
+	"github.com/ptun-vpn/ptun/wgcfg"
 
 	"github.com/ptun-vpn/ptun/internal/gateway"
 	"github.com/ptun-vpn/ptun/internal/registry"
@@ -45,7 +47,8 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   invite USER [--ttl 24h] [--uses 1]
                              make an enrollment URL for USER (the last line
                              of the output, alone)
-  devices [--json]           list devices: user, name, addresses, created, state
+  devices [--json] [--all]   list devices: user, name, addresses, endpoint,
+                             last handshake, bytes, online (live while run runs)
   export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME]
                              make a device for an official WireGuard app: its
                              key is made here and printed once, in the
@@ -321,6 +324,21 @@ func gatewayInvite(args []string) error {
 	})
 }
 
+// deviceRow is one line of `ptun gateway devices`: the registry's device
+// and, while the gateway runs, its peer's live figures.
+type deviceRow struct {
+	registry.Device
+	Endpoint      string    `json:"endpoint,omitempty"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+	Online        bool      `json:"online"` // a handshake within the last 3 minutes
+}
+
+// onlineWithin is how recent a device's last handshake is when it counts
+// as online: sessions are renewed every 2 minutes while traffic flows.
+const onlineWithin = 3 * time.Minute
+
 func gatewayDevices(args []string) error {
 	fs, state := gwFlags("devices")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -328,29 +346,75 @@ func gatewayDevices(args []string) error {
 	if _, err := parseInterspersed(fs, args, 0); err != nil {
 		return err
 	}
-	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+	return withRegistry(*state, func(ctx context.Context, c *gateway.Config, reg registry.Registry) error {
 		devs, err := reg.ListDevices(ctx, registry.DeviceFilter{IncludeRevoked: *all})
 		if err != nil {
 			return err
 		}
 		sort.SliceStable(devs, func(i, j int) bool { return devs[i].User < devs[j].User })
+		// The running gateway's peers, by key (none when it does not run).
+		sock := uapi.SocketPath(c.Interface)
+		live, liveErr := uapi.Get(sock)
+		peers := map[registry.Key]wgcfg.PeerState{}
+		if liveErr == nil {
+			for _, p := range live.Peers {
+				peers[registry.Key(p.PublicKey)] = p
+			}
+		}
+		rows := make([]deviceRow, 0, len(devs))
+		for _, d := range devs {
+			r := deviceRow{Device: d}
+			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
+				if p.Endpoint.IsValid() {
+					r.Endpoint = p.Endpoint.String()
+				}
+				r.LastHandshake, r.RxBytes, r.TxBytes = p.LastHandshake, p.RxBytes, p.TxBytes
+				r.Online = !p.LastHandshake.IsZero() && time.Since(p.LastHandshake) < onlineWithin
+			}
+			rows = append(rows, r)
+		}
 		if *asJSON {
-			return json.NewEncoder(stdout).Encode(devs)
+			return json.NewEncoder(stdout).Encode(rows)
 		}
 		w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "USER\tDEVICE\tADDRESSES\tCREATED\tSTATE")
-		for _, d := range devs {
+		fmt.Fprintln(w, "USER\tDEVICE\tADDRESSES\tENDPOINT\tHANDSHAKE\tRECEIVED\tSENT\tSTATE")
+		for _, r := range rows {
 			var as []string
-			for _, a := range d.Addresses {
+			for _, a := range r.Addresses {
 				as = append(as, a.String())
 			}
-			st := "active"
-			if d.Revoked() {
-				st = "revoked " + d.RevokedAt.Format(time.RFC3339)
+			st := "offline"
+			switch {
+			case r.Revoked():
+				st = "revoked " + r.RevokedAt.Format(time.RFC3339)
+			case r.Online:
+				st = "online"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.User, d.Name, strings.Join(as, ","), d.CreatedAt.Format(time.RFC3339), st)
+			hs, ep := "-", r.Endpoint
+			if !r.LastHandshake.IsZero() {
+				hs = time.Since(r.LastHandshake).Round(time.Second).String() + " ago"
+			}
+			if ep == "" {
+				ep = "-"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, strings.Join(as, ","), ep, hs,
+				humanBytes(r.RxBytes), humanBytes(r.TxBytes), st)
 		}
-		return w.Flush()
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if liveErr != nil {
+			fmt.Fprintf(stdout, "(gateway %s is not running on %s: no live figures)\n", c.Name, c.Interface)
+			return nil
+		}
+		if stats, err := uapi.Stats(sock); err == nil {
+			for _, st := range stats {
+				if st.Name == "drop_acl" {
+					fmt.Fprintf(stdout, "packets refused by access rules (drop_acl): %d\n", st.Value)
+				}
+			}
+		}
+		return nil
 	})
 }
 

@@ -94,7 +94,7 @@ func TestGatewayCommands(t *testing.T) {
 	}
 
 	if out := ok(t, "gateway", "devices", "--state", state); !strings.Contains(out, "alice") || !strings.Contains(out, "laptop") ||
-		!strings.Contains(out, p.Offer.Addresses[0].Addr().String()) || !strings.Contains(out, "active") {
+		!strings.Contains(out, p.Offer.Addresses[0].Addr().String()) || !strings.Contains(out, "offline") || !strings.Contains(out, "is not running") {
 		t.Fatalf("devices:\n%s", out)
 	}
 	ok(t, "gateway", "revoke", "alice/laptop", "--state", state)
