@@ -40,7 +40,11 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
 
   init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
        [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
-                             make the gateway: its key, certificate, registry
+       [--cert FILE --key FILE]
+                             make the gateway: its key, certificate, registry;
+                             the enrollment API's certificate is self-signed,
+                             or yours with --cert and --key (PEM, the leaf
+                             first; invites pin its public key)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
   users                      list the users
@@ -75,6 +79,10 @@ Example:
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
+
+Example, with your own certificate for the enrollment API:
+  sudo ptun gateway init --endpoint 198.18.0.1:51820 --api 198.18.0.1:8443 --pool 100.80.0.0/16 \
+       --cert /etc/ssl/vpn.example.pem --key /etc/ssl/private/vpn.example.key
 `
 
 const gatewayExportUsage = `Usage: ptun gateway export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME] [--state DIR]
@@ -159,6 +167,8 @@ func gatewayInit(args []string) error {
 	keepalive := fs.Int("keepalive", 25, "the keepalive devices get, in seconds")
 	masq := fs.Bool("masquerade", false, "source-NAT the devices' traffic towards the routes")
 	deny := fs.String("default-access", "allow", "what a group without access rules reaches: allow (every route) or deny (nothing)")
+	certFile := fs.String("cert", "", "the enrollment API's certificate, PEM, the leaf first (default: a self-signed one); with --key")
+	keyFile := fs.String("key", "", "the private key of --cert, PEM, unencrypted")
 	var pools, routes, dns, search listFlag
 	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
 	fs.Var(&routes, "route", "a route offered to devices (repeatable); 0.0.0.0/0 for a full tunnel")
@@ -168,7 +178,8 @@ func gatewayInit(args []string) error {
 		return err
 	}
 	o := gateway.InitOptions{Config: gateway.Config{Name: *name, Interface: *iface, DB: *db, Masquerade: *masq,
-		Site: gateway.Site{MTU: *mtu, Keepalive: *keepalive, Search: search}}}
+		Site: gateway.Site{MTU: *mtu, Keepalive: *keepalive, Search: search}},
+		CertFile: *certFile, KeyFile: *keyFile}
 	var err error
 	if o.Endpoint, err = netip.ParseAddrPort(*endpoint); err != nil {
 		return fmt.Errorf("--endpoint %q: give ADDRESS:PORT, such as 198.18.0.1:51820", *endpoint)
@@ -208,8 +219,12 @@ func gatewayInit(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s\n",
-		o.Name, *state, o.Endpoint, o.APIURL(), pin)
+	whose := "self-signed"
+	if o.CertFile != "" {
+		whose = "copied from " + o.CertFile
+	}
+	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s (%s)\n",
+		o.Name, *state, o.Endpoint, o.APIURL(), pin, whose)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -71,37 +73,109 @@ func WriteCertificate(dir string, names []string) (Pin, error) {
 	if err != nil {
 		return Pin{}, err
 	}
+	if err := WriteKeyPair(dir, certPEM, keyPEM); err != nil {
+		return Pin{}, err
+	}
+	return PinOfPEM(certPEM)
+}
+
+// WriteKeyPair writes certPEM to dir/cert.pem (0644) and keyPEM to
+// dir/key.pem (0600), refusing to overwrite either. On failure it removes
+// the one it wrote, and never a file that was there before.
+func WriteKeyPair(dir string, certPEM, keyPEM []byte) (err error) {
+	var written []string
+	defer func() {
+		if err != nil {
+			for _, f := range written {
+				os.Remove(f)
+			}
+		}
+	}()
 	for _, f := range []struct {
 		name string
 		data []byte
 		mode os.FileMode
 	}{{"key.pem", keyPEM, 0o600}, {"cert.pem", certPEM, 0o644}} {
-		fd, err := os.OpenFile(filepath.Join(dir, f.name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.mode)
+		path := filepath.Join(dir, f.name)
+		fd, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.mode)
 		if err != nil {
-			return Pin{}, fmt.Errorf("enroll: %w", err)
+			return fmt.Errorf("enroll: %w", err)
 		}
+		written = append(written, path)
 		_, werr := fd.Write(f.data)
 		if cerr := fd.Close(); werr == nil {
 			werr = cerr
 		}
 		if werr != nil {
-			return Pin{}, fmt.Errorf("enroll: %w", werr)
+			return fmt.Errorf("enroll: %w", werr)
 		}
 	}
-	return PinOfPEM(certPEM)
+	return nil
 }
 
 // PinOfPEM returns the pin of the first certificate in PEM data.
 func PinOfPEM(data []byte) (Pin, error) {
+	cert, err := ParseCertificatePEM(data)
+	if err != nil {
+		return Pin{}, err
+	}
+	return PinOf(cert), nil
+}
+
+// ParseCertificatePEM parses the first PEM block of data, which must be a
+// certificate: the leaf of a chain, whose intermediates may follow it.
+func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
-		return Pin{}, errors.New("enroll: no certificate in the PEM data")
+		return nil, errors.New("enroll: no certificate in the PEM data (its first block must be the CERTIFICATE)")
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return Pin{}, fmt.Errorf("enroll: %w", err)
+		return nil, fmt.Errorf("enroll: %w", err)
 	}
-	return PinOf(cert), nil
+	return cert, nil
+}
+
+// ParsePrivateKeyPEM parses the first private key in PEM data: PKCS #8,
+// PKCS #1 (RSA) or SEC 1 (EC), unencrypted, as crypto/tls loads them.
+func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return nil, errors.New("enroll: no private key in the PEM data (want an unencrypted PKCS #8, RSA or EC PRIVATE KEY)")
+		}
+		if block.Type != "PRIVATE KEY" && !strings.HasSuffix(block.Type, " PRIVATE KEY") {
+			continue
+		}
+		if _, encrypted := block.Headers["DEK-Info"]; encrypted || block.Type == "ENCRYPTED PRIVATE KEY" {
+			return nil, errors.New("enroll: the private key is encrypted: give it unencrypted (openssl pkey -in KEY -out KEY.pem)")
+		}
+		var key any
+		var err error
+		switch block.Type {
+		case "RSA PRIVATE KEY":
+			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+		case "EC PRIVATE KEY":
+			key, err = x509.ParseECPrivateKey(block.Bytes)
+		default:
+			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("enroll: the private key does not parse: %w", err)
+		}
+		signer, ok := key.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("enroll: a %T private key cannot sign TLS handshakes", key)
+		}
+		return signer, nil
+	}
+}
+
+// KeyMatches reports whether key is the private half of cert's public key.
+func KeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(cert.PublicKey)
 }
 
 // ErrPinMismatch is returned (wrapped) when the server's certificate is not

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/netconf"
@@ -25,7 +27,8 @@ import (
 //	gateway.json   the configuration `ptun gateway init` wrote (0600)
 //	gateway.key    the gateway's WireGuard private key (0600), read by its
 //	               front only: the control plane never needs it
-//	cert.pem       the enrollment API's certificate, whose pin invites carry
+//	cert.pem       the enrollment API's certificate, whose pin invites carry:
+//	               self-signed at init, or the operator's (init --cert)
 //	key.pem        its private key (0600)
 //	registry.db    the SQLite registry, unless --db names a PostgreSQL one
 
@@ -50,6 +53,11 @@ type Config struct {
 type InitOptions struct {
 	Config
 	Pools []netip.Prefix
+	// CertFile and KeyFile, both or neither, are the operator's
+	// certificate (PEM: the leaf first, intermediates after it) and its
+	// private key for the enrollment API; Init copies them into the state
+	// folder instead of making a self-signed certificate.
+	CertFile, KeyFile string
 }
 
 // DBPath is the registry's DSN: Config.DB, or the SQLite file in dir.
@@ -113,14 +121,24 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 	if _, err := os.Stat(filepath.Join(dir, "gateway.json")); err == nil {
 		return pin, fmt.Errorf("%s holds a gateway already (gateway.json): choose another --state, or remove it", dir)
 	}
+	var certPEM, keyPEM []byte
+	if o.CertFile != "" || o.KeyFile != "" {
+		// Checked before anything is written.
+		if certPEM, keyPEM, pin, err = readKeyPair(o.CertFile, o.KeyFile, time.Now()); err != nil {
+			return pin, err
+		}
+	}
+	var made []string
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		made = append(made, dir) // removed last, and only if empty
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return pin, err
 	}
-	var made []string
 	defer func() {
 		if err != nil {
-			for _, f := range made {
-				os.Remove(f)
+			for i := len(made) - 1; i >= 0; i-- {
+				os.Remove(made[i])
 			}
 		}
 	}()
@@ -133,8 +151,11 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 		return pin, err
 	}
 	made = append(made, keyFile)
-	names := []string{o.API.Addr().String()}
-	if pin, err = enroll.WriteCertificate(dir, names); err != nil {
+	if certPEM != nil {
+		if err := enroll.WriteKeyPair(dir, certPEM, keyPEM); err != nil {
+			return pin, err
+		}
+	} else if pin, err = enroll.WriteCertificate(dir, []string{o.API.Addr().String()}); err != nil {
 		return pin, err
 	}
 	made = append(made, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
@@ -164,6 +185,44 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 		return pin, err
 	}
 	return pin, nil
+}
+
+// readKeyPair reads and checks the operator's certificate and key (Init's
+// --cert and --key): both are given, both parse, the key is the
+// certificate's, and the certificate is valid at now. Its errors are one
+// line that names the file to change.
+func readKeyPair(certFile, keyFile string, now time.Time) (certPEM, keyPEM []byte, pin enroll.Pin, err error) {
+	if certFile == "" || keyFile == "" {
+		return nil, nil, pin, errors.New("--cert and --key go together: give both (a certificate and its private key), or neither for a self-signed certificate")
+	}
+	if certPEM, err = os.ReadFile(certFile); err != nil {
+		return nil, nil, pin, fmt.Errorf("--cert: %w", err)
+	}
+	if keyPEM, err = os.ReadFile(keyFile); err != nil {
+		return nil, nil, pin, fmt.Errorf("--key: %w", err)
+	}
+	cert, err := enroll.ParseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, nil, pin, fmt.Errorf("--cert %s: %w", certFile, err)
+	}
+	key, err := enroll.ParsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, nil, pin, fmt.Errorf("--key %s: %w", keyFile, err)
+	}
+	if !enroll.KeyMatches(cert, key) {
+		return nil, nil, pin, fmt.Errorf("--key %s is not the private key of the certificate in --cert %s", keyFile, certFile)
+	}
+	switch {
+	case now.Before(cert.NotBefore):
+		return nil, nil, pin, fmt.Errorf("--cert %s is not valid yet: from %s to %s", certFile, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339))
+	case now.After(cert.NotAfter):
+		return nil, nil, pin, fmt.Errorf("--cert %s expired at %s", certFile, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	// What Run will load: the same check crypto/tls makes.
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return nil, nil, pin, fmt.Errorf("--cert %s and --key %s: %w", certFile, keyFile, err)
+	}
+	return certPEM, keyPEM, enroll.PinOf(cert), nil
 }
 
 func writeNew(path string, b []byte) error {
