@@ -66,6 +66,9 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   route add|remove CIDR      change the routes offered; connected devices
                              get them within 10 s
   routes                     list the routes offered
+  backup FILE                write a consistent copy of the SQLite registry
+                             to FILE (a new file, mode 0600), also while the
+                             gateway runs; a PostgreSQL registry: pg_dump
   run [--foreground] [--log FILE]
                              serve the gateway: its interface, the enrollment
                              API, forwarding, and the registry's devices as
@@ -79,6 +82,7 @@ Example:
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
+  sudo ptun gateway backup /var/backups/ptun-registry-2026-12-03.db
 
 Example, with your own certificate for the enrollment API:
   sudo ptun gateway init --endpoint 198.18.0.1:51820 --api 198.18.0.1:8443 --pool 100.80.0.0/16 \
@@ -124,6 +128,7 @@ var gatewayCommands = map[string]func(args []string) error{
 	"rules":   gatewayRules,
 	"route":   gatewayRoute,
 	"routes":  gatewayRoutes,
+	"backup":  gatewayBackup,
 }
 
 func runGateway(args []string) error {

@@ -1,13 +1,28 @@
 package main
 
 import (
+	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/ptun-vpn/ptun/internal/enroll"
+	"github.com/ptun-vpn/ptun/internal/gateway"
+	"github.com/ptun-vpn/ptun/internal/registry"
 )
+
+// initGateway makes a gateway with a SQLite registry in a temporary folder
+// and returns the folder.
+func initGateway(t *testing.T, extra ...string) string {
+	t.Helper()
+	state := filepath.Join(t.TempDir(), "gw")
+	ok(t, append([]string{"gateway", "init", "--state", state, "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443",
+		"--pool", "100.80.0.0/16"}, extra...)...)
+	return state
+}
 
 // fails runs ptun with args, fails t unless it exits with status code, and
 // returns stderr.
@@ -62,5 +77,80 @@ func TestGatewayInitCertificate(t *testing.T) {
 	}
 	if _, err := os.Stat(other); !os.IsNotExist(err) {
 		t.Errorf("a refused init made %s (%v)", other, err)
+	}
+}
+
+// TestGatewayBackup: backup writes a copy of the registry (0600) that
+// opens with the user in it, refuses to overwrite it, and wants a FILE.
+func TestGatewayBackup(t *testing.T) {
+	state := initGateway(t)
+	ok(t, "gateway", "user", "add", "alice", "--group", "eng", "--state", state)
+	file := filepath.Join(t.TempDir(), "backup.db")
+	if out := ok(t, "gateway", "backup", file, "--state", state); !strings.Contains(out, "backed up to "+file) {
+		t.Errorf("backup says %q", out)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the backup: %v, %v; want mode 0600", fi, err)
+	}
+	reg, err := registry.Open(context.Background(), file, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := reg.ListUsers(context.Background())
+	reg.Close()
+	if err != nil || len(users) != 1 || users[0].Name != "alice" {
+		t.Errorf("users in the backup: %+v, %v", users, err)
+	}
+	if errOut := fails(t, 1, "gateway", "backup", file, "--state", state); !strings.Contains(errOut, "exists already") {
+		t.Errorf("a backup over an existing file: %q", errOut)
+	}
+	fails(t, 2, "gateway", "backup", "--state", state)
+}
+
+// TestGatewaySchemaTooNew: an administrative command on a registry that a
+// newer ptun migrated exits non-zero with the registry's one-line message
+// (which schema, which this ptun knows, what to do), and changes nothing.
+func TestGatewaySchemaTooNew(t *testing.T) {
+	state := initGateway(t)
+	c, err := gateway.LoadConfig(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", c.DBPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := registry.SchemaVersion() + 1
+	if _, err := db.Exec(`INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, 0)`, newer, "9999_future.sql"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	for _, args := range [][]string{
+		{"gateway", "users", "--state", state},
+		{"gateway", "user", "add", "bob", "--state", state},
+	} {
+		errOut := fails(t, 1, args...)
+		for _, want := range []string{"registry schema is newer than this ptun",
+			"schema version " + strconv.Itoa(newer), "versions up to " + strconv.Itoa(registry.SchemaVersion()), "restore the backup"} {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("ptun %s: stderr %q does not say %q", strings.Join(args, " "), errOut, want)
+			}
+		}
+		if strings.Count(errOut, "\n") != 1 {
+			t.Errorf("ptun %s: stderr is not one line: %q", strings.Join(args, " "), errOut)
+		}
+	}
+	// The refused commands changed nothing: no migration, no user.
+	db, err = sql.Open("sqlite", c.DBPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var version, users int
+	if err := db.QueryRow(`SELECT MAX(version) FROM schema_version`).Scan(&version); err != nil || version != newer {
+		t.Errorf("schema version %d (%v), want %d left alone", version, err, newer)
+	}
+	if err := db.QueryRow(`SELECT COUNT(*) FROM users`).Scan(&users); err != nil || users != 0 {
+		t.Errorf("%d users (%v) after refused commands, want 0", users, err)
 	}
 }
