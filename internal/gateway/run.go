@@ -425,7 +425,9 @@ func (hs *hostState) apply(cfg *Config, pools []registry.Pool) error {
 }
 
 // masquerade adds an inet nat table that source-NATs what comes from the
-// tunnel and leaves by another interface.
+// tunnel and leaves by another interface. A table that a gateway which
+// died left behind is emptied first, in the same transaction, so that a
+// restart does not add its rule a second time.
 func (hs *hostState) masquerade(ifname string) error {
 	c, err := nftables.New()
 	if err != nil {
@@ -433,6 +435,7 @@ func (hs *hostState) masquerade(ifname string) error {
 	}
 	name := "ptun_gateway_" + ifname
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
+	c.FlushTable(t)
 	ch := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	b := make([]byte, unix.IFNAMSIZ)
