@@ -314,7 +314,7 @@ func scanQR(t *testing.T, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := qrcode.NewQRCodeReader().Decode(bmp, nil)
+	res, err := qrcode.NewQRCodeReader().Decode(bmp, map[gozxing.DecodeHintType]interface{}{gozxing.DecodeHintType_PURE_BARCODE: true}) // a drawn symbol, not a photograph
 	if err != nil {
 		t.Fatalf("scanning %s: %v", path, err)
 	}
