@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,7 +113,7 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, ListenPort: &port, ReplacePeers: true}); err != nil {
 		return fmt.Errorf("configuring %s: %w", cfg.Interface, err)
 	}
-	var host hostState
+	host := hostState{record: filepath.Join(dir, "host.json")}
 	defer host.undo(o.Logf)
 	if err := host.apply(cfg, pools); err != nil {
 		return err
@@ -380,9 +381,18 @@ func samePeer(a, b wgcfg.PeerConfig) bool {
 }
 
 // hostState is what Run adds to the host, to be removed when it stops.
+// The sysctls' values before are also written to a record in the state
+// folder before they change, so that a run after one that crashed puts
+// back the values from before that one (not the "1" it left).
 type hostState struct {
+	record   string            // the record's path
 	sysctls  map[string]string // path -> value before
 	nftTable string
+}
+
+// hostRecord is host.json.
+type hostRecord struct {
+	Sysctls map[string]string `json:"sysctls"`
 }
 
 // apply gives the interface the gateway's address in each pool, turns on
@@ -405,21 +415,41 @@ func (hs *hostState) apply(cfg *Config, pools []registry.Pool) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return err
 	}
-	hs.sysctls = map[string]string{}
-	for _, path := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-		old, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		if strings.TrimSpace(string(old)) != "1" {
-			if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
-				return fmt.Errorf("turning on forwarding: %w", err)
-			}
-			hs.sysctls[path] = strings.TrimSpace(string(old))
-		}
+	if err := hs.forward(); err != nil {
+		return err
 	}
 	if cfg.Masquerade {
 		return hs.masquerade(cfg.Interface)
+	}
+	return nil
+}
+
+// forward turns IPv4 and IPv6 forwarding on, recording the values before.
+func (hs *hostState) forward() error {
+	hs.sysctls = map[string]string{}
+	var prev hostRecord // what a run that crashed found before it
+	if b, err := os.ReadFile(hs.record); err == nil {
+		json.Unmarshal(b, &prev)
+	}
+	for _, path := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		cur, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		old := strings.TrimSpace(string(cur))
+		if v, ok := prev.Sysctls[path]; ok {
+			old = v
+		}
+		if old == "1" {
+			continue
+		}
+		hs.sysctls[path] = old
+		if err := writeRecord(hs.record, hostRecord{Sysctls: hs.sysctls}); err != nil {
+			return fmt.Errorf("recording the host's settings in %s: %w", hs.record, err)
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("turning on forwarding: %w", err)
+		}
 	}
 	return nil
 }
@@ -464,9 +494,27 @@ func (hs *hostState) undo(logf func(string, ...any)) {
 			}
 		}
 	}
+	restored := true
 	for path, old := range hs.sysctls {
 		if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
 			logf("gateway: restoring %s: %v", path, err)
+			restored = false
 		}
 	}
+	if restored && hs.record != "" {
+		os.Remove(hs.record)
+	}
+}
+
+// writeRecord replaces path with r, whole or not at all.
+func writeRecord(path string, r hostRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
