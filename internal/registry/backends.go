@@ -50,19 +50,29 @@ func OpenSQLite(ctx context.Context, path string, opts Options) (Registry, error
 	}
 	// busy_timeout first: switching to WAL needs the lock another opener may hold.
 	dsn := path + "?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("registry: open SQLite %s: %w", path, err)
-	}
-	db.SetMaxOpenConns(1)
-	db.SetMaxIdleConns(1)
-	db.SetConnMaxLifetime(0)
-	db.SetConnMaxIdleTime(0)
-	if err := db.PingContext(ctx); err != nil {
+	// Two openers of a new file can both be switching it to WAL: SQLite
+	// then answers one with SQLITE_BUSY at once, without waiting out the
+	// busy timeout. That opener tries again (for as long as the timeout).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		db, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("registry: open SQLite %s: %w", path, err)
+		}
+		db.SetMaxOpenConns(1)
+		db.SetMaxIdleConns(1)
+		db.SetConnMaxLifetime(0)
+		db.SetConnMaxIdleTime(0)
+		err = db.PingContext(ctx)
+		if err == nil {
+			return newSQLRegistry(ctx, db, sqliteDialect, opts)
+		}
 		db.Close()
-		return nil, fmt.Errorf("registry: open SQLite %s: %w: check that its folder exists and is writable", path, err)
+		if !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("registry: open SQLite %s: %w: check that its folder exists and is writable", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return newSQLRegistry(ctx, db, sqliteDialect, opts)
 }
 
 // OpenPostgres opens the registry in the PostgreSQL database at dsn (a URL
