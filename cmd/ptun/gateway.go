@@ -25,6 +25,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/internal/gateway"
 	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 )
 
 // `ptun gateway SUBCOMMAND`: the gateway's administration. Each
@@ -38,7 +39,11 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
 
   init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
        [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
-                             make the gateway: its key, certificate, registry
+       [--metrics ADDR:PORT]
+                             make the gateway: its key, certificate, registry;
+                             --metrics: run serves Prometheus metrics and
+                             /healthz there, plain HTTP (loopback or a
+                             management network only; default: off)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
   users                      list the users
@@ -72,6 +77,8 @@ Example:
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
+  sudo ptun gateway init … --metrics 127.0.0.1:9587   # then, with run:
+  curl -s http://127.0.0.1:9587/metrics | grep ^ptun_peer_received_bytes_total
 `
 
 const gatewayExportUsage = `Usage: ptun gateway export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME] [--state DIR]
@@ -156,6 +163,7 @@ func gatewayInit(args []string) error {
 	keepalive := fs.Int("keepalive", 25, "the keepalive devices get, in seconds")
 	masq := fs.Bool("masquerade", false, "source-NAT the devices' traffic towards the routes")
 	deny := fs.String("default-access", "allow", "what a group without access rules reaches: allow (every route) or deny (nothing)")
+	metrics := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587) while the gateway runs (default: off)")
 	var pools, routes, dns, search listFlag
 	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
 	fs.Var(&routes, "route", "a route offered to devices (repeatable); 0.0.0.0/0 for a full tunnel")
@@ -172,6 +180,9 @@ func gatewayInit(args []string) error {
 	}
 	if o.API, err = netip.ParseAddrPort(*api); err != nil {
 		return fmt.Errorf("--api %q: give ADDRESS:PORT, such as 198.18.0.1:8443", *api)
+	}
+	if o.Metrics, err = telemetry.ParseAddr(*metrics); err != nil {
+		return err
 	}
 	switch *deny {
 	case "allow":
@@ -207,6 +218,9 @@ func gatewayInit(args []string) error {
 	}
 	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s\n",
 		o.Name, *state, o.Endpoint, o.APIURL(), pin)
+	if o.Metrics.IsValid() {
+		fmt.Fprintf(stdout, "  metrics http://%v/metrics, health http://%v/healthz (plain HTTP)\n", o.Metrics, o.Metrics)
+	}
 	return nil
 }
 
