@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,6 +18,8 @@ import (
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
+	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
@@ -24,7 +27,7 @@ import (
 // ("ok" or an error line) to the parent that started it.
 const readyFDEnv = "PTUN_READY_FD"
 
-// runInterface is `ptun [-f] [--mtu N] [--ipc MODE] [--log FILE] IFNAME`.
+// runInterface is `ptun [-f] [--mtu N] [--ipc MODE] [--log FILE] [--metrics ADDR] IFNAME`.
 func runInterface(args []string) int {
 	fs := flag.NewFlagSet("ptun", flag.ContinueOnError)
 	foreground := fs.Bool("f", false, "stay in the foreground")
@@ -32,6 +35,7 @@ func runInterface(args []string) int {
 	mtu := fs.Int("mtu", 1420, "interface MTU")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc (default fd; env "+ipc.EnvIPC+")")
 	logFile := fs.String("log", "", "append the daemon's log to `FILE` (default: stderr with -f, else syslog or /var/log/ptun/IFNAME.log; see ptun -h)")
+	metricsFlag := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587; default: off)")
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -59,6 +63,11 @@ func runInterface(args []string) int {
 		fmt.Fprintf(os.Stderr, "ptun: --ipc: %v\n", err)
 		return 1
 	}
+	metricsAddr, err := telemetry.ParseAddr(*metricsFlag)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
 	// WG_PROCESS_FOREGROUND=1 is wireguard-go's way to ask the same, which
 	// tools written for it (wg-quick, benchmarks) use.
 	if os.Getenv("WG_PROCESS_FOREGROUND") == "1" {
@@ -84,7 +93,7 @@ func runInterface(args []string) int {
 	}
 	defer closeLog()
 	gomaxprocs.Apply()
-	if err := serve(name, *mtu, mode, logger, ready); err != nil {
+	if err := serve(name, *mtu, mode, metricsAddr, logger, ready); err != nil {
 		if !*foreground || *logFile != "" { // else serve logged it to stderr
 			fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		}
@@ -93,10 +102,11 @@ func runInterface(args []string) int {
 	return 0
 }
 
-// serve runs interface name until a signal or the interface's deletion.
-// ready is called once with nil when the interface and socket are up, or
-// with the error that kept them down.
-func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(error)) error {
+// serve runs interface name until a signal or the interface's deletion,
+// with its metrics on metricsAddr unless that is the zero value. ready is
+// called once with nil when the interface and socket are up, or with the
+// error that kept them down.
+func serve(name string, mtu int, mode ipc.Mode, metricsAddr netip.AddrPort, logger *log.Logger, ready func(error)) error {
 	level := os.Getenv("LOG_LEVEL")
 	errorf := func(format string, args ...any) {
 		if level != "silent" {
@@ -119,9 +129,35 @@ func serve(name string, mtu int, mode ipc.Mode, logger *log.Logger, ready func(e
 		close(stop)
 	}()
 	errorf("interface %s starting (pid %d, ipc %s, mtu %d)", name, os.Getpid(), mode, mtu)
+	var tel *telemetry.Server // nil: no metrics
+	if metricsAddr.IsValid() {
+		tel = telemetry.New()
+		if err := tel.Listen(metricsAddr); err != nil {
+			errorf("interface %s: %v", name, err)
+			ready(err)
+			return err
+		}
+		defer tel.Close()
+		errorf("interface %s: metrics on http://%v%s, health on http://%v%s (plain HTTP: keep it on loopback or a management network)",
+			name, tel.Addr(), telemetry.MetricsPath, tel.Addr(), telemetry.HealthPath)
+	}
 	err := front.Run(front.Config{
 		Name: name, MTU: mtu, Mode: mode, Logf: errorf, Verbosef: verbosef, Verbose: verbose,
 		EngineCommand: func() (*exec.Cmd, error) { return engine.Command(name, os.Args[0], engineRole, name) },
+		OnUp: func(h uapi.Handler) {
+			if tel == nil {
+				return
+			}
+			dev, ok := h.(telemetry.Device)
+			if !ok {
+				errorf("interface %s: no counters to serve as metrics", name)
+				return
+			}
+			if err := tel.AddInterface(telemetry.Interface{Name: name, Device: dev,
+				Engine: func() error { return front.EngineRunning(h) }}); err != nil {
+				errorf("interface %s: metrics: %v", name, err)
+			}
+		},
 	}, stop, ready)
 	if err != nil {
 		errorf("interface %s: %v", name, err)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/internal/gateway"
 	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 )
 
 // `ptun gateway SUBCOMMAND`: the gateway's administration. Each
@@ -40,11 +41,14 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
 
   init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
        [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
-       [--cert FILE --key FILE]
+       [--cert FILE --key FILE] [--metrics ADDR:PORT]
                              make the gateway: its key, certificate, registry;
                              the enrollment API's certificate is self-signed,
                              or yours with --cert and --key (PEM, the leaf
-                             first; invites pin its public key)
+                             first; invites pin its public key); --metrics:
+                             run serves Prometheus metrics and /healthz
+                             there, plain HTTP (loopback or a management
+                             network only; default: off)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
   users                      list the users
@@ -87,6 +91,10 @@ Example:
 Example, with your own certificate for the enrollment API:
   sudo ptun gateway init --endpoint 198.18.0.1:51820 --api 198.18.0.1:8443 --pool 100.80.0.0/16 \
        --cert /etc/ssl/vpn.example.pem --key /etc/ssl/private/vpn.example.key
+
+Example, with metrics:
+  sudo ptun gateway init … --metrics 127.0.0.1:9587   # then, with run:
+  curl -s http://127.0.0.1:9587/metrics | grep ^ptun_peer_received_bytes_total
 `
 
 const gatewayExportUsage = `Usage: ptun gateway export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME] [--state DIR]
@@ -174,6 +182,7 @@ func gatewayInit(args []string) error {
 	deny := fs.String("default-access", "allow", "what a group without access rules reaches: allow (every route) or deny (nothing)")
 	certFile := fs.String("cert", "", "the enrollment API's certificate, PEM, the leaf first (default: a self-signed one); with --key")
 	keyFile := fs.String("key", "", "the private key of --cert, PEM, unencrypted")
+	metrics := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587) while the gateway runs (default: off)")
 	var pools, routes, dns, search listFlag
 	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
 	fs.Var(&routes, "route", "a route offered to devices (repeatable); 0.0.0.0/0 for a full tunnel")
@@ -191,6 +200,9 @@ func gatewayInit(args []string) error {
 	}
 	if o.API, err = netip.ParseAddrPort(*api); err != nil {
 		return fmt.Errorf("--api %q: give ADDRESS:PORT, such as 198.18.0.1:8443", *api)
+	}
+	if o.Metrics, err = telemetry.ParseAddr(*metrics); err != nil {
+		return err
 	}
 	switch *deny {
 	case "allow":
@@ -230,6 +242,9 @@ func gatewayInit(args []string) error {
 	}
 	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s (%s)\n",
 		o.Name, *state, o.Endpoint, o.APIURL(), pin, whose)
+	if o.Metrics.IsValid() {
+		fmt.Fprintf(stdout, "  metrics http://%v/metrics, health http://%v/healthz (plain HTTP)\n", o.Metrics, o.Metrics)
+	}
 	return nil
 }
 

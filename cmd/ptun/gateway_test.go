@@ -162,3 +162,46 @@ func TestGatewayRoutes(t *testing.T) {
 		t.Errorf("audit log of the route changes: %v", seen)
 	}
 }
+
+// TestGatewayInitMetrics: init --metrics stores the listener in
+// gateway.json (and says where it will be); without it the key is absent
+// (no listener); a bad value is refused in one line and makes nothing.
+func TestGatewayInitMetrics(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"gateway", "init", "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443", "--pool", "100.80.0.0/16"}
+	out := ok(t, append(base, "--state", filepath.Join(dir, "on"), "--metrics", "127.0.0.1:9587")...)
+	if !strings.Contains(out, "http://127.0.0.1:9587/metrics") {
+		t.Errorf("init does not say where the metrics will be:\n%s", out)
+	}
+	cfg, err := gateway.LoadConfig(filepath.Join(dir, "on"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Metrics.String() != "127.0.0.1:9587" {
+		t.Errorf("gateway.json metrics %v, want 127.0.0.1:9587", cfg.Metrics)
+	}
+	ok(t, append(base, "--state", filepath.Join(dir, "off"))...)
+	if b, _ := os.ReadFile(filepath.Join(dir, "off", "gateway.json")); strings.Contains(string(b), "metrics") {
+		t.Errorf("without --metrics gateway.json names a listener:\n%s", b)
+	}
+	for _, bad := range []string{"localhost:9587", "127.0.0.1", "127.0.0.1:0"} {
+		state := filepath.Join(dir, "bad")
+		var code int
+		_, errOut := capture(t, func() { code = run(append(base, "--state", state, "--metrics", bad)) })
+		if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "--metrics") {
+			t.Errorf("--metrics %s: exit %d, stderr %q; want 1 and one line", bad, code, errOut)
+		}
+		if _, err := os.Stat(state); err == nil {
+			t.Errorf("--metrics %s: a refused init made %s", bad, state)
+		}
+	}
+	var code int
+	_, errOut := capture(t, func() { code = run([]string{"--metrics", "nonsense", "wg0"}) })
+	if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, `--metrics "nonsense"`) {
+		t.Errorf("ptun --metrics nonsense wg0: exit %d, stderr %q", code, errOut)
+	}
+	_, errOut = capture(t, func() { code = run([]string{"up", "work", "--metrics", "127.0.0.1"}) })
+	if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, `--metrics "127.0.0.1"`) {
+		t.Errorf("ptun up work --metrics 127.0.0.1: exit %d, stderr %q", code, errOut)
+	}
+}

@@ -81,7 +81,7 @@ the URL; quote the URL (it holds '#' and '&').
 Example:
   sudo ptun join 'https://198.18.0.1:8443/join#v1.Kx3f9QzA.7oQm…&pin-sha256:AbC…=' --name work
 `,
-	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--foreground] [--profiles DIR] [--state DIR]
+	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--foreground] [--metrics ADDR] [--profiles DIR] [--state DIR]
 
 As root: bring profile NAME's tunnel up. Starts the profile's daemon, which
 creates the interface (pt-NAME), gives it the device's key and a gateway,
@@ -91,12 +91,17 @@ and leaves nothing behind. While up, the daemon refreshes the profile from
 the gateway every 2 s, moves to another gateway of the profile when the one
 in use stops answering, and stops once the device is revoked (ptun status
 says so). With --kill-switch nothing leaves the host but through the
-tunnel, to the gateways, and on loopback, until ptun down.
+tunnel, to the gateways, and on loopback, until ptun down. With
+--metrics ADDR the daemon serves Prometheus metrics (/metrics) and /healthz
+over plain HTTP on ADDR (ADDRESS:PORT): bind it to loopback or a management
+network (docs/metrics.md); off by default.
 
 Examples:
   sudo ptun up work --kill-switch
   sudo ptun up work --gateway gw-b          # start with that gateway
   sudo ptun up work --foreground            # as a service manager runs it
+  sudo ptun up work --metrics 127.0.0.1:9587
+  curl -s http://127.0.0.1:9587/healthz
 `,
 	"down": `Usage: ptun down NAME [--profiles DIR] [--state DIR]
 

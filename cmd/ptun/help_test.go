@@ -69,6 +69,7 @@ func TestHelpListsFlags(t *testing.T) {
 	for name, flags := range map[string][]string{
 		"bench": {"-rounds", "-peer", "-json", "-svg", "-ptun"},
 		"demo":  {"-duration"},
+		"up":    {"-metrics"},
 	} {
 		out, _ := capture(t, func() { run([]string{name, "-h"}) })
 		for _, f := range flags {

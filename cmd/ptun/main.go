@@ -17,12 +17,15 @@ import (
 )
 
 const usage = `Usage:
-  ptun [-f|--foreground] [--mtu N] [--ipc MODE] [--log FILE] IFNAME
+  ptun [-f|--foreground] [--mtu N] [--ipc MODE] [--log FILE] [--metrics ADDR] IFNAME
         create the TUN interface IFNAME and serve the WireGuard userspace API
         on /var/run/wireguard/IFNAME.sock (configure it with wg(8) or wg-quick);
         without -f, return once the interface is ready and keep running in the
         background. WireGuard runs in an unprivileged engine process fed by
-        --ipc fd (default), shm or seqpacket, or in-process with --ipc inproc
+        --ipc fd (default), shm or seqpacket, or in-process with --ipc inproc.
+        --metrics ADDR serves Prometheus metrics (/metrics) and /healthz over
+        plain HTTP on ADDR (ADDRESS:PORT): bind it to loopback or a management
+        network (docs/metrics.md); off by default
   ptun genkey            print a new private key (base64)
   ptun pubkey            read a private key on stdin, print its public key
   ptun genpsk            print a new preshared key
@@ -52,6 +55,8 @@ Examples:
        peer PUBKEY endpoint 198.18.0.2:51820 allowed-ips 100.64.0.2/32
   sudo WG_QUICK_USERSPACE_IMPLEMENTATION=ptun wg-quick up ./wg0.conf
   sudo LOG_LEVEL=verbose ptun -f wg0   # in the foreground, more log on stderr
+  sudo ptun --metrics 127.0.0.1:9587 wg0
+  curl -s http://127.0.0.1:9587/metrics | grep ^ptun_drops_total
 
 Logs: with -f, to stderr. In the background, to syslog (journald) with the tag
 "ptun" when /dev/log accepts a connection, otherwise appended to

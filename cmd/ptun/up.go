@@ -17,6 +17,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 )
 
 // clientFlags are the flags up, down and status share.
@@ -40,6 +41,7 @@ func runUp(args []string) error {
 	foreground := fs.Bool("foreground", false, "stay in the foreground, logging to stderr, until SIGTERM or SIGINT")
 	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with --foreground, else syslog)")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc")
+	metricsFlag := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587; default: off)")
 	name, err := oneName(fs, args)
 	if err != nil {
 		return err
@@ -47,6 +49,9 @@ func runUp(args []string) error {
 	mode, err := ipc.ParseMode(*ipcFlag)
 	if err != nil {
 		return fmt.Errorf("--ipc: %w", err)
+	}
+	if o.Metrics, err = telemetry.ParseAddr(*metricsFlag); err != nil {
+		return err
 	}
 	if err := profile.CheckName(name); err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -65,6 +66,10 @@ type Options struct {
 	// retries within the request's 1.5 s, is not an outage).
 	Probe     time.Duration
 	FailAfter int
+	// Metrics is Run's plain-HTTP listener of /metrics and /healthz (zero:
+	// none). It has no authentication: loopback or a management network
+	// only.
+	Metrics netip.AddrPort
 }
 
 func (o *Options) defaults() {
@@ -216,6 +221,16 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 	if linkUp(ifname) {
 		return fmt.Errorf("interface %s exists already and is not ptun's record of %s: remove it (ip link del %s) or rename the profile", ifname, name, ifname)
 	}
+	// The metrics listener before anything is made: a port that is taken
+	// fails the start with nothing to undo.
+	var tel *telemetry.Server // nil: no metrics
+	if o.Metrics.IsValid() {
+		tel = telemetry.New()
+		if err := tel.Listen(o.Metrics); err != nil {
+			return err
+		}
+		defer tel.Close()
+	}
 	first := 0
 	if o.Gateway != "" {
 		first = -1
@@ -275,6 +290,9 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 		return err
 	}
 	h := <-handlers
+	if err := addInterfaceMetrics(tel, ifname, h); err != nil {
+		return err
+	}
 	sv := &supervisor{name: name, o: &o, p: p, key: key, h: h, st: st, cur: first, killSwitch: o.KillSwitch}
 	mark := uint32(FwMark)
 	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, FwMark: &mark, ReplacePeers: true,
@@ -292,6 +310,20 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 	err = sv.loop(ctx, frontDone)
 	keep = err != nil
 	return err
+}
+
+// addInterfaceMetrics gives tel (nil: none) the metrics of interface
+// ifname, served by h, and the check engine.
+func addInterfaceMetrics(tel *telemetry.Server, ifname string, h uapi.Handler) error {
+	if tel == nil {
+		return nil
+	}
+	dev, ok := h.(telemetry.Device)
+	if !ok {
+		return fmt.Errorf("metrics: interface %s has no counters to read", ifname)
+	}
+	return tel.AddInterface(telemetry.Interface{Name: ifname, Device: dev,
+		Engine: func() error { return front.EngineRunning(h) }})
 }
 
 // linkUp reports whether interface name exists.

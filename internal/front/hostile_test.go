@@ -254,6 +254,13 @@ func (ft *frontTest) stop() {
 // as behaviour says.
 func startFront(t *testing.T, behaviour string) *frontTest {
 	t.Helper()
+	return startFrontWith(t, behaviour, nil)
+}
+
+// startFrontWith is startFront with cfg changed by change (nil: not)
+// before the supervisor starts.
+func startFrontWith(t *testing.T, behaviour string, change func(cfg *Config)) *frontTest {
+	t.Helper()
 	ft := &frontTest{t: t, dir: t.TempDir(), log: &logSink{}}
 	cfg := Config{
 		Name: "hostile0", MTU: 1420, Mode: ipc.Seqpacket, Logf: ft.log.logf, Verbosef: ft.log.logf,
@@ -263,6 +270,9 @@ func startFront(t *testing.T, behaviour string) *frontTest {
 			return cmd, nil
 		},
 		HeartbeatEvery: 50 * time.Millisecond, HeartbeatTimeout: 500 * time.Millisecond,
+	}
+	if change != nil {
+		change(&cfg)
 	}
 	cfg.defaults()
 	ft.dev = tun.NewDevice(newIdleFrames(), tun.Format{Name: "hostile0"}, nil)

@@ -18,6 +18,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -46,7 +47,11 @@ type Config struct {
 	// DefaultDeny: a group with no access rule reaches nothing (else every
 	// route the gateway offers).
 	DefaultDeny bool `json:"default_deny,omitempty"`
-	Site        Site `json:"site"`
+	// Metrics is the plain-HTTP listener of /metrics and /healthz (zero:
+	// none, the default). It has no authentication: loopback or a
+	// management network only.
+	Metrics netip.AddrPort `json:"metrics,omitzero"`
+	Site    Site           `json:"site"`
 }
 
 // InitOptions are `ptun gateway init`'s settings.
@@ -82,6 +87,8 @@ func (c *Config) Check() error {
 		return errors.New("--endpoint: give the ADDRESS:PORT devices send to, such as 198.18.0.1:51820")
 	case !c.API.IsValid() || c.API.Port() == 0 || c.API.Addr().IsUnspecified():
 		return errors.New("--api: give the ADDRESS:PORT of the enrollment API, such as 198.18.0.1:8443")
+	case c.Metrics.IsValid() && telemetry.CheckAddr(c.Metrics) != nil:
+		return telemetry.CheckAddr(c.Metrics)
 	case c.Site.MTU < 576 || c.Site.MTU > 65535:
 		return fmt.Errorf("--mtu %d is out of range (576-65535)", c.Site.MTU)
 	}

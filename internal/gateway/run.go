@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -28,6 +29,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
@@ -88,6 +90,16 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	// The metrics listener first: a port that is taken fails the start
+	// before anything is made.
+	var tel *telemetry.Server // nil: no metrics
+	if cfg.Metrics.IsValid() {
+		tel = telemetry.New()
+		if err := tel.Listen(cfg.Metrics); err != nil {
+			return err
+		}
+		defer tel.Close()
+	}
 
 	// The interface: a front in this process, its engine confined.
 	handlers := make(chan uapi.Handler, 1)
@@ -128,14 +140,18 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 		cfg.Site.Control = netip.AddrPortFrom(ca, ControlPort)
 	}
 	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	var api apiCounter
+	if err := s.serveMetrics(tel, &api); err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(logWriter{o.Logf}, nil))
 	// A new device is a peer before its offer leaves, so that its first
 	// handshake is answered.
-	enroller := &RegistryEnroller{Registry: reg, SiteNow: s.site, AfterEnroll: s.sync}
+	enroller := &RegistryEnroller{Registry: reg, SiteNow: s.site, AfterEnroll: s.afterEnroll}
 	mux := http.NewServeMux()
 	mux.Handle(EnrollPath, EnrollHandler(enroller, logger))
 	mux.Handle(enroll.StatusPath, statusHandler(key, reg, logger))
-	srv := NewServer(mux)
+	srv := NewServer(api.wrap(mux))
 	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	go srv.ServeTLS(ln, "", "")
 	defer srv.Close()
@@ -156,6 +172,10 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	}
 	o.Logf("gateway %s up: %s on UDP %s, enrollment API %s, control service http://%v, %d devices",
 		cfg.Name, cfg.Interface, cfg.Endpoint, cfg.APIURL(), cfg.Site.Control, len(s.peers))
+	if tel != nil {
+		o.Logf("gateway %s: metrics on http://%v%s and health on http://%v%s (plain HTTP: keep it on loopback or a management network)",
+			cfg.Name, tel.Addr(), telemetry.MetricsPath, tel.Addr(), telemetry.HealthPath)
+	}
 	ready(nil)
 	cfgFile := filepath.Join(dir, "gateway.json")
 	cfgStat, _ := os.Stat(cfgFile)
@@ -188,6 +208,27 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	}
 }
 
+// serveMetrics gives tel (nil: none) the interface's metrics, labelled by
+// user and device, the gateway's own, and the checks engine and registry.
+func (s *syncer) serveMetrics(tel *telemetry.Server, api *apiCounter) error {
+	if tel == nil {
+		return nil
+	}
+	dev, ok := s.h.(telemetry.Device)
+	if !ok {
+		return fmt.Errorf("metrics: the interface %s has no counters to read", s.cfg.Interface)
+	}
+	// The registry's check first: with only the engine's, /healthz would
+	// say ok before the first sync.
+	tel.AddCheck(telemetry.Check{Name: "registry", Run: s.registryHealth})
+	h := s.h
+	if err := tel.AddInterface(telemetry.Interface{Name: s.cfg.Interface, Device: dev, PeerNames: s.peerName,
+		Engine: func() error { return front.EngineRunning(h) }}); err != nil {
+		return err
+	}
+	return tel.Register(newGatewayCollector(s, api))
+}
+
 // logWriter makes a log function an io.Writer (for slog).
 type logWriter struct{ logf func(string, ...any) }
 
@@ -212,6 +253,82 @@ type syncer struct {
 	// What the control service answers from, as of the last sync.
 	byAddr   map[netip.Addr]registry.Device
 	gateways []registry.Gateway
+
+	// What the metrics and /healthz read, without mu: a sync holds mu for
+	// as long as the registry takes to answer.
+	stats syncStats
+	names atomic.Pointer[map[noise.PublicKey]deviceName] // as of the last sync
+}
+
+// syncStats are the syncer's event counts and the registry's state as the
+// last sync found it.
+type syncStats struct {
+	enrollments    atomic.Uint64 // devices enrolled through this gateway's API
+	revocations    atomic.Uint64 // peers removed because their device left the registry's active ones
+	registryErrors atomic.Uint64 // syncs the registry did not answer
+	applyFailures  atomic.Uint64 // syncs whose peer changes the interface refused
+	devices        atomic.Int64  // the registry's active devices, the interface's peers
+	lastAnswer     atomic.Int64  // Unix ns of the last sync the registry answered; 0: none yet
+	lastErr        atomic.Pointer[syncFailure]
+}
+
+// syncFailure is a sync that the registry did not answer.
+type syncFailure struct {
+	at  time.Time
+	err error
+}
+
+// deviceName is how the metrics label a device's peer.
+type deviceName struct{ user, device string }
+
+// registryStale is how long without an answer from the registry (a sync
+// blocked on it) makes the gateway unhealthy. A sync asks every syncEvery.
+const registryStale = 15 * time.Second
+
+// registryFailed records that the registry did not answer a sync, and
+// returns err.
+func (s *syncer) registryFailed(err error) error {
+	s.stats.registryErrors.Add(1)
+	s.stats.lastErr.Store(&syncFailure{at: time.Now(), err: err})
+	return err
+}
+
+func (s *syncer) registryAnswered() {
+	s.stats.lastErr.Store(nil)
+	s.stats.lastAnswer.Store(time.Now().UnixNano())
+}
+
+// registryHealth is /healthz's check "registry": the registry answered at
+// the last sync, and a sync has not waited on it for registryStale.
+func (s *syncer) registryHealth() error {
+	if f := s.stats.lastErr.Load(); f != nil {
+		return fmt.Errorf("unreachable at the last sync (%s): %v", f.at.UTC().Format(time.RFC3339), f.err)
+	}
+	last := s.stats.lastAnswer.Load()
+	if last == 0 {
+		return errors.New("not synced with the registry yet")
+	}
+	if age := time.Since(time.Unix(0, last)); age > registryStale {
+		return fmt.Errorf("no answer from the registry for %v", age.Round(time.Second))
+	}
+	return nil
+}
+
+// afterEnroll is the RegistryEnroller's AfterEnroll: it counts the
+// enrollment and makes the new device a peer.
+func (s *syncer) afterEnroll(ctx context.Context) error {
+	s.stats.enrollments.Add(1)
+	return s.sync(ctx)
+}
+
+// peerName names the device whose key is k, as of the last sync.
+func (s *syncer) peerName(k noise.PublicKey) (user, device string, ok bool) {
+	m := s.names.Load()
+	if m == nil {
+		return "", "", false
+	}
+	n, ok := (*m)[k]
+	return n.user, n.device, ok
 }
 
 // site is the current Site.
@@ -254,23 +371,27 @@ func (s *syncer) sync(ctx context.Context) error {
 	defer s.mu.Unlock()
 	changes, now, err := s.reg.Changes(ctx, s.seq)
 	if err != nil {
-		return err
+		return s.registryFailed(err)
 	}
 	if len(changes) == 0 && s.synced {
+		s.registryAnswered()
 		return nil
 	}
-	want, byAddr, err := s.desired(ctx)
+	want, byAddr, names, err := s.desired(ctx)
 	if err != nil {
-		return err
+		return s.registryFailed(err)
 	}
 	gws, err := s.reg.ListGateways(ctx)
 	if err != nil {
-		return err
+		return s.registryFailed(err)
 	}
+	s.registryAnswered()
 	var cfg wgcfg.DeviceConfig
+	removed := 0
 	for k := range s.peers {
 		if _, ok := want[k]; !ok {
 			cfg.Peers = append(cfg.Peers, wgcfg.PeerConfig{PublicKey: k, Remove: true})
+			removed++
 		}
 	}
 	for k, pc := range want {
@@ -281,10 +402,14 @@ func (s *syncer) sync(ctx context.Context) error {
 	}
 	if len(cfg.Peers) > 0 {
 		if err := s.h.Set(&cfg); err != nil {
+			s.stats.applyFailures.Add(1)
 			return fmt.Errorf("configuring the interface: %w", err)
 		}
 		s.logf("registry sync: %d peer changes", len(cfg.Peers))
 	}
+	s.stats.revocations.Add(uint64(removed))
+	s.stats.devices.Store(int64(len(want)))
+	s.names.Store(&names)
 	s.peers, s.seq, s.synced = want, now, true
 	s.byAddr, s.gateways = byAddr, gws
 	s.lastErr = ""
@@ -292,15 +417,16 @@ func (s *syncer) sync(ctx context.Context) error {
 }
 
 // desired computes every active device's peer: its addresses as allowed
-// IPs and the access rules of its user's groups.
-func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, map[netip.Addr]registry.Device, error) {
+// IPs and the access rules of its user's groups; and each device by its
+// addresses and its name by its key.
+func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, map[netip.Addr]registry.Device, map[noise.PublicKey]deviceName, error) {
 	devs, err := s.reg.ListDevices(ctx, registry.DeviceFilter{})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	rules, err := s.reg.ListRules(ctx, "")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	byGroup := map[string][]registry.Rule{}
 	for _, r := range rules {
@@ -309,11 +435,12 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 	groupsOf := map[string][]registry.Group{}
 	want := map[noise.PublicKey]wgcfg.PeerConfig{}
 	byAddr := map[netip.Addr]registry.Device{}
+	names := map[noise.PublicKey]deviceName{}
 	for _, d := range devs {
 		gs, ok := groupsOf[d.User]
 		if !ok {
 			if gs, err = s.reg.GroupsOf(ctx, d.User); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			groupsOf[d.User] = gs
 		}
@@ -324,8 +451,9 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 			byAddr[a] = d
 		}
 		want[k] = pc
+		names[k] = deviceName{user: d.User, device: d.Name}
 	}
-	return want, byAddr, nil
+	return want, byAddr, names, nil
 }
 
 // access is what a member of groups may reach: each group's rules, and for
