@@ -104,7 +104,7 @@ func counts(t testing.TB, r *sqlRegistry) map[string]int {
 	t.Helper()
 	out := make(map[string]int)
 	for _, table := range []string{"users", "user_groups", "group_members", "pools", "devices", "device_addresses",
-		"invites", "rules", "gateways", "audit", "changes", "schema_version"} {
+		"invites", "rules", "gateways", "audit", "changes", "schema_version", "admins", "admin_tokens", "admin_sessions"} {
 		var n int
 		if err := r.db.QueryRow("SELECT COUNT(*) FROM " + table).Scan(&n); err != nil {
 			t.Fatalf("count %s: %v", table, err)

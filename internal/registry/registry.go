@@ -303,6 +303,7 @@ type Registry interface {
 	Invites
 	Rules
 	Gateways
+	Admins
 	Log
 	// Close releases the database. Calls after Close fail.
 	Close() error

@@ -143,7 +143,8 @@ func (r *sqlRegistry) dbErr(err error, what string) error {
 		return fmt.Errorf("%w: %s", ErrExists, what)
 	}
 	if errors.Is(err, ErrInvalid) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) ||
-		errors.Is(err, ErrConflict) || errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrInviteRefused) {
+		errors.Is(err, ErrConflict) || errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrInviteRefused) ||
+		errors.Is(err, ErrUnauthorized) {
 		return err
 	}
 	return fmt.Errorf("registry (%s): %w", r.d.name, err)
