@@ -201,12 +201,16 @@ func NewServer(handler http.Handler) *http.Server {
 
 // sourceLimiter is a token bucket per source address, for at most max
 // sources: when full, the stalest entries go.
-type sourceLimiter struct {
+type sourceLimiter = keyLimiter[netip.Addr]
+
+// keyLimiter is a token bucket per key (a source address, an admin's
+// name), for at most max keys: when full, the stalest entries go.
+type keyLimiter[K comparable] struct {
 	mu      sync.Mutex
 	rate    float64
 	burst   float64
 	max     int
-	buckets map[netip.Addr]*bucket
+	buckets map[K]*bucket
 }
 
 type bucket struct {
@@ -215,10 +219,14 @@ type bucket struct {
 }
 
 func newSourceLimiter(rate, burst float64, max int) *sourceLimiter {
-	return &sourceLimiter{rate: rate, burst: burst, max: max, buckets: map[netip.Addr]*bucket{}}
+	return newKeyLimiter[netip.Addr](rate, burst, max)
 }
 
-func (l *sourceLimiter) allow(src netip.Addr, now time.Time) bool {
+func newKeyLimiter[K comparable](rate, burst float64, max int) *keyLimiter[K] {
+	return &keyLimiter[K]{rate: rate, burst: burst, max: max, buckets: map[K]*bucket{}}
+}
+
+func (l *keyLimiter[K]) allow(src K, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.buckets[src]
@@ -240,7 +248,7 @@ func (l *sourceLimiter) allow(src netip.Addr, now time.Time) bool {
 
 // evict drops the buckets that have refilled (they hold no state worth
 // keeping), then, if that was not enough, arbitrary ones down to half.
-func (l *sourceLimiter) evict(now time.Time) {
+func (l *keyLimiter[K]) evict(now time.Time) {
 	for a, b := range l.buckets {
 		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
 			delete(l.buckets, a)

@@ -1,0 +1,545 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ptun-vpn/ptun/internal/registry"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
+	"github.com/ptun-vpn/ptun/wg/noise"
+	"github.com/ptun-vpn/ptun/wgcfg"
+)
+
+const testPassword = "correct horse battery"
+
+// adminEnv is an admin API on a real SQLite registry with admin "root".
+type adminEnv struct {
+	reg registry.Registry
+	h   http.Handler
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (e *adminEnv) clock() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.now
+}
+
+func (e *adminEnv) advance(d time.Duration) {
+	e.mu.Lock()
+	e.now = e.now.Add(d)
+	e.mu.Unlock()
+}
+
+func newAdminEnv(t *testing.T) *adminEnv {
+	t.Helper()
+	ctx := context.Background()
+	reg, err := registry.OpenSQLite(ctx, filepath.Join(t.TempDir(), "registry.db"), registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	if _, err := reg.AddAdmin(registry.WithActor(ctx, "cli:test"), "root", testPassword); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.AddPool(ctx, netip.MustParsePrefix("100.64.0.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	e := &adminEnv{reg: reg, now: time.Now()}
+	var health telemetry.Health
+	health.Add(telemetry.Check{Name: "registry", Run: func() error { return nil }})
+	e.h = AdminHandler(AdminOptions{Registry: reg, Secure: true, Now: e.clock, Health: &health,
+		InviteURL: func(secret string) (string, error) { return "https://198.18.0.1:8443/join#v1." + secret, nil },
+		Peers:     func() ([]wgcfg.PeerState, error) { return nil, errors.New("not running") }})
+	return e
+}
+
+type reqOpt func(*http.Request)
+
+func bearer(tok string) reqOpt {
+	return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
+}
+
+func session(cookie, csrf string) reqOpt {
+	return func(r *http.Request) {
+		r.AddCookie(&http.Cookie{Name: SessionCookie, Value: cookie})
+		if csrf != "" {
+			r.Header.Set(CSRFHeader, csrf)
+		}
+	}
+}
+
+func from(addr string) reqOpt { return func(r *http.Request) { r.RemoteAddr = addr } }
+
+func (e *adminEnv) do(t *testing.T, method, path, body string, opts ...reqOpt) *httptest.ResponseRecorder {
+	t.Helper()
+	var r *http.Request
+	if body != "" {
+		r = httptest.NewRequest(method, path, strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+	} else {
+		r = httptest.NewRequest(method, path, nil)
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	return w
+}
+
+// want checks w's status and decodes its body into v (if not nil).
+func want(t *testing.T, w *httptest.ResponseRecorder, status int, v any) {
+	t.Helper()
+	if w.Code != status {
+		t.Fatalf("status %d, want %d: %s", w.Code, status, w.Body)
+	}
+	if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("Content-Type %q", ct)
+	}
+	if v != nil {
+		if err := json.Unmarshal(w.Body.Bytes(), v); err != nil {
+			t.Fatalf("body %s: %v", w.Body, err)
+		}
+	}
+}
+
+// login logs root in and returns the cookie's value and the CSRF token.
+func (e *adminEnv) login(t *testing.T) (cookie, csrf string) {
+	t.Helper()
+	w := e.do(t, "POST", AdminLoginPath, `{"name":"root","password":"`+testPassword+`"}`)
+	var rep LoginReply
+	want(t, w, http.StatusOK, &rep)
+	for _, c := range w.Result().Cookies() {
+		if c.Name == SessionCookie {
+			if !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteStrictMode || c.MaxAge <= 0 || c.Path != "/" {
+				t.Errorf("session cookie %+v: want HttpOnly, Secure, SameSite=Strict, an expiry", c)
+			}
+			cookie = c.Value
+		}
+	}
+	if cookie == "" || rep.CSRFToken == "" || rep.Admin != "root" || rep.ExpiresAt.IsZero() {
+		t.Fatalf("login: cookie %q, reply %+v", cookie, rep)
+	}
+	return cookie, rep.CSRFToken
+}
+
+func (e *adminEnv) token(t *testing.T) string {
+	t.Helper()
+	_, secret, err := e.reg.CreateAdminToken(registry.WithActor(context.Background(), "cli:test"), "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+// auditCount is the number of audit entries.
+func (e *adminEnv) auditCount(t *testing.T) int {
+	t.Helper()
+	es, err := e.reg.Audit(context.Background(), 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(es)
+}
+
+// concrete fills a route's path wildcards.
+func concrete(path string) string {
+	r := strings.NewReplacer("{id}", "1", "{name}", "alice", "{group}", "eng")
+	return r.Replace(path)
+}
+
+// TestAdminUnauthenticated: every route but login (walked from the route
+// table, so that a new one cannot be forgotten), unknown paths and wrong
+// methods under the API's prefix answer 401 to a request without a valid
+// session or token, and write nothing.
+func TestAdminUnauthenticated(t *testing.T) {
+	e := newAdminEnv(t)
+	tok := e.token(t)
+	e.reg.RevokeAdminToken(context.Background(), 1)
+	forged := tok[:strings.IndexByte(tok, '.')+1] + strings.Repeat("A", 43)
+	cases := map[string][]reqOpt{
+		"nothing":         nil,
+		"revoked token":   {bearer(tok)},
+		"forged token":    {bearer(forged)},
+		"empty bearer":    {bearer("")},
+		"basic auth":      {func(r *http.Request) { r.SetBasicAuth("root", testPassword) }},
+		"forged cookie":   {session(forged, "x")},
+		"token as cookie": {session(tok, "")},
+	}
+	before := e.auditCount(t)
+	var paths []adminRoute
+	paths = append(paths, adminRoutes...)
+	paths = append(paths, adminRoute{method: "GET", path: AdminPrefix + "/nonexistent"},
+		adminRoute{method: "PUT", path: AdminPrefix + "/users"}, adminRoute{method: "GET", path: AdminLoginPath},
+		adminRoute{method: "GET", path: AdminPrefix + "/"}, adminRoute{method: "GET", path: AdminPrefix})
+	n := 0
+	for _, rt := range paths {
+		if rt.public {
+			continue
+		}
+		for name, opts := range cases {
+			w := e.do(t, rt.method, concrete(rt.path), `{"name":"x"}`, opts...)
+			if w.Code != http.StatusUnauthorized {
+				t.Errorf("%s %s with %s: status %d, want 401: %s", rt.method, rt.path, name, w.Code, w.Body)
+			}
+			n++
+		}
+	}
+	if n < 20*len(cases) {
+		t.Errorf("only %d requests: the route table looks short", n)
+	}
+	if e.auditCount(t) != before {
+		t.Error("unauthenticated requests wrote to the audit log")
+	}
+	// Health answers without authentication, on the admin listener.
+	if w := e.do(t, "GET", AdminHealthPath, ""); w.Code != http.StatusOK {
+		t.Errorf("/healthz: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestAdminCSRF: a session cookie without the CSRF header (or with a
+// wrong one, or another session's) is refused on every state-changing
+// route and writes nothing; GETs need no header; with it, the change is made.
+func TestAdminCSRF(t *testing.T) {
+	e := newAdminEnv(t)
+	cookie, csrf := e.login(t)
+	_, otherCSRF := e.login(t)
+	before := e.auditCount(t)
+	for _, rt := range adminRoutes {
+		if rt.public || !stateChanging(rt.method) {
+			continue
+		}
+		for _, h := range []string{"", "wrong", otherCSRF, csrf + "x"} {
+			w := e.do(t, rt.method, concrete(rt.path), `{"name":"bob"}`, session(cookie, h))
+			if w.Code != http.StatusForbidden {
+				t.Errorf("%s %s with CSRF %q: status %d, want 403: %s", rt.method, rt.path, h, w.Code, w.Body)
+			}
+		}
+	}
+	if e.auditCount(t) != before {
+		t.Error("requests without the CSRF token wrote to the audit log")
+	}
+	want(t, e.do(t, "GET", AdminPrefix+"/users", "", session(cookie, "")), http.StatusOK, nil)
+	var who LoginReply
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", session(cookie, "")), http.StatusOK, &who)
+	if who.CSRFToken != csrf || who.Via != "session" || who.Admin != "root" {
+		t.Errorf("whoami %+v", who)
+	}
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"bob"}`, session(cookie, csrf)), http.StatusCreated, nil)
+	// A token needs no CSRF header.
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"carol"}`, bearer(e.token(t))), http.StatusCreated, nil)
+}
+
+// TestAdminLogoutAndRevoke: a logged-out session, a revoked token, and
+// both of a removed admin stop working at the next request.
+func TestAdminLogoutAndRevoke(t *testing.T) {
+	e := newAdminEnv(t)
+	cookie, csrf := e.login(t)
+	w := e.do(t, "POST", AdminPrefix+"/logout", "", session(cookie, csrf))
+	want(t, w, http.StatusOK, nil)
+	if c := w.Result().Cookies(); len(c) != 1 || c[0].MaxAge >= 0 {
+		t.Errorf("logout cookies %+v: want the cookie cleared", c)
+	}
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", session(cookie, "")), http.StatusUnauthorized, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"bob"}`, session(cookie, csrf)), http.StatusUnauthorized, nil)
+
+	tok := e.token(t)
+	var made AdminTokenJSON
+	want(t, e.do(t, "POST", AdminPrefix+"/tokens", "", bearer(tok)), http.StatusCreated, &made)
+	if made.Token == "" || !strings.HasPrefix(made.Token, made.Prefix+".") {
+		t.Fatalf("new token %+v", made)
+	}
+	var toks []AdminTokenJSON
+	want(t, e.do(t, "GET", AdminPrefix+"/tokens", "", bearer(made.Token)), http.StatusOK, &toks)
+	if len(toks) != 2 || toks[0].Token != "" || toks[1].Token != "" {
+		t.Errorf("token list %+v: want two, without secrets", toks)
+	}
+	want(t, e.do(t, "DELETE", AdminPrefix+"/tokens/"+itoa(made.ID), "", bearer(tok)), http.StatusOK, nil)
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", bearer(made.Token)), http.StatusUnauthorized, nil)
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", bearer(tok)), http.StatusOK, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/logout", "", bearer(tok)), http.StatusBadRequest, nil)
+
+	cookie, _ = e.login(t)
+	if err := e.reg.RemoveAdmin(context.Background(), "root"); err != nil {
+		t.Fatal(err)
+	}
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", bearer(tok)), http.StatusUnauthorized, nil)
+	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", session(cookie, "")), http.StatusUnauthorized, nil)
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestAdminLoginRateLimit: wrong passwords from one source are cut off
+// after a burst (429, even with the right password), another source is
+// not, until the name's own limit; time refills both.
+func TestAdminLoginRateLimit(t *testing.T) {
+	e := newAdminEnv(t)
+	bad := `{"name":"root","password":"wrong password"}`
+	good := `{"name":"root","password":"` + testPassword + `"}`
+	for i := 0; i < loginSourceBurst; i++ {
+		want(t, e.do(t, "POST", AdminLoginPath, bad, from("198.18.0.10:1000")), http.StatusUnauthorized, nil)
+	}
+	w := e.do(t, "POST", AdminLoginPath, good, from("198.18.0.10:1000"))
+	want(t, w, http.StatusTooManyRequests, nil)
+	if w.Header().Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	want(t, e.do(t, "POST", AdminLoginPath, good, from("198.18.0.11:1000")), http.StatusOK, nil)
+	// The name's own limit, whatever the source: its burst is spent
+	// by the 11 above and these.
+	for i := 0; i < loginNameBurst-loginSourceBurst-1; i++ {
+		want(t, e.do(t, "POST", AdminLoginPath, bad, from("198.18.1."+strconv.Itoa(i)+":1000")), http.StatusUnauthorized, nil)
+	}
+	want(t, e.do(t, "POST", AdminLoginPath, good, from("198.18.0.12:1000")), http.StatusTooManyRequests, nil)
+	want(t, e.do(t, "POST", AdminLoginPath, `{"name":"other","password":"x"}`, from("198.18.0.12:1000")), http.StatusUnauthorized, nil)
+	e.advance(time.Minute)
+	want(t, e.do(t, "POST", AdminLoginPath, good, from("198.18.0.10:1000")), http.StatusOK, nil)
+}
+
+// TestAdminActions: every action through the API lands in the audit log
+// with actor admin:root; audit filters by user and by device.
+func TestAdminActions(t *testing.T) {
+	e := newAdminEnv(t)
+	tok := bearer(e.token(t))
+	start := e.auditCount(t)
+	var u UserJSON
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"alice","groups":["eng"]}`, tok), http.StatusCreated, &u)
+	if u.Name != "alice" || len(u.Groups) != 1 {
+		t.Errorf("user %+v", u)
+	}
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"bob"}`, tok), http.StatusCreated, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"bob"}`, tok), http.StatusConflict, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/users/bob/groups", `{"group":"ops"}`, tok), http.StatusOK, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/users/nobody/groups", `{"group":"ghosts"}`, tok), http.StatusNotFound, nil)
+	want(t, e.do(t, "DELETE", AdminPrefix+"/users/bob/groups/ops", "", tok), http.StatusOK, nil)
+	var users []UserJSON
+	want(t, e.do(t, "GET", AdminPrefix+"/users", "", tok), http.StatusOK, &users)
+	if len(users) != 2 || users[0].Name != "alice" || users[0].Groups[0] != "eng" || len(users[1].Groups) != 0 {
+		t.Errorf("users %+v", users)
+	}
+	var inv InviteJSON
+	want(t, e.do(t, "POST", AdminPrefix+"/invites", `{"user":"alice","ttl":"1h","uses":2}`, tok), http.StatusCreated, &inv)
+	if !strings.Contains(inv.URL, inv.Prefix+".") || inv.UsesLeft != 2 {
+		t.Errorf("invite %+v", inv)
+	}
+	var invs []InviteJSON
+	want(t, e.do(t, "GET", AdminPrefix+"/invites", "", tok), http.StatusOK, &invs)
+	if len(invs) != 1 || invs[0].URL != "" {
+		t.Errorf("pending invites %+v", invs)
+	}
+	want(t, e.do(t, "DELETE", AdminPrefix+"/invites/"+itoa(inv.ID), "", tok), http.StatusOK, nil)
+	want(t, e.do(t, "DELETE", AdminPrefix+"/invites/"+itoa(inv.ID), "", tok), http.StatusNotFound, nil)
+	var rule RuleJSON
+	want(t, e.do(t, "POST", AdminPrefix+"/rules", `{"group":"eng","rule":"198.18.2.0/24 tcp/443"}`, tok), http.StatusCreated, &rule)
+	if rule.Rule != "198.18.2.0/24 tcp/443" || rule.Group != "eng" {
+		t.Errorf("rule %+v", rule)
+	}
+	var groups []GroupJSON
+	want(t, e.do(t, "GET", AdminPrefix+"/groups", "", tok), http.StatusOK, &groups)
+	if len(groups) != 2 || groups[0].Name != "eng" || len(groups[0].Members) != 1 || len(groups[0].Rules) != 1 {
+		t.Errorf("groups %+v", groups)
+	}
+	want(t, e.do(t, "DELETE", AdminPrefix+"/rules/"+itoa(rule.ID), "", tok), http.StatusOK, nil)
+	var key noise.PublicKey
+	key[0] = 7
+	d, err := e.reg.CreateDevice(context.Background(), "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key(key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs DevicesReply
+	want(t, e.do(t, "GET", AdminPrefix+"/devices", "", tok), http.StatusOK, &devs)
+	if len(devs.Devices) != 1 || devs.Devices[0].Name != "laptop" || devs.Live || len(devs.Devices[0].Addresses) != 1 {
+		t.Errorf("devices %+v", devs)
+	}
+	want(t, e.do(t, "POST", AdminPrefix+"/devices/"+itoa(d.ID)+"/revoke", "", tok), http.StatusOK, nil)
+	want(t, e.do(t, "POST", AdminPrefix+"/devices/"+itoa(d.ID)+"/revoke", "", tok), http.StatusNotFound, nil)
+	want(t, e.do(t, "DELETE", AdminPrefix+"/users/bob", "", tok), http.StatusOK, nil)
+
+	var all AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?limit=1000", "", tok), http.StatusOK, &all)
+	var got []string
+	for _, en := range all.Entries[start:] {
+		if en.Action == "device.create" { // made through the registry, not the API
+			continue
+		}
+		if en.Actor != "admin:root" {
+			t.Errorf("audit entry %+v: actor is not admin:root", en)
+		}
+		got = append(got, en.Action+" "+en.Target)
+	}
+	wantActions := "user.add alice,group.add eng,group.member.add eng/alice,user.add bob,group.add ops,group.member.add ops/bob," +
+		"group.member.remove ops/bob,invite.create alice,invite.revoke " + inv.Prefix + ",rule.add eng,rule.remove eng," +
+		"device.revoke alice/laptop,user.remove bob"
+	if s := strings.Join(got, ","); s != wantActions {
+		t.Errorf("audit:\n got %s\nwant %s", s, wantActions)
+	}
+	var byDev AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?device=alice/laptop", "", tok), http.StatusOK, &byDev)
+	if len(byDev.Entries) != 2 || byDev.Entries[0].Action != "device.create" || byDev.Entries[1].Action != "device.revoke" {
+		t.Errorf("audit of alice/laptop: %+v", byDev.Entries)
+	}
+	var byUser AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=bob&limit=2", "", tok), http.StatusOK, &byUser)
+	if len(byUser.Entries) != 2 || byUser.Entries[0].Target != "bob" || byUser.Next != byUser.Entries[1].ID {
+		t.Errorf("audit of bob, 2: %+v", byUser)
+	}
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=bob&after="+itoa(byUser.Next), "", tok), http.StatusOK, &byUser)
+	if len(byUser.Entries) != 2 || byUser.Next != 0 { // group.member.remove ops/bob, user.remove bob
+		t.Errorf("audit of bob, page 2: %+v", byUser)
+	}
+	for _, q := range []string{"limit=0", "limit=5000", "after=-1", "user=<b>", "device=alice"} {
+		want(t, e.do(t, "GET", AdminPrefix+"/audit?"+q, "", tok), http.StatusBadRequest, nil)
+	}
+}
+
+// TestAdminBadBodies: too big (413), malformed, unknown fields, trailing
+// data, wrong types, bad names and rules (400), not JSON (415): nothing
+// written, and a name with markup comes back escaped.
+func TestAdminBadBodies(t *testing.T) {
+	e := newAdminEnv(t)
+	tok := bearer(e.token(t))
+	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"alice"}`, tok), http.StatusCreated, nil)
+	before := e.auditCount(t)
+	huge := `{"name":"` + strings.Repeat("a", maxAdminBody) + `"}`
+	cases := []struct {
+		path, body string
+		status     int
+	}{
+		{"/users", huge, 413},
+		{"/users", `{"name":`, 400},
+		{"/users", `{"name":"bob","admin":true}`, 400},
+		{"/users", `{"name":"bob"} {"name":"carol"}`, 400},
+		{"/users", `{"name":"bob"} x`, 400},
+		{"/users", `{"name":42}`, 400},
+		{"/users", `{"name":"<script>alert(1)</script>"}`, 400},
+		{"/users", `{"name":"bob","groups":["ok","<img src=x>"]}`, 400},
+		{"/users", `[]`, 400},
+		{"/users", `null`, 400},
+		{"/users/alice/groups", `{"group":"a\"b"}`, 400},
+		{"/invites", `{"user":"alice","ttl":"forever"}`, 400},
+		{"/invites", `{"user":"alice","uses":-1}`, 400},
+		{"/invites", `{"user":"alice","ttl":"-1h"}`, 400},
+		{"/rules", `{"group":"eng","rule":"not a rule"}`, 400},
+		{"/rules", `{"group":"eng","rule":"198.18.2.0/24 tcp/99999"}`, 400},
+		{"/rules", `{"group":"eng"}`, 400},
+	}
+	for _, c := range cases {
+		w := e.do(t, "POST", AdminPrefix+c.path, c.body, tok)
+		if w.Code != c.status {
+			t.Errorf("POST %s %.60s: status %d, want %d: %s", c.path, c.body, w.Code, c.status, w.Body)
+		}
+		var msg apiError
+		if err := json.Unmarshal(w.Body.Bytes(), &msg); err != nil || msg.Error == "" {
+			t.Errorf("POST %s %.60s: body %s: want a JSON error", c.path, c.body, w.Body)
+		}
+		if strings.ContainsAny(w.Body.String(), "<>") {
+			t.Errorf("POST %s: markup in the answer is not escaped: %s", c.path, w.Body)
+		}
+	}
+	r := httptest.NewRequest("POST", AdminPrefix+"/users", strings.NewReader(`{"name":"bob"}`))
+	r.Header.Set("Content-Type", "text/plain")
+	tok(r)
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	if w.Code != http.StatusUnsupportedMediaType {
+		t.Errorf("text/plain: %d", w.Code)
+	}
+	for _, p := range []string{"/users/%3Cb%3E", "/rules/abc", "/invites/0", "/tokens/-1"} {
+		if w := e.do(t, "DELETE", AdminPrefix+p, "", tok); w.Code != http.StatusBadRequest {
+			t.Errorf("DELETE %s: %d %s", p, w.Code, w.Body)
+		}
+	}
+	if after := e.auditCount(t); after != before {
+		t.Errorf("bad requests wrote %d audit entries", after-before)
+	}
+	// Login bodies too.
+	for _, b := range []string{`{"name":"root"}`, `{"name":"root","password":"x","extra":1}`, `{`} {
+		want(t, e.do(t, "POST", AdminLoginPath, b), http.StatusBadRequest, nil)
+	}
+	want(t, e.do(t, "POST", AdminLoginPath, huge), http.StatusRequestEntityTooLarge, nil)
+}
+
+// The fuzz targets: no request body parser panics, and what one accepts
+// is valid (names pass ParseName, numbers are in range).
+func FuzzParseLogin(f *testing.F) {
+	f.Add([]byte(`{"name":"root","password":"correct horse battery"}`))
+	f.Add([]byte(`{"name":"root","password":"x","x":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseLogin(b)
+		if err == nil && (req.Name == "" || req.Password == "" || len(req.Password) > registry.MaxPasswordLen) {
+			t.Fatalf("accepted %+v", req)
+		}
+	})
+}
+
+func FuzzParseUser(f *testing.F) {
+	f.Add([]byte(`{"name":"alice","groups":["eng"]}`))
+	f.Add([]byte(`{"name":"<script>"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseUser(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(req.Name); err != nil {
+			t.Fatalf("accepted name %q", req.Name)
+		}
+		for _, g := range req.Groups {
+			if _, err := registry.ParseName(g); err != nil {
+				t.Fatalf("accepted group %q", g)
+			}
+		}
+	})
+}
+
+func FuzzParseMember(f *testing.F) {
+	f.Add([]byte(`{"group":"eng"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseMember(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(req.Group); err != nil {
+			t.Fatalf("accepted group %q", req.Group)
+		}
+	})
+}
+
+func FuzzParseInvite(f *testing.F) {
+	f.Add([]byte(`{"user":"alice","ttl":"24h","uses":1}`))
+	f.Add([]byte(`{"user":"alice","ttl":"-5m"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		inv, err := parseInvite(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(inv.user); err != nil || inv.ttl <= 0 || inv.uses < 1 || inv.uses > 10000 {
+			t.Fatalf("accepted %+v", inv)
+		}
+	})
+}
+
+func FuzzParseRuleRequest(f *testing.F) {
+	f.Add([]byte(`{"group":"eng","rule":"198.18.2.0/24 tcp/443"}`))
+	f.Add([]byte(`{"group":"eng","rule":"2001:db8::/32 icmp"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, r, err := parseRuleRequest(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(g); err != nil || !r.Dest.IsValid() || r.PortFrom > r.PortTo {
+			t.Fatalf("accepted %q %+v", g, r)
+		}
+	})
+}
