@@ -42,13 +42,18 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
        [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
        [--cert FILE --key FILE] [--metrics ADDR:PORT]
+       [--admin ADDR:PORT|off] [--admin-plain]
                              make the gateway: its key, certificate, registry;
                              the enrollment API's certificate is self-signed,
                              or yours with --cert and --key (PEM, the leaf
                              first; invites pin its public key); --metrics:
                              run serves Prometheus metrics and /healthz
                              there, plain HTTP (loopback or a management
-                             network only; default: off)
+                             network only; default: off); --admin: run
+                             serves the admin JSON API and /healthz there
+                             (default 127.0.0.1:8444), HTTPS with the same
+                             certificate, or plain HTTP with --admin-plain
+                             (a loopback address only)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
   users                      list the users
@@ -73,6 +78,15 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   backup FILE                write a consistent copy of the SQLite registry
                              to FILE (a new file, mode 0600), also while the
                              gateway runs; a PostgreSQL registry: pg_dump
+  admin add NAME [--generate] add an administrator of the admin API: the
+                             password is read from stdin (one line), or
+                             generated and printed once when stdin is a
+                             terminal or with --generate (stored as argon2id)
+  admin remove NAME          remove an admin: their sessions and API tokens
+                             stop working at once
+  admin token NAME           make an API token for NAME, printed once
+                             (send it as Authorization: Bearer TOKEN)
+  admins                     list the admins and their live tokens
   run [--foreground] [--log FILE]
                              serve the gateway: its interface, the enrollment
                              API, forwarding, and the registry's devices as
@@ -91,6 +105,12 @@ Example:
 Example, with your own certificate for the enrollment API:
   sudo ptun gateway init --endpoint 198.18.0.1:51820 --api 198.18.0.1:8443 --pool 100.80.0.0/16 \
        --cert /etc/ssl/vpn.example.pem --key /etc/ssl/private/vpn.example.key
+
+Example, the admin API (docs/admin-api.md):
+  sudo ptun gateway admin add root --generate
+  TOKEN=$(sudo ptun gateway admin token root | tail -1)
+  curl -s --cacert /var/lib/ptun/gw/cert.pem -H "Authorization: Bearer $TOKEN" \
+       https://127.0.0.1:8444/api/v1/admin/devices
 
 Example, with metrics:
   sudo ptun gateway init … --metrics 127.0.0.1:9587   # then, with run:
@@ -137,6 +157,8 @@ var gatewayCommands = map[string]func(args []string) error{
 	"route":   gatewayRoute,
 	"routes":  gatewayRoutes,
 	"backup":  gatewayBackup,
+	"admin":   gatewayAdmin,
+	"admins":  gatewayAdmins,
 }
 
 func runGateway(args []string) error {
@@ -182,6 +204,8 @@ func gatewayInit(args []string) error {
 	deny := fs.String("default-access", "allow", "what a group without access rules reaches: allow (every route) or deny (nothing)")
 	certFile := fs.String("cert", "", "the enrollment API's certificate, PEM, the leaf first (default: a self-signed one); with --key")
 	keyFile := fs.String("key", "", "the private key of --cert, PEM, unencrypted")
+	admin := fs.String("admin", gateway.DefaultAdmin.String(), "serve the admin API on `ADDR` (ADDRESS:PORT) while the gateway runs, HTTPS with the enrollment API's certificate; off: none")
+	adminPlain := fs.Bool("admin-plain", false, "serve the admin API over plain HTTP: only with a loopback --admin")
 	metrics := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587) while the gateway runs (default: off)")
 	var pools, routes, dns, search listFlag
 	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
@@ -204,6 +228,12 @@ func gatewayInit(args []string) error {
 	if o.Metrics, err = telemetry.ParseAddr(*metrics); err != nil {
 		return err
 	}
+	if *admin != "off" && *admin != "" {
+		if o.Admin, err = netip.ParseAddrPort(*admin); err != nil || o.Admin.Port() == 0 {
+			return fmt.Errorf("--admin %q: give ADDRESS:PORT, such as %v, or off", *admin, gateway.DefaultAdmin)
+		}
+	}
+	o.AdminPlain = *adminPlain
 	switch *deny {
 	case "allow":
 	case "deny":
@@ -242,6 +272,9 @@ func gatewayInit(args []string) error {
 	}
 	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s (%s)\n",
 		o.Name, *state, o.Endpoint, o.APIURL(), pin, whose)
+	if u := o.AdminURL(); u != "" {
+		fmt.Fprintf(stdout, "  admin API %s%s/ (add an admin: ptun gateway admin add NAME)\n", u, gateway.AdminPrefix)
+	}
 	if o.Metrics.IsValid() {
 		fmt.Fprintf(stdout, "  metrics http://%v/metrics, health http://%v/healthz (plain HTTP)\n", o.Metrics, o.Metrics)
 	}

@@ -2,11 +2,16 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/wg/noise"
@@ -542,4 +548,99 @@ func FuzzParseRuleRequest(f *testing.F) {
 			t.Fatalf("accepted %q %+v", g, r)
 		}
 	})
+}
+
+// TestAdminConfig: the admin listener's settings are checked (plain HTTP
+// on loopback only, a port, not the enrollment API's), and a self-signed
+// certificate names the admin address too.
+func TestAdminConfig(t *testing.T) {
+	for _, c := range []struct {
+		admin string
+		plain bool
+		ok    bool
+	}{
+		{"", false, true}, {"127.0.0.1:8444", false, true}, {"127.0.0.1:8444", true, true}, {"[::1]:8444", true, true},
+		{"0.0.0.0:8444", false, true}, {"198.18.0.1:8444", false, true},
+		{"198.18.0.1:8444", true, false}, {"0.0.0.0:8444", true, false}, {"", true, false},
+		{"127.0.0.1:0", false, false}, {"198.18.0.1:8443", false, false},
+	} {
+		o := initOptions()
+		if c.admin != "" {
+			o.Admin = netip.MustParseAddrPort(c.admin)
+		}
+		o.Site.MTU, o.AdminPlain = 1420, c.plain
+		if err := o.Check(); (err == nil) != c.ok {
+			t.Errorf("admin %q plain %v: Check = %v", c.admin, c.plain, err)
+		}
+	}
+}
+
+// TestAdminHTTPS: the admin API over HTTPS with the certificate Init
+// made (which names the admin address), as curl --cacert cert.pem uses it:
+// log in with a cookie jar, change something with the CSRF header, log out.
+func TestAdminHTTPS(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gw")
+	o := initOptions()
+	o.Admin = netip.MustParseAddrPort("127.0.0.1:8444")
+	ctx := context.Background()
+	if _, err := Init(ctx, dir, o); err != nil {
+		t.Fatal(err)
+	}
+	cfg, reg, err := Load(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	if _, err := reg.AddAdmin(ctx, "root", testPassword); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin, _ := Pin(dir)
+	srv := httptest.NewUnstartedServer(AdminHandler(AdminOptions{Registry: reg, Secure: true,
+		InviteURL: func(s string) (string, error) { return InviteURL(cfg, s, pin) }}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	defer srv.Close()
+	pemBytes, _ := os.ReadFile(filepath.Join(dir, "cert.pem"))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemBytes)
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	base := srv.URL // https://127.0.0.1:PORT: verified against the certificate's 127.0.0.1
+	call := func(method, path, body, csrf string, status int, v any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		if csrf != "" {
+			req.Header.Set(CSRFHeader, csrf)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != status {
+			t.Fatalf("%s %s: %d, want %d: %s", method, path, resp.StatusCode, status, b)
+		}
+		if v != nil {
+			json.Unmarshal(b, v)
+		}
+	}
+	var rep LoginReply
+	call("POST", AdminLoginPath, `{"name":"root","password":"`+testPassword+`"}`, "", 200, &rep)
+	call("POST", AdminPrefix+"/users", `{"name":"alice"}`, "", 403, nil)
+	call("POST", AdminPrefix+"/users", `{"name":"alice"}`, rep.CSRFToken, 201, nil)
+	var inv InviteJSON
+	call("POST", AdminPrefix+"/invites", `{"user":"alice"}`, rep.CSRFToken, 201, &inv)
+	if parsed, err := enroll.ParseInvite(inv.URL); err != nil || parsed.Pin != pin {
+		t.Errorf("invite URL %q: %v", inv.URL, err)
+	}
+	call("POST", AdminPrefix+"/logout", "", rep.CSRFToken, 200, nil)
+	call("GET", AdminPrefix+"/users", "", "", 401, nil)
 }

@@ -33,6 +33,21 @@ import (
 //	key.pem        its private key (0600)
 //	registry.db    the SQLite registry, unless --db names a PostgreSQL one
 
+// DefaultAdmin is the admin API's listener unless init says otherwise:
+// loopback only.
+var DefaultAdmin = netip.MustParseAddrPort("127.0.0.1:8444")
+
+// AdminURL is the admin API's base URL ("" when there is none).
+func (c *Config) AdminURL() string {
+	switch {
+	case !c.Admin.IsValid():
+		return ""
+	case c.AdminPlain:
+		return "http://" + c.Admin.String()
+	}
+	return "https://" + c.Admin.String()
+}
+
 // DefaultStateDir is the state folder unless --state says otherwise.
 const DefaultStateDir = "/var/lib/ptun/gw"
 
@@ -51,7 +66,12 @@ type Config struct {
 	// none, the default). It has no authentication: loopback or a
 	// management network only.
 	Metrics netip.AddrPort `json:"metrics,omitzero"`
-	Site    Site           `json:"site"`
+	// Admin is the admin API's listener (zero: none). It is HTTPS with the
+	// enrollment API's certificate, unless AdminPlain, which only a
+	// loopback address may have.
+	Admin      netip.AddrPort `json:"admin,omitzero"`
+	AdminPlain bool           `json:"admin_plain,omitempty"`
+	Site       Site           `json:"site"`
 }
 
 // InitOptions are `ptun gateway init`'s settings.
@@ -89,6 +109,14 @@ func (c *Config) Check() error {
 		return errors.New("--api: give the ADDRESS:PORT of the enrollment API, such as 198.18.0.1:8443")
 	case c.Metrics.IsValid() && telemetry.CheckAddr(c.Metrics) != nil:
 		return telemetry.CheckAddr(c.Metrics)
+	case c.Admin.IsValid() && c.Admin.Port() == 0:
+		return fmt.Errorf("--admin %v: give ADDRESS:PORT, such as %v", c.Admin, DefaultAdmin)
+	case c.AdminPlain && !c.Admin.IsValid():
+		return errors.New("--admin-plain without --admin: give the admin API's address too")
+	case c.AdminPlain && !c.Admin.Addr().IsLoopback():
+		return fmt.Errorf("--admin-plain with --admin %v: plain HTTP is for a loopback address only (passwords and session cookies cross it); drop --admin-plain to serve HTTPS", c.Admin)
+	case c.Admin.IsValid() && c.Admin == c.API:
+		return fmt.Errorf("--admin %v is the enrollment API's address: give the admin API a port of its own", c.Admin)
 	case c.Site.MTU < 576 || c.Site.MTU > 65535:
 		return fmt.Errorf("--mtu %d is out of range (576-65535)", c.Site.MTU)
 	}
@@ -162,7 +190,7 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 		if err := enroll.WriteKeyPair(dir, certPEM, keyPEM); err != nil {
 			return pin, err
 		}
-	} else if pin, err = enroll.WriteCertificate(dir, []string{o.API.Addr().String()}); err != nil {
+	} else if pin, err = enroll.WriteCertificate(dir, certNames(&o.Config)); err != nil {
 		return pin, err
 	}
 	made = append(made, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
@@ -230,6 +258,17 @@ func readKeyPair(certFile, keyFile string, now time.Time) (certPEM, keyPEM []byt
 		return nil, nil, pin, fmt.Errorf("--cert %s and --key %s: %w", certFile, keyFile, err)
 	}
 	return certPEM, keyPEM, enroll.PinOf(cert), nil
+}
+
+// certNames are the names of a self-signed certificate: the enrollment
+// API's address, and the admin API's when it differs (so that curl
+// --cacert cert.pem checks either).
+func certNames(c *Config) []string {
+	names := []string{c.API.Addr().String()}
+	if c.Admin.IsValid() && !c.AdminPlain && c.Admin.Addr() != c.API.Addr() && !c.Admin.Addr().IsUnspecified() {
+		names = append(names, c.Admin.Addr().String())
+	}
+	return names
 }
 
 func writeNew(path string, b []byte) error {

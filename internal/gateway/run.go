@@ -156,6 +156,41 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	go srv.ServeTLS(ln, "", "")
 	defer srv.Close()
 
+	// The admin API, on its own listener.
+	if cfg.Admin.IsValid() {
+		aln, err := net.Listen("tcp", cfg.Admin.String())
+		if err != nil {
+			return fmt.Errorf("the admin API on %s: %w", cfg.Admin, err)
+		}
+		health := tel.Health()
+		if health == nil {
+			health = &telemetry.Health{}
+			health.Add(telemetry.Check{Name: "registry", Run: s.registryHealth})
+			health.Add(telemetry.Check{Name: "engine", Run: func() error { return front.EngineRunning(h) }})
+		}
+		pin, err := Pin(dir)
+		if err != nil {
+			aln.Close()
+			return err
+		}
+		asrv := NewServer(AdminHandler(AdminOptions{Registry: reg, Health: health, Secure: !cfg.AdminPlain, Logger: logger,
+			InviteURL: func(secret string) (string, error) { return InviteURL(cfg, secret, pin) },
+			Peers: func() ([]wgcfg.PeerState, error) {
+				st, err := h.Get()
+				if err != nil {
+					return nil, err
+				}
+				return st.Peers, nil
+			}}))
+		if cfg.AdminPlain {
+			go asrv.Serve(aln)
+		} else {
+			asrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+			go asrv.ServeTLS(aln, "", "")
+		}
+		defer asrv.Close()
+	}
+
 	// The control service, inside the tunnel.
 	if c := cfg.Site.Control; c.IsValid() {
 		cln, err := listenControl(ctx, c.Addr(), cfg.Interface)
@@ -172,6 +207,9 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	}
 	o.Logf("gateway %s up: %s on UDP %s, enrollment API %s, control service http://%v, %d devices",
 		cfg.Name, cfg.Interface, cfg.Endpoint, cfg.APIURL(), cfg.Site.Control, len(s.peers))
+	if cfg.Admin.IsValid() {
+		o.Logf("gateway %s: admin API on %s%s/ and health on %s%s", cfg.Name, cfg.AdminURL(), AdminPrefix, cfg.AdminURL(), AdminHealthPath)
+	}
 	if tel != nil {
 		o.Logf("gateway %s: metrics on http://%v%s and health on http://%v%s (plain HTTP: keep it on loopback or a management network)",
 			cfg.Name, tel.Addr(), telemetry.MetricsPath, tel.Addr(), telemetry.HealthPath)
