@@ -90,7 +90,8 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   run [--foreground] [--log FILE]
                              serve the gateway: its interface, the enrollment
                              API, forwarding, and the registry's devices as
-                             peers (a revoke is in force within a second)
+                             peers (a revoke is in force within a second),
+                             and the admin API if init gave --admin
 
 Every change is written to the registry's audit log with who made it.
 
@@ -404,8 +405,8 @@ type deviceRow struct {
 }
 
 // onlineWithin is how recent a device's last handshake is when it counts
-// as online: sessions are renewed every 2 minutes while traffic flows.
-const onlineWithin = 3 * time.Minute
+// as online (as the admin API counts it).
+const onlineWithin = gateway.OnlineWithin
 
 func gatewayDevices(args []string) error {
 	fs, state := gwFlags("devices")

@@ -515,7 +515,13 @@ func (a *adminAPI) login(w http.ResponseWriter, r *http.Request, _ caller) {
 	if !ok {
 		return
 	}
-	if !a.byName.allow(req.Name, now) {
+	// Only real names get a bucket of their own (the table holds at most
+	// maxLoginKeys short keys); every invalid one shares "".
+	nameKey := req.Name
+	if _, err := registry.ParseName(nameKey); err != nil {
+		nameKey = ""
+	}
+	if !a.byName.allow(nameKey, now) {
 		a.log.Warn("admin login refused: rate limit (name)", "source", src, "name", req.Name)
 		w.Header().Set("Retry-After", "20")
 		adminFail(w, http.StatusTooManyRequests, "too many login attempts for this name: wait and try again")
