@@ -644,3 +644,106 @@ func TestAdminHTTPS(t *testing.T) {
 	call("POST", AdminPrefix+"/logout", "", rep.CSRFToken, 200, nil)
 	call("GET", AdminPrefix+"/users", "", "", 401, nil)
 }
+
+// fakePeers is a uapi.Handler whose Get reports peers.
+type fakePeers struct{ peers []wgcfg.PeerState }
+
+func (f *fakePeers) Get() (*wgcfg.DeviceState, error) {
+	return &wgcfg.DeviceState{Peers: f.peers}, nil
+}
+func (f *fakePeers) Set(*wgcfg.DeviceConfig) error { return errors.New("read only") }
+
+// TestServeAdmin: what Run serves on the admin listener, without the
+// interface: HTTPS (with the state folder's certificate) or plain HTTP,
+// /healthz without authentication, the API behind it, and the devices'
+// live figures read from the interface's handler.
+func TestServeAdmin(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gw")
+	ctx := context.Background()
+	if _, err := Init(ctx, dir, func() InitOptions { o := initOptions(); o.Admin = DefaultAdmin; return o }()); err != nil {
+		t.Fatal(err)
+	}
+	cfg, reg, err := Load(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	tok := func() string {
+		if _, err := reg.AddAdmin(ctx, "root", testPassword); err != nil {
+			t.Fatal(err)
+		}
+		_, s, err := reg.CreateAdminToken(ctx, "root")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}()
+	if _, err := reg.AddUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	var key noise.PublicKey
+	key[0] = 9
+	if _, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key(key)}); err != nil {
+		t.Fatal(err)
+	}
+	peers := &fakePeers{peers: []wgcfg.PeerState{{PublicKey: key, RxBytes: 1234, TxBytes: 99, LastHandshake: time.Now().Add(-time.Minute),
+		Endpoint: netip.MustParseAddrPort("198.18.0.7:40000")}}}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var health telemetry.Health
+	health.Add(telemetry.Check{Name: "engine", Run: func() error { return nil }})
+	pemBytes, _ := os.ReadFile(filepath.Join(dir, "cert.pem"))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemBytes)
+	for _, plain := range []bool{false, true} {
+		cfg.Admin, cfg.AdminPlain = netip.MustParseAddrPort("127.0.0.1:0"), plain
+		srv, addr, err := serveAdmin(dir, cfg, reg, cert, &health, peers, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		base := "https://" + addr.String()
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+		if plain {
+			base, client = "http://"+addr.String(), &http.Client{}
+		}
+		get := func(path, token string) (int, []byte) {
+			req, _ := http.NewRequest("GET", base+path, nil)
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("plain %v: GET %s: %v", plain, path, err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, b
+		}
+		if code, b := get(AdminHealthPath, ""); code != 200 || !strings.Contains(string(b), `"engine":"ok"`) {
+			t.Errorf("plain %v: /healthz %d %s", plain, code, b)
+		}
+		if code, _ := get(AdminPrefix+"/devices", ""); code != http.StatusUnauthorized {
+			t.Errorf("plain %v: devices without a token: %d", plain, code)
+		}
+		code, b := get(AdminPrefix+"/devices", tok)
+		var devs DevicesReply
+		json.Unmarshal(b, &devs)
+		if code != 200 || !devs.Live || len(devs.Devices) != 1 {
+			t.Fatalf("plain %v: devices %d %s", plain, code, b)
+		}
+		if d := devs.Devices[0]; d.RxBytes != 1234 || d.TxBytes != 99 || !d.Online || d.Endpoint != "198.18.0.7:40000" {
+			t.Errorf("plain %v: live figures %+v", plain, d)
+		}
+		resp, err := client.Post(base+AdminLoginPath, "application/json", strings.NewReader(`{"name":"root","password":"`+testPassword+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if cs := resp.Cookies(); len(cs) != 1 || cs[0].Secure == plain {
+			t.Errorf("plain %v: cookie %+v: Secure only over HTTPS", plain, cs)
+		}
+	}
+}

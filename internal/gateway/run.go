@@ -158,35 +158,15 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 
 	// The admin API, on its own listener.
 	if cfg.Admin.IsValid() {
-		aln, err := net.Listen("tcp", cfg.Admin.String())
-		if err != nil {
-			return fmt.Errorf("the admin API on %s: %w", cfg.Admin, err)
-		}
 		health := tel.Health()
 		if health == nil {
 			health = &telemetry.Health{}
 			health.Add(telemetry.Check{Name: "registry", Run: s.registryHealth})
 			health.Add(telemetry.Check{Name: "engine", Run: func() error { return front.EngineRunning(h) }})
 		}
-		pin, err := Pin(dir)
+		asrv, _, err := serveAdmin(dir, cfg, reg, cert, health, h, logger)
 		if err != nil {
-			aln.Close()
 			return err
-		}
-		asrv := NewServer(AdminHandler(AdminOptions{Registry: reg, Health: health, Secure: !cfg.AdminPlain, Logger: logger,
-			InviteURL: func(secret string) (string, error) { return InviteURL(cfg, secret, pin) },
-			Peers: func() ([]wgcfg.PeerState, error) {
-				st, err := h.Get()
-				if err != nil {
-					return nil, err
-				}
-				return st.Peers, nil
-			}}))
-		if cfg.AdminPlain {
-			go asrv.Serve(aln)
-		} else {
-			asrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-			go asrv.ServeTLS(aln, "", "")
 		}
 		defer asrv.Close()
 	}
@@ -244,6 +224,40 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 			}
 		}
 	}
+}
+
+// serveAdmin serves the admin API of the gateway in dir on cfg.Admin,
+// HTTPS with cert unless cfg.AdminPlain, with health at /healthz and the
+// live figures of h's peers (nil: none), until the server is closed. It
+// returns the listener's address.
+func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certificate, health *telemetry.Health, h uapi.Handler, logger *slog.Logger) (*http.Server, net.Addr, error) {
+	pin, err := Pin(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	o := AdminOptions{Registry: reg, Health: health, Secure: !cfg.AdminPlain, Logger: logger,
+		InviteURL: func(secret string) (string, error) { return InviteURL(cfg, secret, pin) }}
+	if h != nil {
+		o.Peers = func() ([]wgcfg.PeerState, error) {
+			st, err := h.Get()
+			if err != nil {
+				return nil, err
+			}
+			return st.Peers, nil
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("the admin API on %s: %w", cfg.Admin, err)
+	}
+	srv := NewServer(AdminHandler(o))
+	if cfg.AdminPlain {
+		go srv.Serve(ln)
+	} else {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+		go srv.ServeTLS(ln, "", "")
+	}
+	return srv, ln.Addr(), nil
 }
 
 // serveMetrics gives tel (nil: none) the interface's metrics, labelled by
