@@ -538,7 +538,7 @@ func (a *adminAPI) login(w http.ResponseWriter, r *http.Request, _ caller) {
 		a.registryFail(w, err)
 		return
 	}
-	s, secret, err := a.o.Registry.CreateAdminSession(registry.WithActor(ctx, "admin:"+adm.Name), adm.Name, adminSessionTTL)
+	s, secret, err := a.o.Registry.CreateAdminSession(registry.WithActor(ctx, "admin:"+adm.Name), adm.Name, adminSessionTTL, src.String())
 	if err != nil {
 		a.registryFail(w, err)
 		return

@@ -260,6 +260,25 @@ func TestAdminLogoutAndRevoke(t *testing.T) {
 	}
 	want(t, e.do(t, "GET", AdminPrefix+"/whoami", "", session(cookie, "")), http.StatusUnauthorized, nil)
 	want(t, e.do(t, "POST", AdminPrefix+"/users", `{"name":"bob"}`, session(cookie, csrf)), http.StatusUnauthorized, nil)
+	es, err := e.reg.Audit(context.Background(), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logins []string
+	for _, en := range es {
+		if en.Action == "admin.login" || en.Action == "admin.logout" {
+			if en.Actor != "admin:root" || en.Target != "root" {
+				t.Errorf("audit %+v", en)
+			}
+			logins = append(logins, en.Action)
+			if en.Action == "admin.login" && !strings.HasSuffix(en.Detail, "from 192.0.2.1") { // httptest's client
+				t.Errorf("login audit %+v: want where from", en)
+			}
+		}
+	}
+	if strings.Join(logins, ",") != "admin.login,admin.logout" {
+		t.Errorf("audit of login and logout: %v", logins)
+	}
 
 	tok := e.token(t)
 	var made AdminTokenJSON

@@ -79,8 +79,9 @@ type Admins interface {
 	// ErrUnauthorized.
 	AdminByToken(ctx context.Context, secret string) (Admin, AdminToken, error)
 	// CreateAdminSession starts a session of admin valid for ttl (and
-	// deletes sessions that expired).
-	CreateAdminSession(ctx context.Context, admin string, ttl time.Duration) (s AdminSession, secret string, err error)
+	// deletes sessions that expired); from (the client's address, or "")
+	// goes into the audit entry.
+	CreateAdminSession(ctx context.Context, admin string, ttl time.Duration, from string) (s AdminSession, secret string, err error)
 	// AdminBySession is the admin of the live session secret, else
 	// ErrUnauthorized.
 	AdminBySession(ctx context.Context, secret string) (Admin, AdminSession, error)
@@ -312,7 +313,7 @@ func (r *sqlRegistry) AdminByToken(ctx context.Context, secret string) (Admin, A
 	return a, tok, nil
 }
 
-func (r *sqlRegistry) CreateAdminSession(ctx context.Context, admin string, ttl time.Duration) (AdminSession, string, error) {
+func (r *sqlRegistry) CreateAdminSession(ctx context.Context, admin string, ttl time.Duration, from string) (AdminSession, string, error) {
 	if ttl <= 0 {
 		return AdminSession{}, "", fmt.Errorf("%w: session lifetime %v: give a positive duration", ErrInvalid, ttl)
 	}
@@ -336,7 +337,11 @@ func (r *sqlRegistry) CreateAdminSession(ctx context.Context, admin string, ttl 
 			return err
 		}
 		s = AdminSession{ID: id, Prefix: prefix, AdminID: aid, Admin: admin, CreatedAt: fromMicros(t.now), ExpiresAt: fromMicros(expires)}
-		t.record(KindAdmin, aid, "admin.login", admin, fmt.Sprintf("session %s, expires %s", prefix, s.ExpiresAt.Format(time.RFC3339)))
+		detail := fmt.Sprintf("session %s, expires %s", prefix, s.ExpiresAt.Format(time.RFC3339))
+		if from != "" {
+			detail += ", from " + from
+		}
+		t.record(KindAdmin, aid, "admin.login", admin, detail)
 		return nil
 	})
 	if err != nil {

@@ -70,7 +70,7 @@ func TestAdmins(t *testing.T) {
 		if got, _ := must3[Admin, AdminToken](t)(r.AdminByToken(bg, secret)); got.Name != "root" {
 			t.Errorf("AdminByToken = %+v", got)
 		}
-		sess, cookie := must3[AdminSession, string](t)(r.CreateAdminSession(ctx, "root", time.Hour))
+		sess, cookie := must3[AdminSession, string](t)(r.CreateAdminSession(ctx, "root", time.Hour, "198.18.0.9"))
 		if !sess.ExpiresAt.Equal(clk.t.Add(time.Hour)) {
 			t.Errorf("session %+v", sess)
 		}
@@ -123,7 +123,7 @@ func TestAdmins(t *testing.T) {
 
 		// Removing an admin ends its sessions and tokens.
 		_, secret2 := must3[AdminToken, string](t)(r.CreateAdminToken(ctx, "root"))
-		_, cookie2 := must3[AdminSession, string](t)(r.CreateAdminSession(ctx, "root", time.Hour))
+		_, cookie2 := must3[AdminSession, string](t)(r.CreateAdminSession(ctx, "root", time.Hour, "198.18.0.9"))
 		if err := r.RemoveAdmin(ctx, "root"); err != nil {
 			t.Fatal(err)
 		}
@@ -144,6 +144,9 @@ func TestAdmins(t *testing.T) {
 				t.Errorf("audit %+v: actor", e)
 			}
 			actions = append(actions, e.Action+" "+e.Target)
+			if e.Action == "admin.login" && !strings.HasSuffix(e.Detail, "from 198.18.0.9") {
+				t.Errorf("login audit %+v: want where from", e)
+			}
 			if strings.Contains(e.Detail, secret[len(tok.Prefix)+1:]) {
 				t.Errorf("audit %+v holds a secret", e)
 			}
