@@ -1,16 +1,22 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ptun-vpn/ptun/internal/gateway"
+	"github.com/ptun-vpn/ptun/internal/registry"
 )
 
 // memPeers is how many peers the memory measurements configure.
@@ -245,4 +251,142 @@ func TestMemoryPerPeer(t *testing.T) {
 	if wg > 0 && pt > wg {
 		t.Errorf("ptun takes more memory per peer (%.2f KiB) than wireguard-go (%.2f KiB)", pt, wg)
 	}
+}
+
+// TestGatewayThousandDevices runs a gateway (SQLite registry in a temp
+// state folder, in a namespace) with 1,000 devices, one per user (the
+// sync reads each user's groups: the most queries per device), created
+// directly in its registry while it runs. It reports the memory of the
+// gateway process (front, registry and sync in one) and of its engine,
+// empty and at 1,000 devices, and the time from a registry write that
+// creates one more device until `wg show IFNAME peers` lists it, and from
+// its revocation until it is gone (several rounds: median, min, max).
+func TestGatewayThousandDevices(t *testing.T) {
+	l := newLab(t)
+	h := l.server
+	state := filepath.Join(t.TempDir(), "gw")
+	iface := "pgm" + l.id
+	mustRun(t, h.ns, ptun.bin, "gateway", "init", "--state", state, "--interface", iface,
+		"--endpoint", h.link4.String()+":51820", "--api", h.link4.String()+":8443",
+		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24")
+	startGateway(t, h.ns, state)
+	gwNode := &node{h: h, impl: ptun, ifname: iface}
+	fronts := ptunPIDs(t, h)
+	if len(fronts) != 1 {
+		t.Fatalf("ptun processes in %s: %v, want the gateway alone", h.ns, fronts)
+	}
+	m := &memDaemon{n: gwNode, pids: []int{fronts[0], oneEngine(t, gwNode)}, name: []string{"gateway (front, registry, sync)", "gateway's engine"}}
+
+	ctx := context.Background()
+	_, reg, err := gateway.Load(ctx, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	time.Sleep(2 * time.Second)
+	empty := m.read(t)
+
+	newKey := func() registry.Key {
+		var k registry.Key
+		rand.Read(k[:])
+		return k
+	}
+	start := time.Now()
+	for i := range memPeers {
+		user := fmt.Sprintf("user%04d", i)
+		if _, err := reg.AddUser(ctx, user); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.CreateDevice(ctx, user, registry.DeviceSpec{Name: "laptop", PublicKey: newKey()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	created := time.Since(start)
+	waitFor(t, 60*time.Second, fmt.Sprintf("%d peers on %s", memPeers, iface), func() (bool, string) {
+		n := countPeers(t, gwNode)
+		return n == memPeers, fmt.Sprintf("%d peers", n)
+	})
+	allPeers := time.Since(start)
+	time.Sleep(time.Second)
+	loaded := m.read(t)
+	time.Sleep(memSettle)
+	settled := m.read(t)
+
+	// One more device, enrolled and revoked, several times. The clock
+	// runs from just before the registry write.
+	if _, err := reg.AddUser(ctx, "extra"); err != nil {
+		t.Fatal(err)
+	}
+	hasPeer := func(k registry.Key) bool {
+		out := mustRun(t, h.ns, "wg", "show", iface, "peers")
+		return strings.Contains(out, base64.StdEncoding.EncodeToString(k[:]))
+	}
+	waitPeer := func(k registry.Key, want bool) time.Duration {
+		start := time.Now()
+		for time.Since(start) < 10*time.Second {
+			if hasPeer(k) == want {
+				return time.Since(start)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("the device's peer present=%v on %s not within 10 s", want, iface)
+		return 0
+	}
+	const rounds = 7
+	var enrollT, revokeT, writeT []time.Duration
+	for i := range rounds {
+		k := newKey()
+		t0 := time.Now()
+		d, err := reg.CreateDevice(ctx, "extra", registry.DeviceSpec{Name: fmt.Sprintf("phone%d", i), PublicKey: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := time.Since(t0)
+		enrollT = append(enrollT, w+waitPeer(k, true))
+		t0 = time.Now()
+		if err := reg.RevokeDevice(ctx, d.ID); err != nil {
+			t.Fatal(err)
+		}
+		writeT = append(writeT, w, time.Since(t0))
+		revokeT = append(revokeT, time.Since(t0)+waitPeer(k, false))
+	}
+	final := m.read(t)
+
+	var out strings.Builder
+	fmt.Fprintf(&out, "gateway with %d devices (SQLite, one device per user), resident memory in KiB:\n", memPeers)
+	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "process\tempty RSS\tanon\tfile\t1000 devices RSS\tanon\tsettled RSS\tanon\tafter rounds RSS\tanon\tper device: anon\tRSS\tsettled anon\t")
+	kib := func(v int64) string { return fmt.Sprintf("%.1f", float64(v)/1024) }
+	perDev := func(v int64) string { return fmt.Sprintf("%.2f", float64(v)/1024/memPeers) }
+	row := func(name string, e, a, s, f procMem) {
+		d, ds := a.minus(e), s.minus(e)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name,
+			kib(e.rss), kib(e.anon), kib(e.file), kib(a.rss), kib(a.anon), kib(s.rss), kib(s.anon),
+			kib(f.rss), kib(f.anon), perDev(d.anon), perDev(d.rss), perDev(ds.anon))
+	}
+	for i := range m.pids {
+		row(m.name[i], empty[i], loaded[i], settled[i], final[i])
+	}
+	row("both", empty[0].plus(empty[1]), loaded[0].plus(loaded[1]), settled[0].plus(settled[1]), final[0].plus(final[1]))
+	tw.Flush()
+	fmt.Fprintf(&out, "%d users and devices written in %v; all %d peers on the interface %v after the first write\n",
+		memPeers, created.Round(time.Millisecond), memPeers, allPeers.Round(time.Millisecond))
+	fmt.Fprintf(&out, "one more device, %d rounds, median (min-max): registry write to peer %s, revoke to peer gone %s; the registry writes alone (create and revoke) %s\n",
+		rounds, spread(enrollT), spread(revokeT), spread(writeT))
+	t.Log("\n" + out.String())
+
+	// A generous bound, on memory only: the times are reported, and
+	// waitPeer fails only past 10 s.
+	for i := range m.pids {
+		if per := float64(loaded[i].anon-empty[i].anon) / 1024 / memPeers; per > 64 {
+			t.Errorf("%s: %.1f KiB of anonymous memory per device", m.name[i], per)
+		}
+	}
+}
+
+func spread(d []time.Duration) string {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	r := func(x time.Duration) time.Duration { return x.Round(time.Millisecond) }
+	return fmt.Sprintf("%v (%v-%v)", r(s[len(s)/2]), r(s[0]), r(s[len(s)-1]))
 }
