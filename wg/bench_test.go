@@ -40,7 +40,7 @@ var blackhole = netip.MustParseAddrPort("198.18.0.99:9")
 
 // batchBench is a pair of devices on the fakes with a session established,
 // and the buffers of one batch, laid out as the device's routines lay them
-// out (bufSize bytes, the packet at headroom).
+// out (a bufferSet of bufSize bytes each, the packet at headroom).
 type batchBench struct {
 	a, b    *testNode
 	pa      *Peer              // b as a peer of a
@@ -79,10 +79,10 @@ func newBatchBench(tb testing.TB, n int) *batchBench {
 	b.dev.syncControl()
 	s.pa.setConfiguredEndpoint(blackhole)
 	s.pkt = ipv4Packet(a.addr, b.addr, payloadOf(benchPacketLen-28))
-	s.bufs = make([][]byte, n)
-	for i := range s.bufs {
-		s.bufs[i] = make([]byte, bufSize)
-	}
+	// The routines' own kind of buffers (see bufferSet).
+	set := newBufferSet(n)
+	tb.Cleanup(set.free)
+	s.bufs = set.bufs
 	s.sizes = make([]int, n)
 	s.groups = make([]peerBatch, 0, 8)
 	s.out = make([][]byte, 0, n)

@@ -80,7 +80,7 @@ type Device struct {
 	fwmark     uint32         // the mark configured, in force on the sockets while bound
 	recvDone   sync.WaitGroup // receive routines of the current binding
 	rxBufsMu   sync.Mutex
-	rxBufs     [][][]byte // receive buffer sets left by routines of earlier bindings
+	rxBufs     []*bufferSet // receive buffer sets left by routines of earlier bindings; freed by Close
 
 	tunWriteMu sync.Mutex   // serialises TUN writes from the receive routines
 	cachedMTU  atomic.Int32 // the TUN MTU, refreshed by routineMTU
@@ -170,27 +170,33 @@ func (d *Device) bind(port uint16, mark uint32) error {
 // takeRxBufs returns a set of n receive buffers: one a routine of an earlier
 // binding left, or a new one. Reusing them keeps a rebind from allocating
 // (and touching) another set of 64 KiB buffers per socket.
-func (d *Device) takeRxBufs(n int) [][]byte {
+func (d *Device) takeRxBufs(n int) *bufferSet {
 	d.rxBufsMu.Lock()
 	defer d.rxBufsMu.Unlock()
 	for i, set := range d.rxBufs {
-		if len(set) >= n {
+		if len(set.bufs) >= n {
 			d.rxBufs = append(d.rxBufs[:i], d.rxBufs[i+1:]...)
 			return set
 		}
 	}
-	set := make([][]byte, n)
-	for i := range set {
-		set[i] = make([]byte, bufSize)
-	}
-	return set
+	return newBufferSet(n)
 }
 
 // putRxBufs gives back a set taken with takeRxBufs.
-func (d *Device) putRxBufs(set [][]byte) {
+func (d *Device) putRxBufs(set *bufferSet) {
 	d.rxBufsMu.Lock()
 	d.rxBufs = append(d.rxBufs, set)
 	d.rxBufsMu.Unlock()
+}
+
+// freeRxBufs frees the receive buffer sets once no receive routine runs.
+func (d *Device) freeRxBufs() {
+	d.rxBufsMu.Lock()
+	defer d.rxBufsMu.Unlock()
+	for _, set := range d.rxBufs {
+		set.free()
+	}
+	d.rxBufs = nil
 }
 
 // rebind moves the transport to port with mark. On failure it restores the
@@ -229,6 +235,9 @@ func (d *Device) Close() error {
 		d.configMu.Lock()
 		err1 := d.transport.Close()
 		d.recvDone.Wait()
+		// No receive routine runs, and none can start: a Set after
+		// closed is refused.
+		d.freeRxBufs()
 		d.configMu.Unlock()
 		d.routines.Wait()
 		d.closeErr = errors.Join(err1, err2)

@@ -15,8 +15,9 @@ import (
 func (d *Device) routineReceive(recv transport.ReceiveFunc) {
 	defer d.recvDone.Done()
 	batch := d.transport.BatchSize()
-	bufs := d.takeRxBufs(batch)
-	defer d.putRxBufs(bufs)
+	set := d.takeRxBufs(batch)
+	defer d.putRxBufs(set)
+	bufs := set.bufs[:batch]
 	sizes := make([]int, batch)
 	eps := make([]transport.Endpoint, batch)
 	toTUN := make([][]byte, 0, batch)

@@ -20,10 +20,9 @@ type peerBatch struct {
 func (d *Device) routineReadFromTUN() {
 	defer d.routines.Done()
 	batch := d.tun.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, bufSize)
-	}
+	set := newBufferSet(batch)
+	defer set.free() // no other goroutine holds a buffer: every send is done when it returns
+	bufs := set.bufs
 	sizes := make([]int, batch)
 	groups := make([]peerBatch, 0, 8)
 	out := make([][]byte, 0, batch)
