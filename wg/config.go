@@ -50,6 +50,28 @@ func (d *Device) Get() (*wgcfg.DeviceState, error) {
 	return st, nil
 }
 
+// EndpointChanges reports the peers whose remote endpoint changed after
+// generation since (0: every peer with an endpoint), with their current
+// endpoints, and the generation to pass next time. A caller that keeps a
+// copy of the endpoints (the front, for a restart) thus reads what changed,
+// not every peer each time. It allocates only for the peers it reports.
+func (d *Device) EndpointChanges(since uint64) wgcfg.EndpointChanges {
+	d.peers.RLock()
+	defer d.peers.RUnlock()
+	d.endpoints.Lock()
+	defer d.endpoints.Unlock()
+	out := wgcfg.EndpointChanges{Gen: d.endpoints.gen}
+	for _, p := range d.peers.byKey {
+		if p.endpointGen <= since {
+			continue
+		}
+		if ep := p.endpoint.Load(); ep != nil {
+			out.Peers = append(out.Peers, wgcfg.PeerEndpoint{PublicKey: p.publicKey, Endpoint: ep.Remote})
+		}
+	}
+	return out
+}
+
 // Set applies a configuration change (uapi set=1) all or nothing: it checks
 // everything first, and if any part fails the device is as it was.
 func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {

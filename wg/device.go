@@ -74,6 +74,14 @@ type Device struct {
 	allowed allowedips.Table[*Peer]
 	indices indexTable
 
+	// endpoints numbers the changes of the peers' remote endpoints, so
+	// that EndpointChanges reports only what changed since the caller last
+	// asked. Lock order: peers, then endpoints.
+	endpoints struct {
+		sync.Mutex        // guards gen and every peer's endpointGen
+		gen        uint64 // the latest change's number
+	}
+
 	// transport state, guarded by configMu for writes
 	bound      bool           // the transport is open; false only after a rebind whose restore failed too
 	listenPort uint16         // the port bound; 0 while not bound

@@ -31,6 +31,10 @@ type Peer struct {
 	// authenticated packet, with the local address that packet arrived on
 	// (replies leave from it). A configured endpoint has no local address.
 	endpoint atomic.Pointer[transport.Endpoint]
+	// endpointGen is the device's endpoint generation when the endpoint's
+	// remote address last changed (0: never set). Guarded by
+	// dev.endpoints; see Device.EndpointChanges.
+	endpointGen uint64
 
 	keypairs keypairs
 
@@ -99,7 +103,8 @@ func (p *Peer) sendEndpoint() (transport.Endpoint, bool) {
 }
 
 // setEndpoint records the endpoint of the latest authenticated packet, or
-// a configured one. It allocates only when the endpoint changes (roaming).
+// a configured one. It allocates, and takes the device's endpoints lock,
+// only when the endpoint changes (roaming).
 func (p *Peer) setEndpoint(ep transport.Endpoint) {
 	ep.Remote = netip.AddrPortFrom(ep.Remote.Addr().Unmap(), ep.Remote.Port())
 	if cur := p.endpoint.Load(); cur != nil && *cur == ep {
@@ -107,7 +112,13 @@ func (p *Peer) setEndpoint(ep transport.Endpoint) {
 	}
 	changed := new(transport.Endpoint) // allocated here only, not on every call
 	*changed = ep
-	p.endpoint.Store(changed)
+	d := p.dev
+	d.endpoints.Lock()
+	if cur := p.endpoint.Swap(changed); cur == nil || cur.Remote != ep.Remote {
+		d.endpoints.gen++
+		p.endpointGen = d.endpoints.gen
+	}
+	d.endpoints.Unlock()
 }
 
 // setConfiguredEndpoint records an endpoint from configuration: it has no

@@ -94,6 +94,20 @@ type PeerState struct {
 	Access              *AccessRules // nil: no rules, the peer may send anywhere
 }
 
+// EndpointChanges is what a device reports of its peers' endpoints: the
+// peers whose remote endpoint changed after the generation asked about,
+// and the generation to ask about next time.
+type EndpointChanges struct {
+	Gen   uint64         `json:"gen"`
+	Peers []PeerEndpoint `json:"peers,omitempty"`
+}
+
+// PeerEndpoint is one peer's current remote endpoint.
+type PeerEndpoint struct {
+	PublicKey noise.PublicKey `json:"public_key"`
+	Endpoint  netip.AddrPort  `json:"endpoint"`
+}
+
 // AccessRules are a peer's access rules.
 type AccessRules struct {
 	Rules []acl.Rule `json:"rules"`

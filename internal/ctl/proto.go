@@ -16,22 +16,24 @@ import (
 // the other.
 //
 // The front asks: setup (a Setup body and the packet flow's fds),
-// get (answers a Config body), set (a wgcfg.DeviceConfig body), stats
-// (answers []metrics.Counter), ping (the watchdog's heartbeat) and mtu (a
-// notice with an int32 body: the interface's MTU changed).
+// get (answers a Config body), set (a wgcfg.DeviceConfig body), endpoints
+// (an EndpointsRequest; answers wgcfg.EndpointChanges), stats (answers
+// []metrics.Counter), ping (the watchdog's heartbeat) and mtu (a notice
+// with an int32 body: the interface's MTU changed).
 // The engine asks: socket (a SocketRequest; answers one fd), setmark (a
 // uint32 body and one fd), mtu (answers an int) and log (a notice whose Text
 // is one line).
 const (
-	OpSetup   = "setup"
-	OpGet     = "get"
-	OpSet     = "set"
-	OpStats   = "stats"
-	OpPing    = "ping"
-	OpSocket  = "socket"
-	OpSetMark = "setmark"
-	OpMTU     = "mtu"
-	OpLog     = "log"
+	OpSetup     = "setup"
+	OpGet       = "get"
+	OpSet       = "set"
+	OpEndpoints = "endpoints"
+	OpStats     = "stats"
+	OpPing      = "ping"
+	OpSocket    = "socket"
+	OpSetMark   = "setmark"
+	OpMTU       = "mtu"
+	OpLog       = "log"
 )
 
 // Setup is the body of a setup request: the packet flow whose descriptors
@@ -43,6 +45,13 @@ type Setup struct {
 	// Verbose asks the engine for its detailed log lines too: the front
 	// decides, so the engine reads nothing from its environment for it.
 	Verbose bool `json:"verbose,omitempty"`
+}
+
+// EndpointsRequest is the body of an endpoints request: the generation of
+// the last answer (0 for the first), so that only the peers whose endpoint
+// changed since come back.
+type EndpointsRequest struct {
+	Since uint64 `json:"since"`
 }
 
 // SocketRequest is the body of a socket request: the address family and
@@ -79,6 +88,15 @@ func Counters(rep *Msg) ([]metrics.Counter, error) {
 		return nil, err
 	}
 	return cs, nil
+}
+
+// Endpoints decodes an endpoints answer.
+func Endpoints(rep *Msg) (*wgcfg.EndpointChanges, error) {
+	ch := &wgcfg.EndpointChanges{}
+	if err := Decode(rep.Body, ch); err != nil {
+		return nil, err
+	}
+	return ch, nil
 }
 
 // State decodes a get answer.

@@ -115,6 +115,12 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 			return failUAPI(err)
 		}
 		return &ctl.Msg{Body: ctl.Body(st)}
+	case ctl.OpEndpoints:
+		var r ctl.EndpointsRequest
+		if err := ctl.Decode(req.Body, &r); err != nil {
+			return failUAPI(err)
+		}
+		return &ctl.Msg{Body: ctl.Body(d.EndpointChanges(r.Since))}
 	case ctl.OpSet:
 		var cfg wgcfg.DeviceConfig
 		if err := ctl.Decode(req.Body, &cfg); err != nil {

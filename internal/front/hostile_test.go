@@ -82,6 +82,13 @@ func hostileEngine(b, dir string) int {
 				wgcfg.PeerState{PublicKey: key(1), AllowedIPs: []netip.Prefix{pfx("0.0.0.0/0")},
 					Endpoint: netip.MustParseAddrPort("198.18.0.3:40000"), TxBytes: 5})
 			return &ctl.Msg{Body: ctl.Body(st)}
+		case ctl.OpEndpoints:
+			// The same lies, as changes: the peer nobody configured, and
+			// the configured peer roamed.
+			return &ctl.Msg{Body: ctl.Body(wgcfg.EndpointChanges{Gen: 7, Peers: []wgcfg.PeerEndpoint{
+				{PublicKey: key(66), Endpoint: netip.MustParseAddrPort("198.18.9.9:9")},
+				{PublicKey: key(1), Endpoint: netip.MustParseAddrPort("198.18.0.3:40000")},
+			}})}
 		case ctl.OpStats:
 			return &ctl.Msg{Body: ctl.Body([]metrics.Counter{{Name: "drop_bad_mac", Value: 3}, {Name: "x\nerrno=0", Value: 1}})}
 		}

@@ -57,6 +57,10 @@ type engineProc struct {
 	// Guarded by supervisor.mu: the sockets granted for the current
 	// listen port, out of budget.
 	sockets, budget int
+
+	// endpointsSince is the generation of the engine's last endpoints
+	// answer (see takeRoamed). Used by the engine's watch goroutine only.
+	endpointsSince uint64
 }
 
 func (ep *engineProc) pid() int {
