@@ -22,6 +22,11 @@ import (
 // memPeers is how many peers the memory measurements configure.
 const memPeers = 1000
 
+// memQuiet is how long a measurement waits after the last request before
+// it reads the processes' memory: ptun returns the garbage of an operation
+// on many peers to the system 1 s after it (internal/memtrim).
+const memQuiet = 3 * time.Second
+
 // memSettle is how long TestMemoryPerPeer lets the loaded and the control
 // daemons run, answering the same `wg show` requests, before the second
 // reading: longer than the front's periodic read of the engine's
@@ -141,8 +146,8 @@ func countPeers(t *testing.T, n *node) int {
 // no endpoint). It reports KiB per peer for ptun's front, its engine, both,
 // and wireguard-go.
 //
-// Two figures per process: "after" is the same process before and after
-// the setconf (the issue's method); "settled" compares the loaded daemon,
+// Two figures per process: "after" is the same process before and memQuiet
+// after the setconf (the issue's method); "settled" compares the loaded daemon,
 // memSettle later, with a control daemon of the same age that got an
 // empty setconf and the same `wg show` requests: a garbage-collected heap
 // keeps growing after a setconf until its collector's goal, so "after"
@@ -183,13 +188,14 @@ func TestMemoryPerPeer(t *testing.T) {
 		mustRun(t, m.loaded.n.h.ns, "wg", "setconf", m.loaded.n.ifname, conf)
 		m.setconf = time.Since(start)
 		mustRun(t, m.control.n.h.ns, "wg", "setconf", m.control.n.ifname, empty)
+	}
+	time.Sleep(memQuiet)
+	for _, m := range ms {
+		// Read before any get: answering one makes garbage too.
+		m.after = m.loaded.read(t)
 		if got := countPeers(t, m.loaded.n); got != memPeers {
 			t.Fatalf("%v lists %d peers after setconf, want %d", m.loaded.n, got, memPeers)
 		}
-	}
-	time.Sleep(time.Second)
-	for _, m := range ms {
-		m.after = m.loaded.read(t)
 	}
 	for i := 0; i < 3; i++ {
 		time.Sleep(memSettle / 3)
@@ -199,7 +205,7 @@ func TestMemoryPerPeer(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(time.Second)
+	time.Sleep(memQuiet)
 	for _, m := range ms {
 		m.settled, m.ctlSet = m.loaded.read(t), m.control.read(t)
 	}
@@ -307,7 +313,7 @@ func TestGatewayThousandDevices(t *testing.T) {
 		return n == memPeers, fmt.Sprintf("%d peers", n)
 	})
 	allPeers := time.Since(start)
-	time.Sleep(time.Second)
+	time.Sleep(memQuiet)
 	loaded := m.read(t)
 	time.Sleep(memSettle)
 	settled := m.read(t)
@@ -350,6 +356,7 @@ func TestGatewayThousandDevices(t *testing.T) {
 		writeT = append(writeT, w, time.Since(t0))
 		revokeT = append(revokeT, time.Since(t0)+waitPeer(k, false))
 	}
+	time.Sleep(memQuiet)
 	final := m.read(t)
 
 	var out strings.Builder
