@@ -24,6 +24,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/internal/ctl"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/memtrim"
 	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/wg"
 	"github.com/ptun-vpn/ptun/wgcfg"
@@ -114,6 +115,7 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 		if err != nil {
 			return failUAPI(err)
 		}
+		memtrim.Note(len(st.Peers))
 		return &ctl.Msg{Body: ctl.Body(st)}
 	case ctl.OpEndpoints:
 		var r ctl.EndpointsRequest
@@ -129,6 +131,7 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 		if err := d.Set(&cfg); err != nil {
 			return failUAPI(err)
 		}
+		memtrim.Note(len(cfg.Peers))
 		return nil
 	case ctl.OpStats:
 		body, err := json.Marshal(d.Stats())

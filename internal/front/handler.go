@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"github.com/ptun-vpn/ptun/internal/ctl"
+	"github.com/ptun-vpn/ptun/internal/memtrim"
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -24,6 +25,7 @@ func (s *supervisor) Get() (*wgcfg.DeviceState, error) {
 	if err != nil {
 		return nil, &wgcfg.Error{Errno: syscall.EIO, Err: fmt.Errorf("front: the engine's answer: %w", err)}
 	}
+	memtrim.Note(len(eng.Peers))
 	s.cfgMu.Lock()
 	defer s.cfgMu.Unlock()
 	return s.held.state(eng, s.listenPort()), nil
@@ -86,6 +88,7 @@ func (s *supervisor) Set(cfg *wgcfg.DeviceConfig) error {
 			s.cfg.Logf("front: giving the new engine its configuration: %v", err)
 		}
 	}
+	memtrim.Note(len(cfg.Peers))
 	return nil
 }
 
