@@ -21,20 +21,26 @@ import (
 // DeviceConfig is a set of configuration changes (a UAPI set=1 request, a
 // control-channel set, a registry update): fully validated by whoever
 // built it. Pointer fields are nil when the request did not mention them.
+//
+// In JSON (the front and its engine exchange these types), fields at their
+// zero value are left out, and decode to it: an idle peer takes a third of
+// the bytes, and a set or get of thousands of peers a third of the
+// garbage. A pointer is left out only when nil (omitempty, never
+// omitzero): a pointer to a zero key or port is a change.
 type DeviceConfig struct {
 	// PrivateKey replaces the device's private key; an all-zero key
 	// removes it.
-	PrivateKey *noise.PrivateKey
+	PrivateKey *noise.PrivateKey `json:",omitempty"`
 	// ListenPort rebinds the UDP port; 0 picks any free port.
-	ListenPort *uint16
+	ListenPort *uint16 `json:",omitempty"`
 	// FwMark sets SO_MARK on the device's sockets; 0 clears it.
-	FwMark *uint32
+	FwMark *uint32 `json:",omitempty"`
 	// ReplacePeers removes every existing peer before Peers are applied.
-	ReplacePeers bool
+	ReplacePeers bool `json:",omitempty"`
 	// Peers are the peer changes in request order. The same public key may
 	// appear more than once; the entries are then applied one after the
 	// other.
-	Peers []PeerConfig
+	Peers []PeerConfig `json:",omitempty"`
 }
 
 // PeerConfig is the part of a set=1 request about one peer.
@@ -46,52 +52,52 @@ type DeviceConfig struct {
 type PeerConfig struct {
 	PublicKey noise.PublicKey
 	// Remove removes the peer if it exists.
-	Remove bool
+	Remove bool `json:",omitempty"`
 	// UpdateOnly changes the peer only if it exists already; it is never
 	// created.
-	UpdateOnly bool
+	UpdateOnly bool `json:",omitempty"`
 	// PresharedKey replaces the preshared key; all-zero means none.
-	PresharedKey *noise.PresharedKey
+	PresharedKey *noise.PresharedKey `json:",omitempty"`
 	// Endpoint is the peer's new address.
-	Endpoint *netip.AddrPort
+	Endpoint *netip.AddrPort `json:",omitempty"`
 	// PersistentKeepalive is the keepalive interval in seconds; 0 is off.
-	PersistentKeepalive *uint16
+	PersistentKeepalive *uint16 `json:",omitempty"`
 	// Access, if not nil, replaces the rules of what the peer may send to
 	// (package wg/acl): a packet it sends into the tunnel that no rule
 	// allows is dropped and counted (drop_acl). An empty list allows
 	// nothing. ClearAccess removes the rules: the peer may send anywhere
 	// (its allowed IPs still bound its sources). Neither can be said in the
 	// UAPI's text; ptun's gateway sets them.
-	Access      *AccessRules
-	ClearAccess bool
+	Access      *AccessRules `json:",omitempty"`
+	ClearAccess bool         `json:",omitempty"`
 	// ReplaceAllowedIPs removes all the peer's allowed IPs first.
-	ReplaceAllowedIPs bool
+	ReplaceAllowedIPs bool `json:",omitempty"`
 	// AddAllowedIPs are prefixes the peer takes (from any other owner);
 	// RemoveAllowedIPs are prefixes it gives up if it owns them. ParseSet
 	// returns them masked, without duplicates and disjoint: when a request
 	// names one prefix more than once, its last line wins, and a
 	// replace_allowed_ips line cancels the allowed_ip lines before it.
-	AddAllowedIPs, RemoveAllowedIPs []netip.Prefix
+	AddAllowedIPs, RemoveAllowedIPs []netip.Prefix `json:",omitempty"`
 }
 
 // DeviceState is what a get=1 request answers.
 type DeviceState struct {
-	PrivateKey noise.PrivateKey // all-zero when the device has none
-	ListenPort uint16
-	FwMark     uint32
-	Peers      []PeerState
+	PrivateKey noise.PrivateKey `json:",omitzero"` // all-zero when the device has none
+	ListenPort uint16           `json:",omitempty"`
+	FwMark     uint32           `json:",omitempty"`
+	Peers      []PeerState      `json:",omitempty"`
 }
 
 // PeerState is one peer in a DeviceState.
 type PeerState struct {
 	PublicKey           noise.PublicKey
-	PresharedKey        noise.PresharedKey // all-zero when none
-	Endpoint            netip.AddrPort     // invalid (zero) when unknown
-	LastHandshake       time.Time          // zero when there has been none
-	TxBytes, RxBytes    uint64
-	PersistentKeepalive uint16 // seconds; 0 is off
-	AllowedIPs          []netip.Prefix
-	Access              *AccessRules // nil: no rules, the peer may send anywhere
+	PresharedKey        noise.PresharedKey `json:",omitzero"` // all-zero when none
+	Endpoint            netip.AddrPort     `json:",omitzero"` // invalid (zero) when unknown
+	LastHandshake       time.Time          `json:",omitzero"` // zero when there has been none
+	TxBytes, RxBytes    uint64             `json:",omitempty"`
+	PersistentKeepalive uint16             `json:",omitempty"` // seconds; 0 is off
+	AllowedIPs          []netip.Prefix     `json:",omitempty"`
+	Access              *AccessRules       `json:",omitempty"` // nil: no rules, the peer may send anywhere
 }
 
 // EndpointChanges is what a device reports of its peers' endpoints: the
