@@ -8,6 +8,7 @@ import (
 
 	"github.com/ptun-vpn/ptun/transport/transporttest"
 	"github.com/ptun-vpn/ptun/tun/tuntest"
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/noise"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -18,7 +19,10 @@ const memoryPeers = 1000
 
 // idlePeers is a set request for n peers as `wg setconf` gives them in
 // TestMemoryPerPeer: a random key, one /32 of 100.80.0.0/16, no endpoint.
-func idlePeers(n int) *wgcfg.DeviceConfig {
+// With access, each peer also has the rules a gateway gives a device in a
+// group without rules (its one route, and the control service's TCP port
+// and ICMP), each peer its own copy, as the gateway's sync sends them.
+func idlePeers(n int, access bool) *wgcfg.DeviceConfig {
 	cfg := &wgcfg.DeviceConfig{Peers: make([]wgcfg.PeerConfig, n)}
 	for i := range cfg.Peers {
 		var k noise.PublicKey
@@ -26,6 +30,14 @@ func idlePeers(n int) *wgcfg.DeviceConfig {
 		a := netip.AddrFrom4([4]byte{100, 80, byte((i + 1) >> 8), byte(i + 1)})
 		cfg.Peers[i] = wgcfg.PeerConfig{PublicKey: k, ReplaceAllowedIPs: true,
 			AddAllowedIPs: []netip.Prefix{netip.PrefixFrom(a, 32)}}
+		if access {
+			ctl := netip.MustParsePrefix("100.80.0.1/32")
+			cfg.Peers[i].Access = &wgcfg.AccessRules{Rules: []acl.Rule{
+				{Dst: netip.MustParsePrefix("198.18.2.0/24")},
+				{Dst: ctl, Proto: acl.ProtoTCP, PortLo: 80, PortHi: 80},
+				{Dst: ctl, Proto: acl.ProtoICMP},
+			}}
+		}
 	}
 	return cfg
 }
@@ -46,13 +58,19 @@ var keptDevice *Device
 // BenchmarkPeerMemory measures what an idle peer costs the engine's
 // device: live-B/peer is the live heap (after a collection) of a device
 // with 1,000 peers over the same device empty, set-B/peer what Set
-// allocates per peer to add them (most of it garbage at once). The data
+// allocates per peer to add them (most of it garbage at once). The idle
+// peers are those of wg setconf; the gateway's also have access rules. The data
 // path's buffers are the empty device's and not counted. For the
 // breakdown by allocation site:
 //
 //	go test -run x -bench PeerMemory -benchtime 1x -memprofile /tmp/wg.mem -memprofilerate 1 ./wg
 //	go tool pprof -sample_index=inuse_space -top /tmp/wg.mem
 func BenchmarkPeerMemory(b *testing.B) {
+	b.Run("idle", func(b *testing.B) { benchPeerMemory(b, false) })
+	b.Run("gateway", func(b *testing.B) { benchPeerMemory(b, true) })
+}
+
+func benchPeerMemory(b *testing.B, access bool) {
 	var live, set uint64
 	for b.Loop() {
 		if keptDevice != nil {
@@ -71,8 +89,8 @@ func BenchmarkPeerMemory(b *testing.B) {
 		if err := d.Set(&wgcfg.DeviceConfig{PrivateKey: &priv}); err != nil {
 			b.Fatal(err)
 		}
-		cfg := idlePeers(memoryPeers)
-		before := heapInUse()
+		before := heapInUse() // the request is garbage at the second reading: not in the first either
+		cfg := idlePeers(memoryPeers, access)
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		if err := d.Set(cfg); err != nil {
