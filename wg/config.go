@@ -98,7 +98,7 @@ func (d *Device) Set(cfg *wgcfg.DeviceConfig) error {
 	for i := range cfg.Peers {
 		pc := &cfg.Peers[i]
 		if pc.Access != nil {
-			l, err := acl.Compile(pc.Access.Rules)
+			l, err := d.compileAccess(pc.Access.Rules)
 			if err != nil {
 				return &wgcfg.Error{Errno: syscall.EINVAL, Err: err}
 			}

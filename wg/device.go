@@ -62,7 +62,8 @@ type Device struct {
 	logf      func(format string, args ...any)
 	timers    Timers
 
-	configMu sync.Mutex // serialises Set, transport rebinding and Close
+	configMu    sync.Mutex  // serialises Set, transport rebinding and Close
+	accessLists accessLists // guarded by configMu
 
 	local   atomic.Pointer[noise.Local]         // nil until a private key is set
 	cookies atomic.Pointer[noise.CookieChecker] // follows local
