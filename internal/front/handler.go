@@ -77,7 +77,7 @@ func (s *supervisor) Set(cfg *wgcfg.DeviceConfig) error {
 		return err
 	}
 	s.cfgMu.Lock()
-	s.held = s.held.apply(cfg)
+	s.held.update(cfg)
 	s.configured = true
 	s.cfgMu.Unlock()
 	if cur, _ := s.current(); cur != nil {
