@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -91,5 +92,67 @@ func TestSyncFollowsTheRegistry(t *testing.T) {
 	}
 	if err := s.sync(ctx); err != nil || h.sets != sets+1 {
 		t.Fatalf("a sync with no change set the device (%v)", err)
+	}
+}
+
+// TestSyncAccessByGroups: each device's access comes from its user's
+// groups, as GroupsOf gives them: a group's rules, every route for a user
+// in a group without rules or in none, and the union for a user in
+// several groups.
+func TestSyncAccessByGroups(t *testing.T) {
+	ctx := context.Background()
+	reg, err := registry.OpenSQLite(ctx, filepath.Join(t.TempDir(), "registry.db"), registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	reg.AddPool(ctx, netip.MustParsePrefix("100.80.0.0/16"))
+	for _, g := range []string{"eng", "ops", "web"} {
+		if _, err := reg.AddGroup(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []struct{ group, dst string }{{"eng", "198.18.2.2/32"}, {"web", "198.18.2.80/32"}, {"eng", "198.18.3.0/24"}} {
+		if _, err := reg.AddRule(ctx, r.group, registry.Rule{Dest: netip.MustParsePrefix(r.dst), Proto: registry.ProtoTCP, PortFrom: 22, PortTo: 22}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	members := map[string][]string{"alice": {"eng"}, "bob": {"web", "eng"}, "carol": nil, "dave": {"ops", "web"}}
+	keys := map[string]noise.PublicKey{}
+	for user, groups := range members {
+		reg.AddUser(ctx, user)
+		for _, g := range groups {
+			if err := reg.AddMember(ctx, g, user); err != nil {
+				t.Fatal(err)
+			}
+		}
+		k, _ := noise.GeneratePrivateKey()
+		keys[user] = k.PublicKey()
+		if _, err := reg.CreateDevice(ctx, user, registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key(keys[user])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &recorder{peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	cfg := &Config{Site: Site{Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}}}
+	s := &syncer{reg: reg, cfg: cfg, h: h, logf: t.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	if err := s.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rules, _ := reg.ListRules(ctx, "")
+	byGroup := map[string][]registry.Rule{}
+	for _, r := range rules {
+		byGroup[r.Group] = append(byGroup[r.Group], r)
+	}
+	wantLen := map[string]int{"alice": 2, "bob": 3, "carol": 1, "dave": 2}
+	for user, k := range keys {
+		gs, err := reg.GroupsOf(ctx, user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := s.access(gs, byGroup)
+		got := h.peers[k].Access
+		if got == nil || !slices.Equal(got.Rules, want) || len(want) != wantLen[user] {
+			t.Errorf("%s (groups %v): access %v, want %v (%d rules)", user, members[user], got, want, wantLen[user])
+		}
 	}
 }
