@@ -2,13 +2,16 @@ package wg
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/wg/acl"
 	"github.com/ptun-vpn/ptun/wg/wire"
+	"github.com/ptun-vpn/ptun/wgcfg"
 )
 
 // benchBatches are the batch sizes of the per-batch data path benchmarks:
@@ -218,39 +221,87 @@ func BenchmarkSealBatch(bm *testing.B) {
 // bytes/s counts inner packet bytes.
 func BenchmarkOpenBatch(bm *testing.B) {
 	for _, n := range benchBatches {
-		bm.Run("batch="+strconv.Itoa(n), func(bm *testing.B) {
-			s := newBatchBench(bm, n)
-			s.checkRoundTrip(bm)
-			s.readTUN()
-			sealed := make([][]byte, n)
-			for i, d := range s.sealBatch(bm) {
-				sealed[i] = bytes.Clone(d)
+		bm.Run("batch="+strconv.Itoa(n), func(bm *testing.B) { benchOpenBatch(bm, n, nil) })
+	}
+}
+
+// BenchmarkOpenBatchAccess is BenchmarkOpenBatch for the receive path's
+// access check, as a gateway runs it: batches of 64 (transport/udp's) from
+// a peer with no access rules, and from one with 100 (single hosts and
+// /24s, each to a TCP port or range, and the one that allows the
+// benchmark's packets). Compare the two side by side:
+//
+//	go test -run '^$' -bench OpenBatchAccess -count 10 ./wg | benchstat -col /rules -
+func BenchmarkOpenBatchAccess(bm *testing.B) {
+	for _, rules := range []int{0, 100} {
+		bm.Run(fmt.Sprintf("rules=%d", rules), func(bm *testing.B) {
+			var list []acl.Rule
+			if rules > 0 {
+				list = accessRules(rules, netip.MustParseAddr("100.64.0.2"))
 			}
-			msgs := make([][]byte, n)
-			recv := func() {
-				for i := range msgs {
-					msgs[i] = s.bufs[i][:copy(s.bufs[i], sealed[i])]
-				}
-				s.kpB.replayMu.Lock()
-				s.kpB.replay.Reset()
-				s.kpB.replayMu.Unlock()
-			}
-			recv()
-			for i, p := range s.openBatch(msgs) {
-				if !bytes.Equal(p[headroom:], s.pkt) {
-					bm.Fatalf("packet %d differs after open", i)
-				}
-			}
-			bm.SetBytes(int64(n * len(s.pkt)))
-			bm.ReportAllocs()
-			for bm.Loop() {
-				recv()
-				if got := s.openBatch(msgs); len(got) != n {
-					bm.Fatalf("opened %d of %d packets; b: %s", len(got), n, nonZero(s.b.dev))
-				}
-			}
-			reportPkts(bm, n)
+			benchOpenBatch(bm, 64, list)
 		})
+	}
+}
+
+// accessRules is n rules as a gateway has them: n-1 single hosts and /24s
+// across 198.18.0.0/16, each to one TCP port or a range of them, and last
+// the one that lets UDP to dst through.
+func accessRules(n int, dst netip.Addr) []acl.Rule {
+	rules := make([]acl.Rule, 0, n)
+	for i := range n - 1 {
+		a := netip.AddrFrom4([4]byte{198, 18, byte(i / 256), byte(i % 256)})
+		bits := 32
+		if i%10 == 0 {
+			bits = 24
+		}
+		lo := uint16(1 + i%1000)
+		rules = append(rules, acl.Rule{Dst: netip.PrefixFrom(a, bits).Masked(), Proto: acl.ProtoTCP, PortLo: lo, PortHi: lo + uint16(i%3)})
+	}
+	return append(rules, acl.Rule{Dst: netip.PrefixFrom(dst, 32), Proto: acl.ProtoUDP})
+}
+
+// benchOpenBatch measures batches of n; with rules, b holds a to them.
+func benchOpenBatch(bm *testing.B, n int, rules []acl.Rule) {
+	s := newBatchBench(bm, n)
+	if rules != nil {
+		if err := s.b.dev.Set(&wgcfg.DeviceConfig{Peers: []wgcfg.PeerConfig{{PublicKey: s.a.priv.PublicKey(),
+			UpdateOnly: true, Access: &wgcfg.AccessRules{Rules: rules}}}}); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	s.checkRoundTrip(bm)
+	s.readTUN()
+	sealed := make([][]byte, n)
+	for i, d := range s.sealBatch(bm) {
+		sealed[i] = bytes.Clone(d)
+	}
+	msgs := make([][]byte, n)
+	recv := func() {
+		for i := range msgs {
+			msgs[i] = s.bufs[i][:copy(s.bufs[i], sealed[i])]
+		}
+		s.kpB.replayMu.Lock()
+		s.kpB.replay.Reset()
+		s.kpB.replayMu.Unlock()
+	}
+	recv()
+	for i, p := range s.openBatch(msgs) {
+		if !bytes.Equal(p[headroom:], s.pkt) {
+			bm.Fatalf("packet %d differs after open", i)
+		}
+	}
+	bm.SetBytes(int64(n * len(s.pkt)))
+	bm.ReportAllocs()
+	for bm.Loop() {
+		recv()
+		if got := s.openBatch(msgs); len(got) != n {
+			bm.Fatalf("opened %d of %d packets; b: %s", len(got), n, nonZero(s.b.dev))
+		}
+	}
+	reportPkts(bm, n)
+	if rules != nil && counter(s.b.dev, "drop_acl") != 0 {
+		bm.Fatalf("the access rules refused packets: %s", nonZero(s.b.dev))
 	}
 }
 
