@@ -156,7 +156,9 @@ func countPeers(t *testing.T, n *node) int {
 // Anonymous memory is the main figure: file-backed pages are the binary's,
 // shared by every process that runs it. The test asserts only that the
 // peers are configured and generous bounds, never a time.
+// PTUN_E2E_MEMORY_PEERS=N configures N peers instead (at most 65,534).
 func TestMemoryPerPeer(t *testing.T) {
+	peers := envInt(t, "PTUN_E2E_MEMORY_PEERS", memPeers)
 	l := newLab(t)
 	impls := []struct {
 		im *impl
@@ -182,7 +184,7 @@ func TestMemoryPerPeer(t *testing.T) {
 		m.empty, m.controlEmpty = m.loaded.read(t), m.control.read(t)
 	}
 	for _, m := range ms {
-		conf, _ := peersConf(t, l.dir, m.loaded.n.priv, m.loaded.n.port, memPeers)
+		conf, _ := peersConf(t, l.dir, m.loaded.n.priv, m.loaded.n.port, peers)
 		empty, _ := peersConf(t, l.dir, m.control.n.priv, m.control.n.port, 0)
 		start := time.Now()
 		mustRun(t, m.loaded.n.h.ns, "wg", "setconf", m.loaded.n.ifname, conf)
@@ -193,8 +195,8 @@ func TestMemoryPerPeer(t *testing.T) {
 	for _, m := range ms {
 		// Read before any get: answering one makes garbage too.
 		m.after = m.loaded.read(t)
-		if got := countPeers(t, m.loaded.n); got != memPeers {
-			t.Fatalf("%v lists %d peers after setconf, want %d", m.loaded.n, got, memPeers)
+		if got := countPeers(t, m.loaded.n); got != peers {
+			t.Fatalf("%v lists %d peers after setconf, want %d", m.loaded.n, got, peers)
 		}
 	}
 	for i := 0; i < 3; i++ {
@@ -211,11 +213,11 @@ func TestMemoryPerPeer(t *testing.T) {
 	}
 
 	kib := func(v int64) string { return fmt.Sprintf("%.1f", float64(v)/1024) }
-	perPeer := func(v int64) string { return fmt.Sprintf("%.2f", float64(v)/1024/memPeers) }
+	perPeer := func(v int64) string { return fmt.Sprintf("%.2f", float64(v)/1024/float64(peers)) }
 	var out strings.Builder
-	fmt.Fprintf(&out, "%d idle peers by wg setconf: resident memory in KiB, per peer in KiB\n", memPeers)
+	fmt.Fprintf(&out, "%d idle peers by wg setconf: resident memory in KiB, per peer in KiB\n", peers)
 	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "process\tempty RSS\tanon\tfile\t1000 peers RSS\tanon\tfile\tper peer after: anon\tRSS\tsettled: anon\tRSS\tsetconf\t")
+	fmt.Fprintln(tw, "process\tempty RSS\tanon\tfile\tloaded RSS\tanon\tfile\tper peer after: anon\tRSS\tsettled: anon\tRSS\tsetconf\t")
 	sum := func(x []procMem) procMem {
 		var s procMem
 		for _, m := range x {
@@ -229,7 +231,7 @@ func TestMemoryPerPeer(t *testing.T) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", name,
 			kib(e.rss), kib(e.anon), kib(e.file), kib(a.rss), kib(a.anon), kib(a.file),
 			perPeer(d.anon), perPeer(d.rss), perPeer(ds.anon), perPeer(ds.rss), setconf)
-		perPeerAnon[name] = float64(d.anon) / 1024 / memPeers
+		perPeerAnon[name] = float64(d.anon) / 1024 / float64(peers)
 	}
 	for _, m := range ms {
 		setconf := m.setconf.Round(time.Millisecond).String()
