@@ -167,6 +167,7 @@ func FuzzParseArgon2(f *testing.F) {
 	f.Add("$argon2id$v=19$m=8,t=1,p=1$AAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA")
 	f.Add("$argon2id$v=19$m=99999999,t=1,p=1$AAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA")
 	f.Add("$argon2i$v=19$m=8,t=1,p=1$AAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAA")
+	f.Add("$argon2id$v=19$m=10,t=1,p=1$00\r000000000$00000000000000000000000") // base64 skips \r: found by the fuzzer
 	f.Add("")
 	f.Fuzz(func(t *testing.T, encoded string) {
 		p, ok := parseArgon2(encoded)

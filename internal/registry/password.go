@@ -77,11 +77,15 @@ func parseArgon2(encoded string) (argon2Params, bool) {
 		p.memoryKiB < 8*uint32(max(p.lanes, 1)) || p.memoryKiB > 256*1024 || p.passes < 1 || p.passes > 16 || p.lanes < 1 || p.lanes > 16 {
 		return p, false
 	}
+	// Go's base64 decoder skips \r and \n even when strict: a salt or key
+	// is taken only in its one canonical spelling.
 	var err error
-	if p.salt, err = base64.RawStdEncoding.Strict().DecodeString(parts[4]); err != nil || len(p.salt) < 8 || len(p.salt) > 64 {
+	if p.salt, err = base64.RawStdEncoding.Strict().DecodeString(parts[4]); err != nil || len(p.salt) < 8 || len(p.salt) > 64 ||
+		base64.RawStdEncoding.EncodeToString(p.salt) != parts[4] {
 		return p, false
 	}
-	if p.key, err = base64.RawStdEncoding.Strict().DecodeString(parts[5]); err != nil || len(p.key) < 16 || len(p.key) > 64 {
+	if p.key, err = base64.RawStdEncoding.Strict().DecodeString(parts[5]); err != nil || len(p.key) < 16 || len(p.key) > 64 ||
+		base64.RawStdEncoding.EncodeToString(p.key) != parts[5] {
 		return p, false
 	}
 	return p, true
