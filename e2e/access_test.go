@@ -34,15 +34,7 @@ import (
 func TestGatewayAccessRulesThroughput(t *testing.T) {
 	rounds, secs := envInt(t, "PTUN_E2E_ACL_ROUNDS", 1), envInt(t, "PTUN_E2E_ACL_SECONDS", 2)
 	l := newLab(t)
-	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
-	mustRun(t, "", "ip", "netns", "add", lan.ns)
-	t.Cleanup(func() { lan.destroy(t) })
-	mustRun(t, lan.ns, "ip", "link", "set", "lo", "up")
-	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan.ns)
-	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
-	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan.ns, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
-	mustRun(t, lan.ns, "ip", "link", "set", "lan0", "up")
+	lan := l.addLan(t)
 	mustRun(t, lan.ns, "ip", "route", "add", "default", "via", "198.18.2.1")
 	lanAddr := netip.MustParseAddr("198.18.2.2")
 

@@ -26,33 +26,8 @@ import (
 func TestClientUpDown(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
-	s := l.server.start(ptun, startOpts{})
-	devPriv, devPub := newKeyPair(t)
-	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
-
-	dir := t.TempDir()
-	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
-	// `ip netns exec` gives the namespace's commands /etc/netns/NS/resolv.conf
-	// as their /etc/resolv.conf (a bind mount): up writes it there.
-	nsEtc := filepath.Join("/etc/netns", l.client.ns)
-	if err := os.MkdirAll(nsEtc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(nsEtc) })
-	resolv := filepath.Join(nsEtc, "resolv.conf")
-	os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
 	name := "e2e" + l.id
-	p := &profile.Profile{
-		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
-		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
-			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
-			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
-			Routes:    []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
-			DNS:       []netip.Addr{netip.MustParseAddr("198.18.2.53")}, Search: []string{"corp.example"}},
-	}
-	if err := profile.Save(profiles, p); err != nil {
-		t.Fatal(err)
-	}
+	profiles, state, resolv := clientFixture(t, l, name, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, true)
 	ifname := client.Interface(name)
 	flags := []string{"--profiles", profiles, "--state", state}
 	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
@@ -122,30 +97,8 @@ func TestClientUpResolved(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	rd := testenv.StartResolved(t, l.client.ns)
-	s := l.server.start(ptun, startOpts{})
-	devPriv, devPub := newKeyPair(t)
-	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
-	dir := t.TempDir()
-	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
-	nsEtc := filepath.Join("/etc/netns", l.client.ns)
-	if err := os.MkdirAll(nsEtc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(nsEtc) })
-	resolv := filepath.Join(nsEtc, "resolv.conf")
-	os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
 	name := "rd" + l.id
-	p := &profile.Profile{
-		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
-		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
-			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
-			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
-			Routes:    []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")},
-			DNS:       []netip.Addr{netip.MustParseAddr("198.18.2.53")}, Search: []string{"corp.example"}},
-	}
-	if err := profile.Save(profiles, p); err != nil {
-		t.Fatal(err)
-	}
+	profiles, state, resolv := clientFixture(t, l, name, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, true)
 	ifname := client.Interface(name)
 	withBus := []string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + rd.Bus, ptun.bin}
 	flags := []string{"--profiles", profiles, "--state", state}
@@ -177,29 +130,15 @@ func TestKillSwitchCapture(t *testing.T) {
 	t.Parallel()
 	tcpdump := testenv.RequireTool(t, "tcpdump", "tcpdump")
 	l := newLab(t)
-	s := l.server.start(ptun, startOpts{})
-	devPriv, devPub := newKeyPair(t)
-	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
-	dir := t.TempDir()
-	profiles, state := filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
 	name := "ks" + l.id
-	p := &profile.Profile{
-		Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(),
-		Offer: profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
-			Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
-			Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
-			Routes:    []netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}},
-	}
-	if err := profile.Save(profiles, p); err != nil {
-		t.Fatal(err)
-	}
+	profiles, state, _ := clientFixture(t, l, name, []netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, false)
 	ifname := client.Interface(name)
 	flags := []string{"--profiles", profiles, "--state", state}
 	t.Cleanup(func() { run(l.client.ns, append([]string{ptun.bin, "down", name}, flags...)...) })
 	mustRun(t, l.client.ns, append([]string{ptun.bin, "up", name, "--kill-switch"}, flags...)...)
 	mustRun(t, l.client.ns, "ping", "-c", "1", "-W", "2", serverTun4.String())
 
-	pcap := filepath.Join(dir, "underlay.pcap")
+	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
 	ctx, cancel := context.WithCancel(context.Background())
 	capture := nsCommand(ctx, l.server.ns, tcpdump, "-i", "eth0", "-n", "-U", "-w", pcap, "src", l.client.link4.String())
 	capture.Cancel = func() error { return capture.Process.Signal(syscall.SIGINT) }
@@ -263,4 +202,40 @@ func TestKillSwitchCapture(t *testing.T) {
 	if len(endpoint) == 0 {
 		t.Errorf("the capture saw no WireGuard at all (is it capturing?):\n%s", out)
 	}
+}
+
+// clientFixture is what the client tests share: a plain ptun interface on
+// the lab's server with the device as its peer, and a profile NAME (routes
+// as given; with dns, DNS 198.18.2.53 and search corp.example, and a
+// resolv.conf of the client's namespace to write them to) in a temporary
+// profiles folder, with a state folder beside it. resolv is "" without dns.
+func clientFixture(t *testing.T, l *lab, name string, routes []netip.Prefix, dns bool) (profiles, state, resolv string) {
+	t.Helper()
+	s := l.server.start(ptun, startOpts{})
+	devPriv, devPub := newKeyPair(t)
+	s.wg(t, "peer", devPub.String(), "allowed-ips", clientTun4.String()+"/32")
+	dir := t.TempDir()
+	profiles, state = filepath.Join(dir, "profiles"), filepath.Join(dir, "state")
+	offer := profile.Offer{Version: profile.Version, User: "alice", Device: "laptop", MTU: 1420,
+		Gateways:  []profile.Gateway{{Name: "gw1", PublicKey: noise.PublicKey(s.pub), Endpoint: netip.AddrPortFrom(l.server.link4, serverPort)}},
+		Addresses: []netip.Prefix{netip.PrefixFrom(clientTun4, 32)},
+		Routes:    routes}
+	if dns {
+		// `ip netns exec` gives the namespace's commands
+		// /etc/netns/NS/resolv.conf as their /etc/resolv.conf (a bind
+		// mount): up writes it there.
+		nsEtc := filepath.Join("/etc/netns", l.client.ns)
+		if err := os.MkdirAll(nsEtc, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(nsEtc) })
+		resolv = filepath.Join(nsEtc, "resolv.conf")
+		os.WriteFile(resolv, []byte("nameserver 198.18.0.53\n"), 0o644)
+		offer.DNS, offer.Search = []netip.Addr{netip.MustParseAddr("198.18.2.53")}, []string{"corp.example"}
+	}
+	p := &profile.Profile{Name: name, PrivateKey: noise.PrivateKey(devPriv).Base64(), EnrolledAt: time.Now().UTC(), Offer: offer}
+	if err := profile.Save(profiles, p); err != nil {
+		t.Fatal(err)
+	}
+	return profiles, state, resolv
 }

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -240,47 +239,14 @@ type exportGateway struct {
 // runs `ptun gateway run --foreground` until the test's cleanup.
 func startExportGateway(t *testing.T, l *lab) *exportGateway {
 	t.Helper()
-	lan := "ptun-e2e-" + l.id + "-lan"
-	mustRun(t, "", "ip", "netns", "add", lan)
-	t.Cleanup(func() { run("", "ip", "netns", "del", lan) })
-	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan)
-	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
-	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan, "ip", "addr", "add", exportLAN.String()+"/24", "dev", "lan0")
-	mustRun(t, lan, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan, "ip", "link", "set", "lo", "up")
-
+	l.addLan(t) // exportLAN
 	g := &exportGateway{state: filepath.Join(l.dir, "gw"), iface: "pgw" + l.id}
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", g.state, "--interface", g.iface,
 		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
 		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24", "--dns", "198.18.2.53", "--search", "corp.example", "--masquerade")
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--group", "eng", "--state", g.state)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := nsCommand(ctx, l.server.ns, ptun.bin, "gateway", "run", "--state", g.state, "--foreground")
-	logPath := filepath.Join(l.dir, "gateway.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", tail(logPath, 6000))
-		}
-	})
-	waitFor(t, 20*time.Second, "the gateway's API", func() (bool, string) {
-		out, err := run(l.server.ns, "ss", "-Hltn", "sport = :8443")
-		return err == nil && strings.Contains(out, "8443"), out
-	})
+	startGateway(t, l.server.ns, g.state)
 	waitFor(t, 5*time.Second, "the gateway's interface", func() (bool, string) {
 		out, err := run(l.server.ns, "wg", "show", g.iface, "public-key")
 		g.pub = strings.TrimSpace(out)

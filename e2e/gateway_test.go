@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -20,15 +18,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	// The lan host behind the gateway (the lab's server host).
-	lan := "ptun-e2e-" + l.id + "-lan"
-	mustRun(t, "", "ip", "netns", "add", lan)
-	t.Cleanup(func() { run("", "ip", "netns", "del", lan) })
-	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan)
-	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
-	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
-	mustRun(t, lan, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan, "ip", "link", "set", "lo", "up")
+	lanHost := l.addLan(t)
 
 	dir := t.TempDir()
 	state := filepath.Join(dir, "gw")
@@ -38,40 +28,10 @@ func TestGatewayEndToEnd(t *testing.T) {
 		"--pool", "100.80.0.0/16", "--route", "198.18.2.0/24", "--dns", "198.18.2.53", "--masquerade")
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--group", "eng", "--state", state)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	gw := nsCommand(ctx, l.server.ns, ptun.bin, "gateway", "run", "--state", state, "--foreground")
-	logPath := filepath.Join(dir, "gateway.log")
-	logFile, _ := os.Create(logPath)
-	gw.Stdout, gw.Stderr = logFile, logFile
-	gw.Cancel = func() error { return gw.Process.Signal(syscall.SIGTERM) }
-	gw.WaitDelay = 10 * time.Second
-	if err := gw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stopGateway := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			gw.Wait()
-			logFile.Close()
-		}
-	}
-	t.Cleanup(func() {
-		stopGateway()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("gateway log:\n%s", b)
-		}
-	})
-	waitFor(t, 20*time.Second, "the gateway's API", func() (bool, string) {
-		out, err := run(l.server.ns, "ss", "-Hltn", "sport = :8443")
-		return err == nil && strings.Contains(out, "8443"), out
-	})
+	gw := startGateway(t, l.server.ns, state)
 
 	out := mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state)
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	invite := lines[len(lines)-1]
+	invite := lastLine(out)
 
 	nsEtc := filepath.Join("/etc/netns", l.client.ns)
 	os.MkdirAll(nsEtc, 0o755)
@@ -132,13 +92,12 @@ func TestGatewayEndToEnd(t *testing.T) {
 	mustRun(t, c2.ns, "ip", "route", "add", "198.18.0.0/24", "via", "198.18.4.2")
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "bob", "--state", state)
 	out = mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "bob", "--state", state)
-	inviteBob := strings.TrimSpace(out[strings.LastIndexByte(strings.TrimSpace(out), '\n')+1:])
+	inviteBob := lastLine(out)
 	profiles2, cstate2 := filepath.Join(dir, "profiles2"), filepath.Join(dir, "client2")
 	bobName := "b" + l.id // interfaces and UAPI sockets are the host's: unique
 	mustRun(t, c2.ns, ptun.bin, "join", inviteBob, "--name", bobName, "--device", "desk", "--profiles", profiles2)
 	t.Cleanup(func() { run(c2.ns, ptun.bin, "down", bobName, "--profiles", profiles2, "--state", cstate2) })
 	mustRun(t, c2.ns, ptun.bin, "up", bobName, "--profiles", profiles2, "--state", cstate2)
-	lanHost := &host{lab: l, role: "lan", ns: lan}
 	bobDone := make(chan struct{})
 	var bob iperfResult
 	var bobErr error
@@ -185,7 +144,7 @@ func TestGatewayEndToEnd(t *testing.T) {
 	t.Logf("bob's transfer across alice's revoke: %.0f Mbit/s, %d intervals of 0.5 s, none empty", bob.mbits(), len(bob.Intervals))
 
 	// Stopping the gateway removes what it added.
-	stopGateway()
+	gw.stop()
 	if tables, _ := run(l.server.ns, "nft", "list", "tables"); strings.Contains(tables, "ptun") {
 		t.Errorf("nftables left after the gateway stopped:\n%s", tables)
 	}

@@ -77,6 +77,29 @@ func (g *gatewayProc) stop() {
 	}
 }
 
+// addLan makes the lab's lan host: a namespace behind the lab's server
+// (the gateway), 198.18.2.2/24 on its lan0, the gateway's side
+// 198.18.2.1/24. It is removed at cleanup.
+func (l *lab) addLan(t *testing.T) *host {
+	t.Helper()
+	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
+	mustRun(t, "", "ip", "netns", "add", lan.ns)
+	t.Cleanup(func() { lan.destroy(t) })
+	mustRun(t, lan.ns, "ip", "link", "set", "lo", "up")
+	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan.ns)
+	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
+	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
+	mustRun(t, lan.ns, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
+	mustRun(t, lan.ns, "ip", "link", "set", "lan0", "up")
+	return lan
+}
+
+// lastLine is the last line of a command's output (an invite's URL).
+func lastLine(out string) string {
+	out = strings.TrimSpace(out)
+	return out[strings.LastIndexByte(out, '\n')+1:]
+}
+
 // newPostgresDB makes a database of its own on the server PTUN_TEST_POSTGRES
 // names (skipping, or failing under CI, without one) and returns its DSN; it
 // is dropped at cleanup.
@@ -157,7 +180,7 @@ func TestSeveralGateways(t *testing.T) {
 	startGateway(t, nsB, stateB)
 
 	out := mustRun(t, nsA, ptun.bin, "gateway", "invite", "alice", "--state", stateA)
-	invite := strings.TrimSpace(out[strings.LastIndexByte(strings.TrimSpace(out), '\n')+1:])
+	invite := lastLine(out)
 	nsEtc := filepath.Join("/etc/netns", nsC)
 	os.MkdirAll(nsEtc, 0o755)
 	t.Cleanup(func() { os.RemoveAll(nsEtc) })
@@ -261,15 +284,7 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
 	name := "w" + l.id // the profile: its interface and UAPI socket are the host's, so unique
-	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
-	mustRun(t, "", "ip", "netns", "add", lan.ns)
-	t.Cleanup(func() { lan.destroy(t) })
-	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan.ns)
-	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
-	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan.ns, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
-	mustRun(t, lan.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan.ns, "ip", "link", "set", "lo", "up")
+	l.addLan(t)
 
 	dir := t.TempDir()
 	state := filepath.Join(dir, "gw")
@@ -280,7 +295,7 @@ func TestClientRoamsAndGatewayRestarts(t *testing.T) {
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--state", state)
 	gw := startGateway(t, l.server.ns, state)
 	out := mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state)
-	invite := strings.TrimSpace(out[strings.LastIndexByte(strings.TrimSpace(out), '\n')+1:])
+	invite := lastLine(out)
 	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")
 	flags := []string{"--profiles", profiles, "--state", cstate}
 	mustRun(t, l.client.ns, ptun.bin, "join", invite, "--name", name, "--profiles", profiles)
@@ -332,14 +347,7 @@ func TestGatewayRegistryOutage(t *testing.T) {
 	db := newPostgresDB(t, dbName)
 	psql := testenv.RequireTool(t, "psql", "postgresql-client")
 	admin := os.Getenv("PTUN_TEST_POSTGRES")
-	lan := &host{lab: l, role: "lan", ns: "ptun-e2e-" + l.id + "-lan"}
-	mustRun(t, "", "ip", "netns", "add", lan.ns)
-	t.Cleanup(func() { lan.destroy(t) })
-	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", lan.ns)
-	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.2.1/24", "dev", "lan0")
-	mustRun(t, l.server.ns, "ip", "link", "set", "lan0", "up")
-	mustRun(t, lan.ns, "ip", "addr", "add", "198.18.2.2/24", "dev", "lan0")
-	mustRun(t, lan.ns, "ip", "link", "set", "lan0", "up")
+	l.addLan(t)
 
 	dir := t.TempDir()
 	state := filepath.Join(dir, "gw")
@@ -351,10 +359,6 @@ func TestGatewayRegistryOutage(t *testing.T) {
 		mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", u, "--state", state)
 	}
 	gw := startGateway(t, l.server.ns, state)
-	lastLine := func(out string) string {
-		out = strings.TrimSpace(out)
-		return out[strings.LastIndexByte(out, '\n')+1:]
-	}
 	inviteA := lastLine(mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state))
 	inviteB := lastLine(mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "bob", "--state", state))
 	profiles, cstate := filepath.Join(dir, "profiles"), filepath.Join(dir, "client")

@@ -80,7 +80,7 @@ func TestGatewayMetrics(t *testing.T) {
 	}
 
 	out := mustRun(t, l.server.ns, ptun.bin, "gateway", "invite", "alice", "--state", state)
-	invite := strings.TrimSpace(out[strings.LastIndexByte(strings.TrimSpace(out), '\n')+1:])
+	invite := lastLine(out)
 	nsEtc := filepath.Join("/etc/netns", l.client.ns)
 	os.MkdirAll(nsEtc, 0o755)
 	t.Cleanup(func() { os.RemoveAll(nsEtc) })
