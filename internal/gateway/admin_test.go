@@ -429,6 +429,89 @@ func TestAdminActions(t *testing.T) {
 	}
 }
 
+// TestAdminRenameDevice: POST /devices/{id}/rename renames an active
+// device (200, the device with its live figures), audited as admin:root;
+// a bad name or body (400), an unknown or revoked device (404), a name the
+// user's other device has (409) write nothing.
+func TestAdminRenameDevice(t *testing.T) {
+	e := newAdminEnv(t)
+	tok := bearer(e.token(t))
+	ctx := context.Background()
+	for _, u := range []string{"alice", "desk"} { // a user named like the new name: the audit filter must not mix them
+		if _, err := e.reg.AddUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev := func(user, name string, k byte) registry.Device {
+		t.Helper()
+		var key noise.PublicKey
+		key[0] = k
+		d, err := e.reg.CreateDevice(ctx, user, registry.DeviceSpec{Name: name, PublicKey: registry.Key(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	laptop, _, gone := dev("alice", "laptop", 1), dev("alice", "phone", 2), dev("alice", "tablet", 3)
+	if err := e.reg.RevokeDevice(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	path := func(id int64) string { return AdminPrefix + "/devices/" + itoa(id) + "/rename" }
+	before := e.auditCount(t)
+	for _, c := range []struct {
+		path, body string
+		status     int
+	}{
+		{path(laptop.ID), `{"name":"phone"}`, http.StatusConflict},
+		{path(laptop.ID), `{"name":"lap top"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"<script>"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":""}`, http.StatusBadRequest},
+		{path(laptop.ID), `{}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"desk","user":"bob"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"desk"} {"name":"x"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"` + strings.Repeat("a", 65) + `"}`, http.StatusBadRequest},
+		{path(999), `{"name":"desk"}`, http.StatusNotFound},
+		{path(gone.ID), `{"name":"tablet2"}`, http.StatusNotFound},
+		{AdminPrefix + "/devices/abc/rename", `{"name":"desk"}`, http.StatusBadRequest},
+		{AdminPrefix + "/devices/0/rename", `{"name":"desk"}`, http.StatusBadRequest},
+	} {
+		w := e.do(t, "POST", c.path, c.body, tok)
+		if w.Code != c.status {
+			t.Errorf("POST %s %.40s: status %d, want %d: %s", c.path, c.body, w.Code, c.status, w.Body)
+		}
+		if strings.ContainsAny(w.Body.String(), "<>") {
+			t.Errorf("POST %s: markup in the answer is not escaped: %s", c.path, w.Body)
+		}
+	}
+	if n := e.auditCount(t); n != before {
+		t.Errorf("refused renames wrote %d audit entries", n-before)
+	}
+
+	var got DeviceJSON
+	want(t, e.do(t, "POST", path(laptop.ID), `{"name":"desk"}`, tok), http.StatusOK, &got)
+	if got.ID != laptop.ID || got.Name != "desk" || got.User != "alice" || len(got.Addresses) != 1 || got.Addresses[0] != laptop.Addresses[0] {
+		t.Errorf("renamed device %+v, was %+v", got, laptop)
+	}
+	if d, err := e.reg.Device(ctx, laptop.ID); err != nil || d.Name != "desk" {
+		t.Errorf("the registry's device: %+v %v", d, err)
+	}
+	var byDev AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?device=alice/desk", "", tok), http.StatusOK, &byDev)
+	if len(byDev.Entries) != 1 || byDev.Entries[0].Action != "device.rename" || byDev.Entries[0].Actor != "admin:root" || byDev.Entries[0].Detail != "laptop" {
+		t.Errorf("audit of alice/desk: %+v", byDev.Entries)
+	}
+	var byUser AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=desk", "", tok), http.StatusOK, &byUser)
+	if len(byUser.Entries) != 1 || byUser.Entries[0].Action != "user.add" {
+		t.Errorf("audit of user desk: %+v: want only their user.add, not alice's device", byUser.Entries)
+	}
+	// The old name is free again, for the page's next rename.
+	want(t, e.do(t, "POST", path(laptop.ID), `{"name":"laptop"}`, tok), http.StatusOK, &got)
+	if got.Name != "laptop" {
+		t.Errorf("renamed back: %+v", got)
+	}
+}
+
 // TestAdminBadBodies: too big (413), malformed, unknown fields, trailing
 // data, wrong types, bad names and rules (400), not JSON (415): nothing
 // written, and a name with markup comes back escaped.
@@ -524,6 +607,21 @@ func FuzzParseUser(f *testing.F) {
 			if _, err := registry.ParseName(g); err != nil {
 				t.Fatalf("accepted group %q", g)
 			}
+		}
+	})
+}
+
+func FuzzParseRename(f *testing.F) {
+	f.Add([]byte(`{"name":"laptop"}`))
+	f.Add([]byte(`{"name":"lap top"}`))
+	f.Add([]byte(`{"name":"a","name":"<b>"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseRename(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(req.Name); err != nil {
+			t.Fatalf("accepted name %q", req.Name)
 		}
 	})
 }
