@@ -67,6 +67,12 @@ type AdminOptions struct {
 	// Health is served at AdminHealthPath without authentication (nil:
 	// not served).
 	Health http.Handler
+	// Gateway is this gateway's name: the overview's, and left out of
+	// its other gateways.
+	Gateway string
+	// History is the running gateway's sampler, which the overview and
+	// the history answer from (nil: no live figures, no points).
+	History *History
 	// Secure marks the session cookie Secure: the listener is HTTPS.
 	Secure bool
 	Logger *slog.Logger
@@ -128,6 +134,8 @@ var adminRoutes = []adminRoute{
 	{"POST", AdminPrefix + "/rules", false, (*adminAPI).addRule},
 	{"DELETE", AdminPrefix + "/rules/{id}", false, (*adminAPI).removeRule},
 	{"GET", AdminPrefix + "/audit", false, (*adminAPI).audit},
+	{"GET", AdminPrefix + "/overview", false, (*adminAPI).overview},
+	{"GET", AdminPrefix + "/history", false, (*adminAPI).history},
 }
 
 // AdminHandler serves the admin API (and, with o.Health, the health
