@@ -664,9 +664,13 @@ func (c *client) connect(ctx context.Context, cookie string) (*ClientSession, er
 	}
 	conn := c.conn
 	c.conn = nil // the session's now
-	s := newSession(c.cfg, conn, t, cookie)
+	s := newSession(c.cfg, conn.raw, conn.tc, conn.br, t, cookie)
 	if t.DTLS != nil {
-		if err := s.startDTLS(ctx); err != nil {
+		psk, err := ExportPSK(conn.tc.ConnectionState())
+		if err == nil {
+			err = s.startDTLS(ctx, psk)
+		}
+		if err != nil {
 			// The tunnel works without it.
 			c.cfg.logf("openconnect: no DTLS: %v", err)
 		}

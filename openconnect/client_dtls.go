@@ -55,12 +55,8 @@ type dtlsPath struct {
 // startDTLS dials the DTLS socket (now, while the caller's context, and
 // network namespace, are those of Connect); the handshake runs in the
 // background once the session starts.
-func (s *ClientSession) startDTLS(ctx context.Context) error {
+func (s *ClientSession) startDTLS(ctx context.Context, psk []byte) error {
 	p := s.tunnel.DTLS
-	psk, err := ExportPSK(s.cstp.tc.ConnectionState())
-	if err != nil {
-		return err
-	}
 	host, _, err := net.SplitHostPort(s.raw.RemoteAddr().String())
 	if err != nil {
 		if host, _, err = net.SplitHostPort(s.cfg.Server); err != nil {
@@ -149,6 +145,10 @@ func (s *ClientSession) handshakeDTLS(d *dtlsPath) {
 	}
 	s.wg.Add(1)
 	go s.readDTLS(d)
+	select {
+	case s.kick <- struct{}{}: // the DTLS timers start now
+	default:
+	}
 	// A first probe: the server sends over DTLS once it has heard from
 	// the client there, and the answer proves the path.
 	if err := d.write(s, TypeDPDRequest, nil); err == nil {

@@ -117,3 +117,12 @@ func parseEchoReply(p []byte) (src, dst netip.Addr, id, seq uint16, data []byte,
 	dst = netip.AddrFrom4([4]byte(p[16:20]))
 	return src, dst, binary.BigEndian.Uint16(icmp[4:]), binary.BigEndian.Uint16(icmp[6:]), icmp[8:], true
 }
+
+func counterValue(s *ClientSession, name string) uint64 {
+	for _, c := range s.Stats() {
+		if c.Name == name {
+			return c.Value
+		}
+	}
+	panic("no counter " + name)
+}

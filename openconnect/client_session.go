@@ -1,6 +1,7 @@
 package openconnect
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -109,8 +110,9 @@ type ClientSession struct {
 	cookie string
 	epoch  time.Time // timestamps below are nanoseconds since
 
-	raw  net.Conn // under cstp, for deadlines and the final close
-	cstp *httpConn
+	raw  net.Conn      // under the TLS connection, for deadlines and the final close
+	cstp io.Writer     // the TLS connection: one Write per frame, one record per Write
+	br   *bufio.Reader // reads the TLS connection (it may hold frames read with the CONNECT answer)
 
 	// cstpMu guards cstpBuf and serialises CSTP writes: one Write, one
 	// record, per frame.
@@ -118,6 +120,7 @@ type ClientSession struct {
 	cstpBuf []byte
 
 	dtls     atomic.Pointer[dtlsPath] // nil while DTLS is not up
+	kick     chan struct{}            // wakes the timers when DTLS comes up (capacity 1)
 	dtlsPend *dtlsPath                // set by startDTLS, handed to the handshake goroutine
 
 	cstpLastRx, cstpLastTx, cstpLastDPD atomic.Int64
@@ -140,16 +143,19 @@ type ClientSession struct {
 	wg        sync.WaitGroup
 }
 
-func newSession(cfg ClientConfig, conn *httpConn, t Tunnel, cookie string) *ClientSession {
+// newSession makes the session of a tunnel over the CSTP connection: raw is
+// the transport under it, w and br its two directions.
+func newSession(cfg ClientConfig, raw net.Conn, w io.Writer, br *bufio.Reader, t Tunnel, cookie string) *ClientSession {
 	s := &ClientSession{
 		cfg: cfg, tunnel: t, cookie: cookie, epoch: time.Now(),
-		raw: conn.raw, cstp: conn,
+		raw: raw, cstp: w, br: br,
 		cstpBuf:  make([]byte, HeaderLen+MaxPayload),
 		rx:       make(chan *rxBuf, rxQueueLen),
 		free:     make(chan *rxBuf, rxQueueLen),
 		bufN:     max(t.MTU, 1500),
 		done:     make(chan struct{}),
 		cstpDone: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	now := s.now()
@@ -348,7 +354,7 @@ func (s *ClientSession) WritePacket(p []byte) error {
 func (s *ClientSession) writeCSTP(typ byte, payload []byte) error {
 	s.cstpMu.Lock()
 	b := AppendFrame(s.cstpBuf[:0], typ, payload)
-	_, err := s.cstp.tc.Write(b)
+	_, err := s.cstp.Write(b)
 	s.cstpMu.Unlock()
 	if err != nil {
 		select {
@@ -368,7 +374,7 @@ func (s *ClientSession) writeCSTP(typ byte, payload []byte) error {
 func (s *ClientSession) readCSTP() {
 	defer s.wg.Done()
 	defer close(s.cstpDone)
-	fr := NewFrameReader(s.cstp.br)
+	fr := NewFrameReader(s.br)
 	for {
 		typ, payload, err := fr.Next()
 		if err != nil {
@@ -441,6 +447,7 @@ func (s *ClientSession) timers() {
 		t.Reset(next)
 		select {
 		case <-t.C:
+		case <-s.kick:
 		case <-s.done:
 			return
 		}
@@ -504,10 +511,12 @@ func (s *ClientSession) Close() error {
 			}
 			reason := append([]byte{DisconnectLogout}, logoutReason...)
 			s.cstpMu.Lock()
-			_, err := s.cstp.tc.Write(AppendFrame(s.cstpBuf[:0], TypeDisconnect, reason))
+			_, err := s.cstp.Write(AppendFrame(s.cstpBuf[:0], TypeDisconnect, reason))
 			s.cstpMu.Unlock()
 			if err == nil {
-				s.cstp.tc.CloseWrite()
+				if cw, ok := s.cstp.(interface{ CloseWrite() error }); ok {
+					cw.CloseWrite()
+				}
 				// ocserv logs the user out and hangs up; leaving first
 				// could reset the connection before it read the BYE.
 				s.raw.SetReadDeadline(deadline)

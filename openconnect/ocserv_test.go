@@ -341,15 +341,6 @@ func (h *ocservHarness) tunAddr(t *testing.T, peer netip.Addr) netip.Addr {
 	}
 }
 
-func counterValue(s *ClientSession, name string) uint64 {
-	for _, c := range s.Stats() {
-		if c.Name == name {
-			return c.Value
-		}
-	}
-	panic("no counter " + name)
-}
-
 // TestClientAgainstOcserv logs in to a real ocserv (a wrong password, then
 // the right one), connects, checks what it pushed, pings its tun address
 // through the tunnel over DTLS and, with DTLS disabled, over CSTP, and
