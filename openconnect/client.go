@@ -392,10 +392,8 @@ func ParseSetCookie(line string, now time.Time) (name, value string, del, ok boo
 	if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
 		value = value[1 : len(value)-1]
 	}
-	for i := 0; i < len(value); i++ {
-		if c := value[i]; c <= ' ' || c == '"' || c == ',' || c == ';' || c == '\\' || c >= 0x7f {
-			return "", "", false, false
-		}
+	if value != "" && !validCookie(value) {
+		return "", "", false, false
 	}
 	del = value == ""
 	for attr := range strings.SplitSeq(attrs, ";") {
@@ -542,61 +540,89 @@ func LoginAndConnect(ctx context.Context, cfg ClientConfig) (*ClientSession, err
 }
 
 func (c *client) login(ctx context.Context) (string, error) {
-	body := ClientInit(clientVersion, "https://"+c.host+"/").Marshal()
-	target := "/"
-	sentPassword := false
+	st := loginState{body: ClientInit(clientVersion, "https://"+c.host+"/").Marshal(), target: "/"}
 	for round := 0; round < maxAuthRounds; round++ {
-		resp, err := c.roundTrip(ctx, "POST", target, c.authHeaders(len(body)), body)
+		resp, err := c.roundTrip(ctx, "POST", st.target, c.authHeaders(len(st.body)), st.body)
 		if err != nil {
 			return "", err
 		}
-		c.takeCookies(resp)
-		switch resp.Status {
-		case 200:
-		case 401, 403:
-			return "", &AuthError{Message: resp.Reason}
-		default:
-			return "", fmt.Errorf("openconnect: login: the server answered %d %s", resp.Status, clip(resp.Reason))
+		if cookie, err := c.loginStep(&st, resp); err != nil || cookie != "" {
+			return cookie, err
 		}
-		doc, err := ParseServerDoc(resp.Body)
-		if err != nil {
-			return "", fmt.Errorf("openconnect: login: %w", err)
-		}
-		if doc.Type == DocComplete {
-			cookie := c.cookie(CookieName)
-			if cookie == "" {
-				cookie = doc.SessionToken
-			}
-			if cookie == "" {
-				return "", fmt.Errorf("openconnect: login completed without a %s cookie", CookieName)
-			}
-			return cookie, nil
-		}
-		if doc.Auth == nil || doc.Auth.Form == nil {
-			return "", fmt.Errorf("openconnect: login: an auth-request without a form")
-		}
-		form := doc.Auth.Form
-		if doc.Auth.Error != "" {
-			return "", &AuthError{Message: doc.Auth.Error}
-		}
-		// A form that asks for credentials again after the password went
-		// out is the server's way of saying it was wrong.
-		if sentPassword && (asks(form, "password") || asks(form, "username")) {
-			return "", &AuthError{Message: doc.Auth.Message}
-		}
-		fields, group, err := FillForm(form, c.cfg.Username, c.cfg.Password, c.cfg.Group)
-		if err != nil {
-			return "", err
-		}
-		if target, err = actionPath(form.Action); err != nil {
-			return "", err
-		}
-		reply := ClientReply(clientVersion, form, fields, doc.Opaque)
-		reply.GroupSelect = group
-		body = reply.Marshal()
-		sentPassword = sentPassword || asks(form, "password")
 	}
 	return "", fmt.Errorf("openconnect: login: no answer after %d rounds", maxAuthRounds)
+}
+
+// loginState is where a Login is: the next request's body and target,
+// and whether the password went out already.
+type loginState struct {
+	body         []byte
+	target       string
+	sentPassword bool
+}
+
+// loginStep reads one answer of the exchange: the cookie when it is
+// complete, else the next request in st.
+func (c *client) loginStep(st *loginState, resp *Response) (cookie string, err error) {
+	c.takeCookies(resp)
+	switch resp.Status {
+	case 200:
+	case 401, 403:
+		return "", &AuthError{Message: resp.Reason}
+	default:
+		return "", fmt.Errorf("openconnect: login: the server answered %d %s", resp.Status, clip(resp.Reason))
+	}
+	doc, err := ParseServerDoc(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("openconnect: login: %w", err)
+	}
+	if doc.Type == DocComplete {
+		cookie := c.cookie(CookieName)
+		if cookie == "" {
+			cookie = doc.SessionToken
+		}
+		if !validCookie(cookie) {
+			return "", fmt.Errorf("openconnect: login completed without a usable %s cookie", CookieName)
+		}
+		return cookie, nil
+	}
+	if doc.Auth == nil || doc.Auth.Form == nil {
+		return "", fmt.Errorf("openconnect: login: an auth-request without a form")
+	}
+	form := doc.Auth.Form
+	if doc.Auth.Error != "" {
+		return "", &AuthError{Message: doc.Auth.Error}
+	}
+	// A form that asks for credentials again after the password went
+	// out is the server's way of saying it was wrong.
+	if st.sentPassword && (asks(form, "password") || asks(form, "username")) {
+		return "", &AuthError{Message: doc.Auth.Message}
+	}
+	fields, group, err := FillForm(form, c.cfg.Username, c.cfg.Password, c.cfg.Group)
+	if err != nil {
+		return "", err
+	}
+	if st.target, err = actionPath(form.Action); err != nil {
+		return "", err
+	}
+	reply := ClientReply(clientVersion, form, fields, doc.Opaque)
+	reply.GroupSelect = group
+	st.body = reply.Marshal()
+	st.sentPassword = st.sentPassword || asks(form, "password")
+	return "", nil
+}
+
+// validCookie reports whether a cookie can go in a Cookie header as is.
+func validCookie(v string) bool {
+	if v == "" || len(v) > MaxLine {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c == '"' || c == ',' || c == ';' || c == '\\' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Connect opens the tunnel with a cookie from Login, on a new TLS
@@ -616,7 +642,7 @@ func (c *client) connect(ctx context.Context, cookie string) (*ClientSession, er
 		c.close()
 		return nil, err
 	}
-	if cookie == "" || strings.ContainsAny(cookie, "; \t\r\n") {
+	if !validCookie(cookie) {
 		return fail(fmt.Errorf("openconnect: an invalid cookie"))
 	}
 	if c.conn == nil {
