@@ -282,7 +282,8 @@ func (h *ocservHarness) config(t *testing.T, password string) ClientConfig {
 	}
 }
 
-// occtl runs occtl -j against the server and decodes its JSON. It runs in
+// occtl runs occtl -j against the server and decodes its JSON into out
+// (unless nil). It runs in
 // the server's namespace, where it finds the tun devices it reports on.
 func (h *ocservHarness) occtl(t *testing.T, out any, args ...string) {
 	t.Helper()
@@ -294,6 +295,9 @@ func (h *ocservHarness) occtl(t *testing.T, out any, args ...string) {
 	b, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("occtl %v: %v\n%s%s", args, err, b, stderr.Bytes())
+	}
+	if out == nil {
+		return
 	}
 	if err := json.Unmarshal(b, out); err != nil {
 		t.Fatalf("occtl %v: %v\n%s", args, err, b)
@@ -359,6 +363,33 @@ func TestClientAgainstOcserv(t *testing.T) {
 
 	t.Run("DTLS", func(t *testing.T) { h.session(ctx, t, false) })
 	t.Run("CSTP", func(t *testing.T) { h.session(ctx, t, true) })
+	t.Run("Kick", func(t *testing.T) { h.kick(ctx, t) })
+}
+
+// kick has occtl disconnect the user: the session must end with the
+// server's DISCONNECT.
+func (h *ocservHarness) kick(ctx context.Context, t *testing.T) {
+	before := goroutines()
+	s, err := LoginAndConnect(ctx, h.config(t, ocPassword))
+	if err != nil {
+		t.Fatalf("LoginAndConnect: %v", err)
+	}
+	defer s.Close()
+	h.occtl(t, nil, "disconnect", "user", ocUser)
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session outlived occtl disconnect by 5 s")
+	}
+	t.Logf("after occtl disconnect: %v", s.Err())
+	if !errors.Is(s.Err(), ErrServerDisconnect) {
+		t.Errorf("Err %v, want ErrServerDisconnect", s.Err())
+	}
+	if _, err := s.ReadPacket(make([]byte, 2048)); !errors.Is(err, s.Err()) {
+		t.Errorf("ReadPacket after the kick: %v", err)
+	}
+	s.Close()
+	checkNoLeak(t, before)
 }
 
 func (h *ocservHarness) session(ctx context.Context, t *testing.T, noDTLS bool) {
@@ -426,7 +457,10 @@ func (h *ocservHarness) session(ctx context.Context, t *testing.T, noDTLS bool) 
 				close(replies)
 				return
 			}
-			replies <- b[:n]
+			select {
+			case replies <- b[:n]:
+			case <-s.Done():
+			}
 		}
 	}()
 	const pings = 5
@@ -449,7 +483,7 @@ func (h *ocservHarness) session(ctx context.Context, t *testing.T, noDTLS bool) 
 					got++
 					break wait
 				}
-				t.Logf("ignoring a packet of %d bytes", len(p))
+				t.Logf("ignoring a packet of %d bytes: % x…", len(p), p[:min(len(p), 24)])
 			case <-timeout:
 				t.Fatalf("no reply to echo request %d (stats %v)", seq, s.Stats())
 			}
