@@ -86,7 +86,7 @@ var counterNames = [numCounters]string{
 	"dpd_sent", "dpd_answered", "keepalives_sent",
 	"dtls_handshakes", "dtls_handshake_failures", "dtls_dead",
 	// Drops, each with its reason:
-	"drop_rx_too_big",      // a received packet larger than the receive buffers (the MTU)
+	"drop_rx_too_big",      // a received packet larger than the tunnel MTU
 	"drop_rx_short_buffer", // ReadPacket's buffer was smaller than the packet
 	"drop_rx_bad_type",     // a frame of a type this client does not speak (compressed, unknown)
 	"drop_tx_too_big",      // WritePacket was given more than the MTU
@@ -128,7 +128,7 @@ type ClientSession struct {
 	rx   chan *rxBuf // received packets, in order per channel
 	free chan *rxBuf // buffers to reuse
 	nbuf atomic.Int32
-	bufN int // size of a receive buffer
+	bufN int // size of a receive buffer: the tunnel MTU
 
 	counters [numCounters]atomic.Uint64
 
@@ -152,7 +152,7 @@ func newSession(cfg ClientConfig, raw net.Conn, w io.Writer, br *bufio.Reader, t
 		cstpBuf:  make([]byte, HeaderLen+MaxPayload),
 		rx:       make(chan *rxBuf, rxQueueLen),
 		free:     make(chan *rxBuf, rxQueueLen),
-		bufN:     max(t.MTU, 1500),
+		bufN:     t.MTU,
 		done:     make(chan struct{}),
 		cstpDone: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
@@ -253,7 +253,13 @@ func (s *ClientSession) end(err error, hangUp bool) bool {
 // ReadPacket reads the next inner IP packet into b and returns its
 // length. It blocks until one arrives or the session ends, then returns
 // the session's error (after the packets already received). A packet
-// larger than b is dropped and io.ErrShortBuffer returned.
+// larger than b is dropped and io.ErrShortBuffer returned; a b of the
+// tunnel's MTU always fits.
+//
+// Received packets wait in a queue of rxQueueLen; while it is full the
+// channels are not read, so the server's TCP (and the UDP socket buffer)
+// push back. A caller that stops reading for twice the DPD interval
+// ends the session as a dead peer.
 func (s *ClientSession) ReadPacket(b []byte) (int, error) {
 	var rb *rxBuf
 	select {
