@@ -36,6 +36,12 @@ type Grant struct {
 	// Tunnel holds the addresses, routes and DNS to push. The server
 	// fills in the MTU, the timers and DTLS.
 	Tunnel Tunnel
+	// Cookie, if set, is the session's cookie (whoever made the grant
+	// keeps it, to resume the session later: see ServerConfig.Resume);
+	// else the server makes one.
+	Cookie string
+	// Context is the caller's, carried with the session (Session.Grant).
+	Context any
 }
 
 // A Handler is where the inner packets go and where sessions are told of.
@@ -77,6 +83,10 @@ type ServerConfig struct {
 	MaxSetup int
 	// SendQueue bounds each session's queue of packets to send; default 512.
 	SendQueue int
+	// Resume, if set, is asked for the grant of a cookie the server does
+	// not know (it was restarted since the login); nil or an error
+	// refuses the CONNECT.
+	Resume func(ctx context.Context, cookie string) (*Grant, error)
 
 	Logf func(format string, args ...any)
 }
@@ -468,19 +478,38 @@ func (s *Server) authStep(ctx context.Context, w *respWriter, req *Request, from
 
 // newSession makes a session for g and returns its cookie.
 func (s *Server) newSession(g *Grant) (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	cookie := g.Cookie
+	if cookie == "" {
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		cookie = base64.RawURLEncoding.EncodeToString(b[:])
 	}
-	cookie := base64.RawURLEncoding.EncodeToString(b[:])
-	ss := newSession(s, cookieKey(cookie), g)
+	if s.addSession(cookie, g) == nil {
+		return "", net.ErrClosed
+	}
+	return cookie, nil
+}
+
+// addSession makes the session of cookie (nil once the server closed). A
+// session the cookie had already is ended first.
+func (s *Server) addSession(cookie string, g *Grant) *Session {
+	key := cookieKey(cookie)
+	s.mu.Lock()
+	old := s.sessions[key]
+	s.mu.Unlock()
+	if old != nil {
+		old.end(TypeDisconnect, "replaced")
+	}
+	ss := newSession(s, key, g)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return "", net.ErrClosed
+		return nil
 	}
-	s.sessions[ss.key] = ss
-	return cookie, nil
+	s.sessions[key] = ss
+	return ss
 }
 
 // connectSession answers a CONNECT: the session of its cookie gets this
@@ -497,6 +526,14 @@ func (s *Server) connectSession(w *respWriter, req *Request, cs tls.ConnectionSt
 		return nil, creq, false
 	}
 	ss := s.lookup(creq.Cookie)
+	if ss == nil && s.cfg.Resume != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+		if g, err := s.cfg.Resume(ctx, creq.Cookie); err == nil && g != nil {
+			g.Cookie = creq.Cookie
+			ss = s.addSession(creq.Cookie, g)
+		}
+		cancel()
+	}
 	if ss == nil || ss.isEnded() {
 		s.stats.count(ReasonBadCookie)
 		w.plain(401, "Cookie is not acceptable")

@@ -75,6 +75,10 @@ func (ss *Session) User() string { return ss.grant.User }
 // Device is the session's identity, as the Grant gave it.
 func (ss *Session) Device() string { return ss.grant.Device }
 
+// CookieHash is the SHA-256 of the session's cookie, in hex: what may be
+// logged or told to others of it.
+func (ss *Session) CookieHash() string { return hex.EncodeToString(ss.key[:]) }
+
 // Grant is what the login granted.
 func (ss *Session) Grant() *Grant { return ss.grant }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/engine"
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
+	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/uapi"
@@ -196,6 +197,39 @@ func runEngine(args []string) int {
 	gomaxprocs.Apply()
 	if err := engine.Run(os.NewFile(3, "ctl")); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: engine for %s: %v\n", args[1], err)
+		return 1
+	}
+	return 0
+}
+
+// tlsEngineRole is the first argument of an OpenConnect engine process,
+// started by a gateway's TLS front (package internal/ocengine).
+const tlsEngineRole = "--tls-engine-of"
+
+// runTLSEngine is `ptun --tls-engine-of IFNAME [--confined]`: the
+// OpenConnect engine, confined as the WireGuard engine is, and allowed to
+// accept connections on the listener its front hands it.
+func runTLSEngine(args []string) int {
+	if len(args) < 2 || len(args) > 3 {
+		fmt.Fprintln(os.Stderr, "ptun: the TLS engine role is started by a ptun gateway, not by hand")
+		return 2
+	}
+	if len(args) == 2 {
+		err := engine.Confine([]string{os.Args[0], tlsEngineRole, args[1], "--confined"})
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	if err := engine.Lockdown(engine.AllowAccept...); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	if err := engine.CheckConfined(); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+		return 1
+	}
+	gomaxprocs.Apply()
+	if err := ocengine.Run(os.NewFile(3, "ctl")); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: TLS engine for %s: %v\n", args[1], err)
 		return 1
 	}
 	return 0

@@ -118,6 +118,8 @@ func run(args []string) int {
 		err = help(args[1:])
 	case args[0] == engineRole:
 		return runEngine(args)
+	case args[0] == tlsEngineRole:
+		return runTLSEngine(args)
 	default:
 		return runInterface(args)
 	}

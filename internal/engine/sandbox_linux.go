@@ -350,7 +350,11 @@ func closeOnExecAbove(max int) error {
 
 // Lockdown is the confined engine's first step (step 3 above): not
 // dumpable, then the system call allow-list. Call CheckConfined after it.
-func Lockdown() error {
+//
+// The WireGuard engine needs nothing more than the common allow-list;
+// an engine that accepts connections on a listener its front handed it
+// (the OpenConnect engine) passes AllowAccept.
+func Lockdown(extra ...uintptr) error {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("engine: PR_SET_DUMPABLE: %w", err)
 	}
@@ -359,7 +363,7 @@ func Lockdown() error {
 	if err := snapshotSelf(); err != nil {
 		return err
 	}
-	return installSeccomp()
+	return installSeccomp(extra)
 }
 
 // self is what CheckConfined reads of this process, taken by Lockdown

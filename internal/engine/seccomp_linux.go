@@ -81,11 +81,11 @@ func seccompProgram(arch uint32, allowed []uintptr) ([]unix.SockFilter, error) {
 // installSeccomp installs the allow-list on every thread of the process
 // (SECCOMP_FILTER_FLAG_TSYNC, which also gives every thread the calling
 // thread's no_new_privs).
-func installSeccomp() error {
+func installSeccomp(extra []uintptr) error {
 	if seccompArch == 0 {
 		return nil
 	}
-	prog, err := seccompProgram(seccompArch, seccompAllowed)
+	prog, err := seccompProgram(seccompArch, append(append([]uintptr(nil), seccompAllowed...), extra...))
 	if err != nil {
 		return err
 	}

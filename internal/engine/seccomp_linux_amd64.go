@@ -34,3 +34,6 @@ var seccompAllowed = []uintptr{
 	unix.SYS_GETRANDOM, unix.SYS_UNAME, unix.SYS_PRLIMIT64, unix.SYS_GETRLIMIT, unix.SYS_PRCTL,
 	unix.SYS_GETUID, unix.SYS_GETEUID, unix.SYS_GETGID, unix.SYS_GETEGID, unix.SYS_GETPPID,
 }
+
+// AllowAccept is what an engine that accepts connections adds to the list.
+var AllowAccept = []uintptr{unix.SYS_ACCEPT4, unix.SYS_ACCEPT}

@@ -254,3 +254,7 @@ func (tb *tokenBucket) allow(now time.Time) bool {
 	tb.tokens--
 	return true
 }
+
+// EscapeLine makes a line from an engine safe to log (as escapeLine does,
+// cut at the front's longest log line): for the other engines' fronts.
+func EscapeLine(s string) string { return escapeLine(s, maxLogLine) }
