@@ -127,10 +127,11 @@ var adminRoutes = []adminRoute{
 	{"POST", AdminPrefix + "/rules", false, (*adminAPI).addRule},
 	{"DELETE", AdminPrefix + "/rules/{id}", false, (*adminAPI).removeRule},
 	{"GET", AdminPrefix + "/audit", false, (*adminAPI).audit},
+	{"POST", AdminPrefix + "/qr", false, (*adminAPI).qr},
 }
 
 // AdminHandler serves the admin API (and, with o.Health, the health
-// endpoint) from o.
+// endpoint) from o, and the admin page.
 func AdminHandler(o AdminOptions) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -158,8 +159,11 @@ func AdminHandler(o AdminOptions) http.Handler {
 	if o.Health != nil {
 		a.mux.Handle(AdminHealthPath, o.Health)
 	}
+	// The admin page (adminweb.go): public static files, holding no data.
+	a.mux.HandleFunc("GET /{$}", servePage)
+	a.mux.HandleFunc("GET "+AdminAssetsPrefix, servePage)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		adminFail(w, http.StatusNotFound, "not found: the admin API is under "+AdminPrefix+"/")
+		adminFail(w, http.StatusNotFound, "not found: the admin page is at / and the API under "+AdminPrefix+"/")
 	})
 	return a.mux
 }
