@@ -67,6 +67,10 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              key is made here and printed once, in the
                              wg-quick config on stdout (and its QR code)
   revoke USER/DEVICE         revoke a device: its addresses go back to the pool
+  device rename USER/DEVICE NEW
+                             rename an active device of USER to NEW (a name
+                             as at enrollment, free among USER's devices);
+                             its key and addresses stay
   allow GROUP DEST [tcp/PORT[-PORT] | udp/PORT[-PORT] | icmp]
                              let GROUP's members reach DEST (a group without
                              rules reaches every route, unless init said
@@ -101,6 +105,7 @@ Example:
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
+  sudo ptun gateway device rename alice/phone work-phone
   sudo ptun gateway backup /var/backups/ptun-registry-2026-12-03.db
 
 Example, with your own certificate for the enrollment API:
@@ -152,6 +157,7 @@ var gatewayCommands = map[string]func(args []string) error{
 	"devices": gatewayDevices,
 	"export":  gatewayExport,
 	"revoke":  gatewayRevoke,
+	"device":  gatewayDevice,
 	"run":     gatewayRun,
 	"allow":   gatewayAllow,
 	"rules":   gatewayRules,
@@ -512,6 +518,48 @@ func gatewayRevoke(args []string) error {
 			}
 		}
 		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
+		return nil
+	})
+}
+
+// gatewayDevice is `ptun gateway device rename USER/DEVICE NEW`.
+func gatewayDevice(args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, gatewayUsage)
+		return errHelped
+	}
+	if len(args) == 0 || args[0] != "rename" {
+		fmt.Fprint(os.Stderr, "ptun gateway device: rename USER/DEVICE NEW\nrun 'ptun gateway -h' for help\n")
+		return errUsage
+	}
+	fs, state := gwFlags("device rename")
+	pos, err := parseInterspersed(fs, args[1:], 2)
+	if err != nil {
+		return err
+	}
+	var user, dev string
+	ok := len(pos) == 2
+	if ok {
+		user, dev, ok = strings.Cut(pos[0], "/")
+	}
+	if !ok {
+		fmt.Fprintln(os.Stderr, "ptun gateway device rename: give USER/DEVICE and the new name, such as: ptun gateway device rename alice/phone work-phone")
+		return errUsage
+	}
+	name := pos[1]
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		devs, err := reg.ListDevices(ctx, registry.DeviceFilter{User: user, Name: dev})
+		if err != nil {
+			return err
+		}
+		if len(devs) == 0 {
+			return fmt.Errorf("no active device %s/%s (ptun gateway devices lists them)", user, dev)
+		}
+		d, err := reg.RenameDevice(ctx, devs[0].ID, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s/%s renamed %s/%s\n", user, dev, d.User, d.Name)
 		return nil
 	})
 }

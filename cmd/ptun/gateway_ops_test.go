@@ -154,3 +154,84 @@ func TestGatewaySchemaTooNew(t *testing.T) {
 		t.Errorf("%d users (%v) after refused commands, want 0", users, err)
 	}
 }
+
+// TestGatewayDeviceRename: device rename USER/DEVICE NEW renames the
+// device in the registry (key and addresses kept, audited with the CLI's
+// actor); a taken or bad name, an unknown or revoked device, and missing
+// arguments are refused and change nothing.
+func TestGatewayDeviceRename(t *testing.T) {
+	state := initGateway(t)
+	ok(t, "gateway", "user", "add", "alice", "--state", state)
+	ctx := context.Background()
+	withReg := func(f func(reg registry.Registry)) {
+		t.Helper()
+		_, reg, err := gateway.Load(ctx, state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Close()
+		f(reg)
+	}
+	var laptop registry.Device
+	withReg(func(reg registry.Registry) {
+		var err error
+		if laptop, err = reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key{1}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "phone", PublicKey: registry.Key{2}}); err != nil {
+			t.Fatal(err)
+		}
+		old, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "tablet", PublicKey: registry.Key{3}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.RevokeDevice(ctx, old.ID); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if out := ok(t, "gateway", "device", "rename", "alice/laptop", "work-laptop", "--state", state); !strings.Contains(out, "alice/laptop renamed alice/work-laptop") {
+		t.Errorf("rename says %q", out)
+	}
+	for _, c := range []struct {
+		code int
+		args []string
+	}{
+		{1, []string{"alice/phone", "work-laptop"}}, // taken
+		{1, []string{"alice/phone", "my phone"}},    // bad name
+		{1, []string{"alice/laptop", "x"}},          // renamed away
+		{1, []string{"alice/tablet", "x"}},          // revoked
+		{1, []string{"bob/phone", "x"}},             // no such user
+		{2, []string{"alice/phone"}},
+		{2, []string{"alice-phone", "x"}},
+		{2, []string{"alice/phone", "x", "y"}},
+	} {
+		fails(t, c.code, append(append([]string{"gateway", "device", "rename"}, c.args...), "--state", state)...)
+	}
+	fails(t, 2, "gateway", "device", "frobnicate", "alice/phone", "x", "--state", state)
+	fails(t, 2, "gateway", "device", "--state", state)
+	withReg(func(reg registry.Registry) {
+		d, err := reg.Device(ctx, laptop.ID)
+		if err != nil || d.Name != "work-laptop" || d.PublicKey != laptop.PublicKey || len(d.Addresses) != 1 || d.Addresses[0] != laptop.Addresses[0] {
+			t.Errorf("the renamed device %+v (%v), was %+v", d, err, laptop)
+		}
+		if ds, _ := reg.ListDevices(ctx, registry.DeviceFilter{User: "alice", Name: "phone"}); len(ds) != 1 {
+			t.Errorf("phone after the refused renames: %+v", ds)
+		}
+		es, err := reg.Audit(ctx, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var renames []string
+		for _, e := range es {
+			if e.Action == "device.rename" {
+				renames = append(renames, e.Actor+" "+e.Target+" "+e.Detail)
+			}
+		}
+		if s := strings.Join(renames, ","); s != gateway.Actor()+" alice/work-laptop laptop" {
+			t.Errorf("audit of renames: %q", s)
+		}
+	})
+	if out := ok(t, "gateway", "device", "-h"); !strings.Contains(out, "device rename USER/DEVICE NEW") || !strings.Contains(out, "gateway device rename alice/phone") {
+		t.Errorf("gateway device -h:\n%s", out)
+	}
+}

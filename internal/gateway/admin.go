@@ -67,6 +67,12 @@ type AdminOptions struct {
 	// Health is served at AdminHealthPath without authentication (nil:
 	// not served).
 	Health http.Handler
+	// Gateway is this gateway's name: the overview's, and left out of
+	// its other gateways.
+	Gateway string
+	// History is the running gateway's sampler, which the overview and
+	// the history answer from (nil: no live figures, no points).
+	History *History
 	// Secure marks the session cookie Secure: the listener is HTTPS.
 	Secure bool
 	Logger *slog.Logger
@@ -120,6 +126,7 @@ var adminRoutes = []adminRoute{
 	{"GET", AdminPrefix + "/groups", false, (*adminAPI).listGroups},
 	{"GET", AdminPrefix + "/devices", false, (*adminAPI).listDevices},
 	{"POST", AdminPrefix + "/devices/{id}/revoke", false, (*adminAPI).revokeDevice},
+	{"POST", AdminPrefix + "/devices/{id}/rename", false, (*adminAPI).renameDevice},
 	{"GET", AdminPrefix + "/invites", false, (*adminAPI).listInvites},
 	{"POST", AdminPrefix + "/invites", false, (*adminAPI).createInvite},
 	{"DELETE", AdminPrefix + "/invites/{id}", false, (*adminAPI).withdrawInvite},
@@ -127,6 +134,8 @@ var adminRoutes = []adminRoute{
 	{"POST", AdminPrefix + "/rules", false, (*adminAPI).addRule},
 	{"DELETE", AdminPrefix + "/rules/{id}", false, (*adminAPI).removeRule},
 	{"GET", AdminPrefix + "/audit", false, (*adminAPI).audit},
+	{"GET", AdminPrefix + "/overview", false, (*adminAPI).overview},
+	{"GET", AdminPrefix + "/history", false, (*adminAPI).history},
 	{"POST", AdminPrefix + "/qr", false, (*adminAPI).qr},
 }
 
@@ -399,6 +408,23 @@ func parseMember(b []byte) (MemberRequest, error) {
 	}
 	if _, err := registry.ParseName(req.Group); err != nil {
 		return req, fmt.Errorf("group: %w", err)
+	}
+	return req, nil
+}
+
+// RenameRequest is POST /devices/{id}/rename's body: the device's new
+// name, valid as an enrollment's.
+type RenameRequest struct {
+	Name string `json:"name"`
+}
+
+func parseRename(b []byte) (RenameRequest, error) {
+	req, err := decodeStrict[RenameRequest](b)
+	if err != nil {
+		return req, err
+	}
+	if _, err := registry.ParseName(req.Name); err != nil {
+		return req, fmt.Errorf("name: %w", err)
 	}
 	return req, nil
 }
@@ -831,34 +857,67 @@ func (a *adminAPI) listDevices(w http.ResponseWriter, r *http.Request, _ caller)
 		a.registryFail(w, err)
 		return
 	}
-	peers := map[registry.Key]wgcfg.PeerState{}
-	live := false
-	if a.o.Peers != nil {
-		if ps, err := a.o.Peers(); err == nil {
-			live = true
-			for _, p := range ps {
-				peers[registry.Key(p.PublicKey)] = p
-			}
-		}
-	}
+	peers, live := a.livePeers()
 	now := a.o.Now()
-	out := DevicesReply{Live: live, Devices: []DeviceJSON{}}
+	out := DevicesReply{Live: live, Devices: make([]DeviceJSON, 0, len(devs))}
 	for _, d := range devs {
-		j := DeviceJSON{ID: d.ID, User: d.User, Name: d.Name, PublicKey: base64.StdEncoding.EncodeToString(d.PublicKey[:]),
-			Addresses: d.Addresses, CreatedAt: d.CreatedAt, LastSeenAt: d.LastSeenAt, RevokedAt: d.RevokedAt}
-		if j.Addresses == nil {
-			j.Addresses = []netip.Addr{}
-		}
-		if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
-			if p.Endpoint.IsValid() {
-				j.Endpoint = p.Endpoint.String()
-			}
-			j.LastHandshake, j.RxBytes, j.TxBytes = p.LastHandshake, p.RxBytes, p.TxBytes
-			j.Online = !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < OnlineWithin
-		}
-		out.Devices = append(out.Devices, j)
+		out.Devices = append(out.Devices, deviceJSON(d, peers, now))
 	}
 	reply(w, http.StatusOK, out)
+}
+
+// livePeers reads the interface's peers by key; live is false when they
+// could not be read (or the gateway does not run).
+func (a *adminAPI) livePeers() (peers map[registry.Key]wgcfg.PeerState, live bool) {
+	if a.o.Peers == nil {
+		return nil, false
+	}
+	ps, err := a.o.Peers()
+	if err != nil {
+		return nil, false
+	}
+	peers = make(map[registry.Key]wgcfg.PeerState, len(ps))
+	for _, p := range ps {
+		peers[registry.Key(p.PublicKey)] = p
+	}
+	return peers, true
+}
+
+// deviceJSON is d with its peer's live figures from peers (nil: none).
+func deviceJSON(d registry.Device, peers map[registry.Key]wgcfg.PeerState, now time.Time) DeviceJSON {
+	j := DeviceJSON{ID: d.ID, User: d.User, Name: d.Name, PublicKey: base64.StdEncoding.EncodeToString(d.PublicKey[:]),
+		Addresses: d.Addresses, CreatedAt: d.CreatedAt, LastSeenAt: d.LastSeenAt, RevokedAt: d.RevokedAt}
+	if j.Addresses == nil {
+		j.Addresses = []netip.Addr{}
+	}
+	if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
+		if p.Endpoint.IsValid() {
+			j.Endpoint = p.Endpoint.String()
+		}
+		j.LastHandshake, j.RxBytes, j.TxBytes = p.LastHandshake, p.RxBytes, p.TxBytes
+		j.Online = !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < OnlineWithin
+	}
+	return j
+}
+
+// renameDevice renames an active device; the answer is the device, with
+// its live figures.
+func (a *adminAPI) renameDevice(w http.ResponseWriter, r *http.Request, _ caller) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	req, ok := body(w, r, parseRename)
+	if !ok {
+		return
+	}
+	d, err := a.o.Registry.RenameDevice(r.Context(), id, req.Name)
+	if err != nil {
+		a.registryFail(w, err)
+		return
+	}
+	peers, _ := a.livePeers()
+	reply(w, http.StatusOK, deviceJSON(d, peers, a.o.Now()))
 }
 
 func (a *adminAPI) revokeDevice(w http.ResponseWriter, r *http.Request, _ caller) {
@@ -1041,7 +1100,7 @@ func auditMatches(e registry.AuditEntry, user, device string) bool {
 		return false
 	}
 	if user != "" && e.Target != user && !strings.HasPrefix(e.Target, user+"/") &&
-		!(strings.HasSuffix(e.Target, "/"+user) && e.Action != "device.create" && e.Action != "device.revoke") {
+		!(strings.HasSuffix(e.Target, "/"+user) && !strings.HasPrefix(e.Action, "device.")) {
 		return false
 	}
 	return true

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,7 +49,9 @@ func (e *adminEnv) advance(d time.Duration) {
 	e.mu.Unlock()
 }
 
-func newAdminEnv(t *testing.T) *adminEnv {
+// newAdminEnv makes the environment; each of opts changes the handler's
+// options.
+func newAdminEnv(t *testing.T, opts ...func(*AdminOptions)) *adminEnv {
 	t.Helper()
 	ctx := context.Background()
 	reg, err := registry.OpenSQLite(ctx, filepath.Join(t.TempDir(), "registry.db"), registry.Options{})
@@ -65,9 +68,13 @@ func newAdminEnv(t *testing.T) *adminEnv {
 	e := &adminEnv{reg: reg, now: time.Now()}
 	var health telemetry.Health
 	health.Add(telemetry.Check{Name: "registry", Run: func() error { return nil }})
-	e.h = AdminHandler(AdminOptions{Registry: reg, Secure: true, Now: e.clock, Health: &health,
+	o := AdminOptions{Registry: reg, Secure: true, Now: e.clock, Health: &health,
 		InviteURL: func(secret string) (string, error) { return "https://198.18.0.1:8443/join#v1." + secret, nil },
-		Peers:     func() ([]wgcfg.PeerState, error) { return nil, errors.New("not running") }})
+		Peers:     func() ([]wgcfg.PeerState, error) { return nil, errors.New("not running") }}
+	for _, f := range opts {
+		f(&o)
+	}
+	e.h = AdminHandler(o)
 	return e
 }
 
@@ -429,6 +436,89 @@ func TestAdminActions(t *testing.T) {
 	}
 }
 
+// TestAdminRenameDevice: POST /devices/{id}/rename renames an active
+// device (200, the device with its live figures), audited as admin:root;
+// a bad name or body (400), an unknown or revoked device (404), a name the
+// user's other device has (409) write nothing.
+func TestAdminRenameDevice(t *testing.T) {
+	e := newAdminEnv(t)
+	tok := bearer(e.token(t))
+	ctx := context.Background()
+	for _, u := range []string{"alice", "desk"} { // a user named like the new name: the audit filter must not mix them
+		if _, err := e.reg.AddUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev := func(user, name string, k byte) registry.Device {
+		t.Helper()
+		var key noise.PublicKey
+		key[0] = k
+		d, err := e.reg.CreateDevice(ctx, user, registry.DeviceSpec{Name: name, PublicKey: registry.Key(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	laptop, _, gone := dev("alice", "laptop", 1), dev("alice", "phone", 2), dev("alice", "tablet", 3)
+	if err := e.reg.RevokeDevice(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	path := func(id int64) string { return AdminPrefix + "/devices/" + itoa(id) + "/rename" }
+	before := e.auditCount(t)
+	for _, c := range []struct {
+		path, body string
+		status     int
+	}{
+		{path(laptop.ID), `{"name":"phone"}`, http.StatusConflict},
+		{path(laptop.ID), `{"name":"lap top"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"<script>"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":""}`, http.StatusBadRequest},
+		{path(laptop.ID), `{}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"desk","user":"bob"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"desk"} {"name":"x"}`, http.StatusBadRequest},
+		{path(laptop.ID), `{"name":"` + strings.Repeat("a", 65) + `"}`, http.StatusBadRequest},
+		{path(999), `{"name":"desk"}`, http.StatusNotFound},
+		{path(gone.ID), `{"name":"tablet2"}`, http.StatusNotFound},
+		{AdminPrefix + "/devices/abc/rename", `{"name":"desk"}`, http.StatusBadRequest},
+		{AdminPrefix + "/devices/0/rename", `{"name":"desk"}`, http.StatusBadRequest},
+	} {
+		w := e.do(t, "POST", c.path, c.body, tok)
+		if w.Code != c.status {
+			t.Errorf("POST %s %.40s: status %d, want %d: %s", c.path, c.body, w.Code, c.status, w.Body)
+		}
+		if strings.ContainsAny(w.Body.String(), "<>") {
+			t.Errorf("POST %s: markup in the answer is not escaped: %s", c.path, w.Body)
+		}
+	}
+	if n := e.auditCount(t); n != before {
+		t.Errorf("refused renames wrote %d audit entries", n-before)
+	}
+
+	var got DeviceJSON
+	want(t, e.do(t, "POST", path(laptop.ID), `{"name":"desk"}`, tok), http.StatusOK, &got)
+	if got.ID != laptop.ID || got.Name != "desk" || got.User != "alice" || len(got.Addresses) != 1 || got.Addresses[0] != laptop.Addresses[0] {
+		t.Errorf("renamed device %+v, was %+v", got, laptop)
+	}
+	if d, err := e.reg.Device(ctx, laptop.ID); err != nil || d.Name != "desk" {
+		t.Errorf("the registry's device: %+v %v", d, err)
+	}
+	var byDev AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?device=alice/desk", "", tok), http.StatusOK, &byDev)
+	if len(byDev.Entries) != 1 || byDev.Entries[0].Action != "device.rename" || byDev.Entries[0].Actor != "admin:root" || byDev.Entries[0].Detail != "laptop" {
+		t.Errorf("audit of alice/desk: %+v", byDev.Entries)
+	}
+	var byUser AuditReply
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=desk", "", tok), http.StatusOK, &byUser)
+	if len(byUser.Entries) != 1 || byUser.Entries[0].Action != "user.add" {
+		t.Errorf("audit of user desk: %+v: want only their user.add, not alice's device", byUser.Entries)
+	}
+	// The old name is free again, for the page's next rename.
+	want(t, e.do(t, "POST", path(laptop.ID), `{"name":"laptop"}`, tok), http.StatusOK, &got)
+	if got.Name != "laptop" {
+		t.Errorf("renamed back: %+v", got)
+	}
+}
+
 // TestAdminBadBodies: too big (413), malformed, unknown fields, trailing
 // data, wrong types, bad names and rules (400), not JSON (415): nothing
 // written, and a name with markup comes back escaped.
@@ -524,6 +614,21 @@ func FuzzParseUser(f *testing.F) {
 			if _, err := registry.ParseName(g); err != nil {
 				t.Fatalf("accepted group %q", g)
 			}
+		}
+	})
+}
+
+func FuzzParseRename(f *testing.F) {
+	f.Add([]byte(`{"name":"laptop"}`))
+	f.Add([]byte(`{"name":"lap top"}`))
+	f.Add([]byte(`{"name":"a","name":"<b>"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseRename(b)
+		if err != nil {
+			return
+		}
+		if _, err := registry.ParseName(req.Name); err != nil {
+			t.Fatalf("accepted name %q", req.Name)
 		}
 	})
 }
@@ -718,7 +823,7 @@ func TestServeAdmin(t *testing.T) {
 	roots.AppendCertsFromPEM(pemBytes)
 	for _, plain := range []bool{false, true} {
 		cfg.Admin, cfg.AdminPlain = netip.MustParseAddrPort("127.0.0.1:0"), plain
-		srv, addr, err := serveAdmin(dir, cfg, reg, cert, &health, peers, nil)
+		srv, addr, err := serveAdmin(dir, cfg, reg, cert, &health, peers, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -764,5 +869,150 @@ func TestServeAdmin(t *testing.T) {
 		if cs := resp.Cookies(); len(cs) != 1 || cs[0].Secure == plain {
 			t.Errorf("plain %v: cookie %+v: Secure only over HTTPS", plain, cs)
 		}
+	}
+}
+
+// keysOf is the sorted keys of a JSON object.
+func keysOf(m map[string]any) string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return strings.Join(ks, ",")
+}
+
+// TestAdminOverviewHistory: GET /overview and /history answer from the
+// gateway's History with exactly the fields the page reads: before any
+// read (live false, the registry's device count), after two (the totals,
+// the rates), a device's points, an empty list for a device without
+// samples, 400 for a bad device ID; the other gateways are the registry's
+// without this one.
+func TestAdminOverviewHistory(t *testing.T) {
+	x := newHistoryFixture()
+	var byKey sync.Map // registry.Key -> device ID
+	x.h.o.DeviceID = func(k noise.PublicKey) (int64, bool) {
+		id, ok := byKey.Load(registry.Key(k))
+		if !ok {
+			return 0, false
+		}
+		return id.(int64), true
+	}
+	e := newAdminEnv(t, func(o *AdminOptions) { o.Gateway, o.History = "gw1", x.h })
+	tok := bearer(e.token(t))
+	ctx := context.Background()
+	for i, name := range []string{"gw1", "gw2"} {
+		if _, err := e.reg.AddGateway(ctx, registry.Gateway{Name: name, PublicKey: registry.Key{byte(i + 1)}, Endpoint: "198.18.0." + itoa(int64(i+1)) + ":51820",
+			API: "https://198.18.0." + itoa(int64(i+1)) + ":8443", Pin: "pin-sha256:x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.reg.AddUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for n, name := range []string{"laptop", "phone"} {
+		d, err := e.reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: name, PublicKey: registry.Key(peerKey(n + 1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		byKey.Store(d.PublicKey, d.ID)
+		ids = append(ids, d.ID)
+	}
+
+	get := func(path string, v any) map[string]any {
+		t.Helper()
+		w := e.do(t, "GET", AdminPrefix+path, "", tok)
+		want(t, w, http.StatusOK, v)
+		var m map[string]any
+		json.Unmarshal(w.Body.Bytes(), &m)
+		return m
+	}
+	var ov OverviewReply
+	m := get("/overview", &ov)
+	if ov.Live || ov.DevicesTotal != 2 || !ov.SampledAt.IsZero() || ov.Gateway != "gw1" || len(ov.OtherGateways) != 1 || ov.Drops == nil {
+		t.Errorf("overview before any read: %+v", ov)
+	}
+	if k := keysOf(m); k != "devices_online,devices_total,drops,engine_restarts,gateway,live,other_gateways,rx_bytes,tx_bytes" {
+		t.Errorf("overview fields before any read: %s", k)
+	}
+	if g := ov.OtherGateways[0]; g.Name != "gw2" || g.Endpoint != "198.18.0.2:51820" || g.APIURL != "https://198.18.0.2:8443" || g.Pin != "pin-sha256:x" || g.CreatedAt.IsZero() {
+		t.Errorf("the other gateway: %+v", g)
+	}
+	if k := keysOf(m["other_gateways"].([]any)[0].(map[string]any)); k != "api_url,created_at,endpoint,name,pin,public_key" {
+		t.Errorf("a gateway's fields: %s", k)
+	}
+	if m := get("/history", nil); m["interval_s"] != 1.0 || len(m["points"].([]any)) != 0 {
+		t.Errorf("history before any read: %v", m)
+	}
+
+	x.src.set(1, 1000, 2000, x.now)
+	x.src.set(2, 0, 0, time.Time{})
+	x.src.counter("drop_acl", 2)
+	x.src.counter("engine_restarts", 3)
+	x.step(0)
+	x.src.set(1, 6000, 2500, x.now)
+	x.src.counter("drop_acl", 12)
+	x.step(time.Second)
+	m = get("/overview", &ov)
+	if !ov.Live || ov.DevicesTotal != 2 || ov.DevicesOnline != 1 || ov.RxBytes != 6000 || ov.TxBytes != 2500 || ov.Drops["drop_acl"] != 12 ||
+		ov.EngineRestarts != 3 || !ov.SampledAt.Equal(x.now) {
+		t.Errorf("overview: %+v", ov)
+	}
+	if k := keysOf(m); k != "devices_online,devices_total,drops,engine_restarts,gateway,live,other_gateways,rx_bytes,sampled_at,tx_bytes" {
+		t.Errorf("overview fields: %s", k)
+	}
+	var hist HistoryReply[TotalPointJSON]
+	m = get("/history", &hist)
+	if hist.IntervalS != 1 || len(hist.Points) != 1 {
+		t.Fatalf("history %+v", hist)
+	}
+	if p := hist.Points[0]; !p.T.Equal(x.now) || p.RxBps != 5000 || p.TxBps != 500 || p.Online != 1 || p.Drops["drop_acl"] != 10 || len(p.Drops) != 1 {
+		t.Errorf("history point %+v", p)
+	}
+	if k := keysOf(m); k != "interval_s,points" {
+		t.Errorf("history fields: %s", k)
+	}
+	if k := keysOf(m["points"].([]any)[0].(map[string]any)); k != "drops,online,rx_bps,t,tx_bps" {
+		t.Errorf("history point fields: %s", k)
+	}
+	var dh HistoryReply[DevicePointJSON]
+	m = get("/history?device="+itoa(ids[0]), &dh)
+	if len(dh.Points) != 1 || dh.Points[0].RxBps != 5000 || dh.Points[0].TxBps != 500 || !dh.Points[0].T.Equal(x.now) {
+		t.Errorf("device history %+v", dh)
+	}
+	if k := keysOf(m["points"].([]any)[0].(map[string]any)); k != "rx_bps,t,tx_bps" {
+		t.Errorf("device history point fields: %s", k)
+	}
+	if m := get("/history?device=999", nil); len(m["points"].([]any)) != 0 {
+		t.Errorf("a device without samples: %v", m)
+	}
+	for _, q := range []string{"abc", "0", "-1", "", "1&device=2", "1.5"} {
+		want(t, e.do(t, "GET", AdminPrefix+"/history?device="+q, "", tok), http.StatusBadRequest, nil)
+	}
+
+	// The engine stops answering: not live, the last figures with their time.
+	at := x.now
+	x.src.mu.Lock()
+	x.src.err = errors.New("engine restarting")
+	x.src.mu.Unlock()
+	x.step(time.Second)
+	get("/overview", &ov)
+	if ov.Live || !ov.SampledAt.Equal(at) || ov.RxBytes != 6000 || ov.DevicesTotal != 2 {
+		t.Errorf("overview after a failed read: %+v", ov)
+	}
+
+	// A gateway without a History: no figures, an empty history.
+	plain := newAdminEnv(t)
+	ptok := bearer(plain.token(t))
+	w := plain.do(t, "GET", AdminPrefix+"/overview", "", ptok)
+	want(t, w, http.StatusOK, &ov)
+	if ov.Live || ov.DevicesTotal != 0 || len(ov.OtherGateways) != 0 {
+		t.Errorf("overview without a History: %+v", ov)
+	}
+	w = plain.do(t, "GET", AdminPrefix+"/history", "", ptok)
+	want(t, w, http.StatusOK, nil)
+	if got := strings.TrimSpace(w.Body.String()); got != `{"interval_s":5,"points":[]}` {
+		t.Errorf("history without a History: %s", got)
 	}
 }

@@ -164,7 +164,23 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 			health.Add(telemetry.Check{Name: "registry", Run: s.registryHealth})
 			health.Add(telemetry.Check{Name: "engine", Run: func() error { return front.EngineRunning(h) }})
 		}
-		asrv, _, err := serveAdmin(dir, cfg, reg, cert, health, h, logger)
+		// The page's charts: sampled while the gateway runs, stopped
+		// (after the listener) when it stops.
+		var hist *History
+		if dev, ok := h.(telemetry.Device); ok {
+			hist = NewHistory(HistoryOptions{Source: dev, DeviceID: s.peerDevice})
+			hctx, stopHist := context.WithCancel(ctx)
+			histDone := make(chan struct{})
+			go func() {
+				defer close(histDone)
+				hist.Run(hctx)
+			}()
+			defer func() {
+				stopHist()
+				<-histDone
+			}()
+		}
+		asrv, _, err := serveAdmin(dir, cfg, reg, cert, health, h, hist, logger)
 		if err != nil {
 			return err
 		}
@@ -227,15 +243,16 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 }
 
 // serveAdmin serves the admin API of the gateway in dir on cfg.Admin,
-// HTTPS with cert unless cfg.AdminPlain, with health at /healthz and the
-// live figures of h's peers (nil: none), until the server is closed. It
-// returns the listener's address.
-func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certificate, health *telemetry.Health, h uapi.Handler, logger *slog.Logger) (*http.Server, net.Addr, error) {
+// HTTPS with cert unless cfg.AdminPlain, with health at /healthz, the
+// live figures of h's peers (nil: none) and hist's overview and history
+// (nil: none), until the server is closed. It returns the listener's
+// address.
+func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certificate, health *telemetry.Health, h uapi.Handler, hist *History, logger *slog.Logger) (*http.Server, net.Addr, error) {
 	pin, err := Pin(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	o := AdminOptions{Registry: reg, Health: health, Secure: !cfg.AdminPlain, Logger: logger,
+	o := AdminOptions{Registry: reg, Health: health, Secure: !cfg.AdminPlain, Logger: logger, Gateway: cfg.Name, History: hist,
 		InviteURL: func(secret string) (string, error) { return InviteURL(cfg, secret, pin) }}
 	if h != nil {
 		o.Peers = func() ([]wgcfg.PeerState, error) {
@@ -330,8 +347,12 @@ type syncFailure struct {
 	err error
 }
 
-// deviceName is how the metrics label a device's peer.
-type deviceName struct{ user, device string }
+// deviceName is how the metrics label a device's peer, and the device's
+// registry ID (for the admin page's history).
+type deviceName struct {
+	user, device string
+	id           int64
+}
 
 // registryStale is how long without an answer from the registry (a sync
 // blocked on it) makes the gateway unhealthy. A sync asks every syncEvery.
@@ -381,6 +402,17 @@ func (s *syncer) peerName(k noise.PublicKey) (user, device string, ok bool) {
 	}
 	n, ok := (*m)[k]
 	return n.user, n.device, ok
+}
+
+// peerDevice is the registry ID of the device whose key is k, as of the
+// last sync.
+func (s *syncer) peerDevice(k noise.PublicKey) (int64, bool) {
+	m := s.names.Load()
+	if m == nil {
+		return 0, false
+	}
+	n, ok := (*m)[k]
+	return n.id, ok
 }
 
 // site is the current Site.
@@ -500,7 +532,7 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 			byAddr[a] = d
 		}
 		want[k] = pc
-		names[k] = deviceName{user: d.User, device: d.Name}
+		names[k] = deviceName{user: d.User, device: d.Name, id: d.ID}
 	}
 	return want, byAddr, names, nil
 }

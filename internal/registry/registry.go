@@ -231,6 +231,14 @@ type Devices interface {
 	// RevokeDevice frees the device's addresses and marks it revoked; its
 	// row stays. Revoking a revoked device is ErrNotFound.
 	RevokeDevice(ctx context.Context, id int64) error
+	// RenameDevice gives an active device a new name, valid by ParseName
+	// (as at enrollment), and returns it renamed. ErrNotFound if there is
+	// no such device or it is revoked, ErrExists if its user has another
+	// active device of that name, ErrInvalid for a bad name. Its key and
+	// addresses stay; the audit entry device.rename names it user/new
+	// with the old name as detail. The device's own name again changes
+	// nothing and records nothing.
+	RenameDevice(ctx context.Context, id int64, name string) (Device, error)
 	// SeenDevice records when the gateway last heard from the device. It is
 	// an observation, not a change: it writes no audit row and no Change,
 	// and never moves the time backwards.

@@ -297,6 +297,80 @@ func TestDevices(t *testing.T) {
 	})
 }
 
+// TestRenameDevice: a rename keeps the device's key and addresses, is
+// audited with its actor (target user/new, the old name as detail) and is
+// a device change; the old name is free at once; a bad name, a revoked or
+// unknown device and a name the user's other active device has are
+// refused and write nothing; the same name again writes nothing.
+func TestRenameDevice(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		r := b.open(t, Options{})
+		ctx := WithActor(bg, "admin:root")
+		must(r.AddPool(bg, netip.MustParsePrefix("100.80.0.0/16")))(t)
+		must(r.AddUser(bg, "alice"))(t)
+		must(r.AddUser(bg, "bob"))(t)
+		laptop := must(r.CreateDevice(bg, "alice", DeviceSpec{Name: "laptop", PublicKey: key(1)}))(t)
+		phone := must(r.CreateDevice(bg, "alice", DeviceSpec{Name: "phone", PublicKey: key(2)}))(t)
+		old := must(r.CreateDevice(bg, "alice", DeviceSpec{Name: "tablet", PublicKey: key(3)}))(t)
+		if err := r.RevokeDevice(bg, old.ID); err != nil {
+			t.Fatal(err)
+		}
+		must(r.CreateDevice(bg, "bob", DeviceSpec{Name: "desk", PublicKey: key(4)}))(t)
+
+		before := counts(t, r)
+		_, err := r.RenameDevice(ctx, laptop.ID, "phone")
+		wantErr(t, err, ErrExists, "the name of the user's other device")
+		_, err = r.RenameDevice(ctx, laptop.ID, "lap top")
+		wantErr(t, err, ErrInvalid, "a bad name")
+		_, err = r.RenameDevice(ctx, laptop.ID, "<b>x</b>")
+		wantErr(t, err, ErrInvalid, "markup")
+		_, err = r.RenameDevice(ctx, laptop.ID, "")
+		wantErr(t, err, ErrInvalid, "an empty name")
+		_, err = r.RenameDevice(ctx, laptop.ID, strings.Repeat("a", 65))
+		wantErr(t, err, ErrInvalid, "a long name")
+		_, err = r.RenameDevice(ctx, 999, "desk")
+		wantErr(t, err, ErrNotFound, "an unknown device")
+		_, err = r.RenameDevice(ctx, old.ID, "tablet2")
+		wantErr(t, err, ErrNotFound, "a revoked device")
+		if got := must(r.RenameDevice(ctx, laptop.ID, "laptop"))(t); !equalDevice(got, laptop) {
+			t.Errorf("renamed to its own name: %+v", got)
+		}
+		unchanged(t, r, before, "refused renames")
+
+		_, seq, _ := r.Changes(bg, 0)
+		entries := must(r.Audit(bg, 0, 1000))(t)
+		lastAudit := entries[len(entries)-1].ID
+		// bob's desk and alice's revoked tablet do not stand in the way.
+		got := must(r.RenameDevice(ctx, laptop.ID, "desk"))(t)
+		want := laptop
+		want.Name = "desk"
+		if !equalDevice(got, want) {
+			t.Errorf("RenameDevice = %+v, want %+v", got, want)
+		}
+		if d := must(r.Device(bg, laptop.ID))(t); !equalDevice(d, want) {
+			t.Errorf("Device after the rename = %+v", d)
+		}
+		if ds := must(r.ListDevices(bg, DeviceFilter{User: "alice", Name: "laptop"}))(t); len(ds) != 0 {
+			t.Errorf("the old name still lists %+v", ds)
+		}
+		entries = must(r.Audit(bg, lastAudit, 100))(t)
+		if len(entries) != 1 || entries[0].Action != "device.rename" || entries[0].Actor != "admin:root" ||
+			entries[0].Target != "alice/desk" || entries[0].Detail != "laptop" {
+			t.Errorf("audit of the rename: %+v", entries)
+		}
+		changes, _, _ := r.Changes(bg, seq)
+		if len(changes) != 1 || changes[0].Kind != KindDevice || changes[0].ID != laptop.ID {
+			t.Errorf("changes of the rename: %+v", changes)
+		}
+		// The old name is free at once; the new one is taken.
+		must(r.CreateDevice(bg, "alice", DeviceSpec{Name: "laptop", PublicKey: key(5)}))(t)
+		_, err = r.CreateDevice(bg, "alice", DeviceSpec{Name: "desk", PublicKey: key(6)})
+		wantErr(t, err, ErrExists, "enrolling the new name")
+		_, err = r.RenameDevice(ctx, phone.ID, "desk")
+		wantErr(t, err, ErrExists, "renaming another device to the new name")
+	})
+}
+
 func equalDevice(a, b Device) bool {
 	if a.ID != b.ID || a.UserID != b.UserID || a.User != b.User || a.Name != b.Name || a.PublicKey != b.PublicKey ||
 		!a.CreatedAt.Equal(b.CreatedAt) || !a.LastSeenAt.Equal(b.LastSeenAt) || !a.RevokedAt.Equal(b.RevokedAt) || len(a.Addresses) != len(b.Addresses) {
@@ -610,6 +684,7 @@ func TestAuditAndChanges(t *testing.T) {
 				return err
 			}},
 			{"gateway.remove", KindGateway, func() error { return r.RemoveGateway(ctx, "gw") }},
+			{"device.rename", KindDevice, func() (err error) { dev, err = r.RenameDevice(ctx, dev.ID, "desk"); return err }},
 			{"device.revoke", KindDevice, func() error { return r.RevokeDevice(ctx, dev.ID) }},
 			{"invite.revoke", KindInvite, func() error { return r.RevokeInvite(ctx, inv.ID) }},
 			{"group.member.remove", KindGroup, func() error { return r.RemoveMember(ctx, "eng", "alice") }},

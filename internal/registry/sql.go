@@ -774,6 +774,56 @@ func (r *sqlRegistry) RevokeDevice(ctx context.Context, id int64) error {
 	}), "")
 }
 
+func (r *sqlRegistry) RenameDevice(ctx context.Context, id int64, name string) (Device, error) {
+	if _, err := ParseName(name); err != nil {
+		return Device{}, fmt.Errorf("device: %w", err)
+	}
+	var d Device
+	err := r.write(ctx, func(t *txn) error {
+		ds, err := t.r.listDevicesWhere(t.ctx, t.tx, `d.id = ?`, id)
+		if err != nil {
+			return err
+		}
+		if len(ds) == 0 {
+			return fmt.Errorf("%w: no device with id %d: list devices", ErrNotFound, id)
+		}
+		d = ds[0]
+		if d.Revoked() {
+			return fmt.Errorf("%w: device %s/%s was revoked (at %s): a revoked device keeps its name", ErrNotFound, d.User, d.Name, d.RevokedAt.Format(time.RFC3339))
+		}
+		if d.Name == name {
+			return nil // nothing changes, nothing recorded
+		}
+		var n int
+		if err := t.queryRow(`SELECT COUNT(*) FROM devices WHERE user_id = ? AND name = ? AND revoked_at IS NULL`, d.UserID, name).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: user %q has a device named %q: choose another name, or revoke that device first", ErrExists, d.User, name)
+		}
+		// Checked again under the row lock: a revoke meanwhile wins.
+		res, err := t.exec(`UPDATE devices SET name = ? WHERE id = ? AND revoked_at IS NULL`, name, id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("%w: device %s/%s was revoked meanwhile", ErrNotFound, d.User, d.Name)
+		}
+		old := d.Name
+		d.Name = name
+		t.record(KindDevice, id, "device.rename", d.User+"/"+name, old)
+		return nil
+	})
+	if err != nil {
+		// The unique index backs the check up against a concurrent rename
+		// or enrollment.
+		return Device{}, r.dbErr(err, fmt.Sprintf("device %s/%s: the name is taken", d.User, name))
+	}
+	return d, nil
+}
+
 // revoke revokes d and frees its addresses; done is false (and nothing
 // written) if another transaction revoked it first.
 func (t *txn) revoke(d Device) (done bool, err error) {
