@@ -15,11 +15,18 @@ const hhmm = (ms) => {
   return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
 };
 
+// width is a chart's width in its box (so that its text keeps its size).
+function width(box) {
+  const w = box && box.clientWidth ? box.clientWidth - 16 : 640;
+  return Math.max(320, Math.min(1600, Math.round(w)));
+}
+
 // lineChart draws series of [time in ms, value] over [from, to]:
 // o = {series: [{label, cls, points}], from, to, format, gap (ms: a longer
-// pause between points breaks the line), title}.
+// pause between points breaks the line), title, box (the element it goes
+// in, for its width)}.
 export function lineChart(o) {
-  const W = 640, H = 200, left = 78, right = 10, top = 10, bottom = 24;
+  const W = width(o.box), H = 200, left = 78, right = 10, top = 10, bottom = 24;
   const pw = W - left - right, ph = H - top - bottom;
   let max = 0;
   for (const se of o.series) for (const [, v] of se.points) max = Math.max(max, v);
@@ -59,10 +66,10 @@ export function legend(series) {
 }
 
 // barChart draws horizontal bars: entries = [{key, label, value}], o =
-// {format, title}. Each bar has data-key and data-value, for tests and
-// for reading.
+// {format, title, box}. Each bar has data-key and data-value, for tests
+// and for reading.
 export function barChart(entries, o) {
-  const W = 640, row = 24, left = 170, right = 90;
+  const W = width(o.box), row = 24, left = 170, right = 90;
   const H = Math.max(1, entries.length) * row + 4;
   const max = Math.max(1, ...entries.map((e) => e.value));
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart bars", role: "img", "aria-label": o.title || "" });

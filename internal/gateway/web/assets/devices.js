@@ -13,8 +13,9 @@ export function deviceState(d) {
   return d.revoked_at ? "revoked" : d.online ? "online" : "offline";
 }
 
-// rates keeps, per device, the last 60 readings of its byte counters, for
-// a sparkline when the gateway has no per-device history.
+// readings keeps, per device, the last 60 readings of its byte counters,
+// for a sparkline when the gateway has no history of it (an older
+// gateway, or a device seen for the first time).
 const readings = new Map();
 
 function localRates(d) {
@@ -99,7 +100,7 @@ export default {
           await api.post(`/devices/${api.seg(d.id)}/rename`, { name });
           msg.say(`${d.user}/${d.name} is now ${d.user}/${name}.`);
         } catch (e) {
-          msg.say(e.status === 404 && /endpoint/.test(e.message) ? "This gateway cannot rename devices." : e.message, true);
+          msg.say(e.status === 404 && /no such endpoint/.test(e.message) ? "This gateway cannot rename devices." : e.message, true);
         }
         await refresh().catch((e) => msg.say(e.message, true));
       },
@@ -123,11 +124,11 @@ export default {
           hist = await api.optional("/history" + api.q({ device: d.id }));
           if (hist === null) historyMissing = true;
         }
-        if (hist && Array.isArray(hist.points)) {
+        const l = localRates(d);
+        if (hist && Array.isArray(hist.points) && hist.points.length >= 2) {
           replace(cell, spark(hist.points.map((p) => Number(p.rx_bps) || 0), hist.points.map((p) => Number(p.tx_bps) || 0)));
         } else {
-          const l = localRates(d);
-          replace(cell, spark(l.rx, l.tx));
+          replace(cell, spark(l.rx, l.tx)); // a gateway without the history, or a device just seen
         }
       });
       await Promise.all(jobs);

@@ -15,7 +15,8 @@ export function qrSVG(modules, label) {
     for (let x = 0; x < row.length; x++) if (row[x] === "1") d += `M${x + QUIET} ${y + QUIET}h1v1h-1z`;
   });
   const size = n + 2 * QUIET;
-  return s("svg", { viewBox: `0 0 ${size} ${size}`, class: "qr", role: "img", "aria-label": label, "shape-rendering": "crispEdges" },
+  const px = size * Math.max(3, Math.floor(240 / size)); // whole pixels a module: sharp for a camera
+  return s("svg", { viewBox: `0 0 ${size} ${size}`, width: px, height: px, class: "qr", role: "img", "aria-label": label, "shape-rendering": "crispEdges" },
     s("rect", { width: size, height: size, fill: "#fff" }),
     s("path", { d, fill: "#000" }));
 }
