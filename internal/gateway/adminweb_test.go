@@ -344,3 +344,23 @@ func TestAdminQR(t *testing.T) {
 		t.Error("/qr wrote to the audit log")
 	}
 }
+
+// FuzzParseQR: what parseQR accepts is a text of 1 to maxQRText bytes,
+// and every such text encodes.
+func FuzzParseQR(f *testing.F) {
+	f.Add([]byte(`{"text":"https://198.18.0.1:8443/join#v1.x&pin-sha256:AAAA"}`))
+	f.Add([]byte(`{"text":""}`))
+	f.Add([]byte(`{"text":"\u0000\uffff"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := parseQR(b)
+		if err != nil {
+			return
+		}
+		if req.Text == "" || len(req.Text) > maxQRText {
+			t.Fatalf("accepted %d bytes", len(req.Text))
+		}
+		if _, err := encodeQR(req.Text); err != nil {
+			t.Fatalf("accepted %q, which does not encode: %v", req.Text, err)
+		}
+	})
+}
