@@ -34,17 +34,21 @@ const maxFirstLoad = 200 << 10
 
 // TestAdminPage drives the gateway's admin page in a real Chromium, as an
 // admin would: the gateway runs in the lab's server namespace with its
-// admin listener on that namespace's loopback (HTTPS with the gateway's
-// own certificate, which Chromium accepts by its pin alone), and Chromium
-// runs in the same namespace, as it would at the end of an SSH tunnel.
+// admin listener on a management network (HTTPS with the gateway's own
+// certificate, which Chromium accepts by its pin alone), and Chromium
+// runs in a namespace of its own on that network. (Not in the gateway's:
+// Chromium drops its connections, and fails the requests under way, when
+// the addresses of its host change, as they do there while the gateway
+// and the client's tunnel come up.)
 //
 // It measures the first load (bytes and time to the login form; the
 // bytes must stay under 200 KB), logs in, reloads (the session and its
 // CSRF token come back from whoami), adds a user, makes an invite and
 // reads its URL (and its QR code) from the page, enrolls a real client
 // with it and sees the device online with its bytes rising while it
-// pings the lan, adds an access rule and sees the refused pings counted
-// as drop_acl, revokes the device through the page's confirmation and
+// pings the lan, renames it, adds an access rule and sees the refused
+// pings counted as drop_acl on the overview (whose charts are drawn),
+// revokes the device through the page's confirmation and
 // sees its traffic stop, and finds every step in the audit page, by admin
 // and filtered by user. Markup in stored strings (an audit entry's
 // detail) and in error messages (a user name, a rule) shows as text, with
@@ -60,12 +64,14 @@ func TestAdminPage(t *testing.T) {
 	mustRun(t, lan.ns, "ip", "route", "add", "default", "via", "198.18.2.1")
 	const lanHost, gatewayTunnel = "198.18.2.2", "100.80.0.1"
 
+	admin := l.addManagement(t)
+
 	dir := t.TempDir()
 	state := filepath.Join(dir, "gw")
 	iface := "pga" + l.id
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", state, "--name", "gw1", "--interface", iface,
 		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
-		"--admin", "127.0.0.1:8444", "--pool", "100.80.0.0/16", "--route", "198.18.2.0/24")
+		"--admin", managementGateway+":8444", "--pool", "100.80.0.0/16", "--route", "198.18.2.0/24")
 	out := mustRun(t, l.server.ns, ptun.bin, "gateway", "admin", "add", "root", "--generate", "--state", state)
 	_, password, _ := strings.Cut(out, "password (shown once, not stored anywhere in clear):\n")
 	password, _, _ = strings.Cut(password, "\n")
@@ -81,8 +87,8 @@ func TestAdminPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := startBrowser(t, chromium, l.server.ns, strings.TrimPrefix(pin.String(), "pin-sha256:"))
-	const base = "https://127.0.0.1:8444"
+	b := startBrowser(t, chromium, admin.ns, strings.TrimPrefix(pin.String(), "pin-sha256:"))
+	const base = "https://" + managementGateway + ":8444"
 
 	// First load, with an empty profile: what it transfers, and how long
 	// until the login form can be used.
@@ -154,6 +160,13 @@ func TestAdminPage(t *testing.T) {
 	b.waitJS("its sparkline", `!!document.querySelector('`+laptop+` svg.spark polyline')`)
 	<-pinging
 	b.shot("devices")
+	// Rename it through the page's dialog.
+	b.do(chromedp.Click(chromedp.CSS(laptop + " button.rename")))
+	b.waitJS("the rename dialog", `!!document.querySelector("dialog.confirm[open] input[name=answer]")`)
+	b.do(chromedp.SetValue(chromedp.CSS("dialog.confirm[open] input[name=answer]"), "work-laptop"),
+		chromedp.Click(chromedp.CSS(`dialog.confirm[open] button[data-action="confirm"]`)))
+	laptop = `#devices tr[data-name="alice/work-laptop"]`
+	b.waitJS("the renamed laptop", `!!document.querySelector('`+laptop+`[data-state="online"]')`)
 
 	// Access rules: eng may reach only the lan host's SSH; the ping that
 	// passed is now refused, and counted.
@@ -172,15 +185,15 @@ func TestAdminPage(t *testing.T) {
 	})
 	run(l.client.ns, "ping", "-c", "5", "-i", "0.2", "-W", "1", lanHost) // refused: counted
 	b.page("overview", "#stats .stat")
-	if strings.Contains(evalJS[string](b, `document.getElementById("overview-note").textContent`), "no overview endpoint") {
-		// A gateway without GET /overview: its drops from ptun show.
-		gw := &node{h: l.server, impl: ptun, ifname: iface}
-		if acl := gw.stats(t)["drop_acl"]; acl == 0 {
-			t.Errorf("drop_acl is 0 after refused pings")
-		}
-		t.Log("the overview endpoint is missing: drop_acl read from ptun show")
-	} else {
-		b.waitJS("drop_acl on the overview", `[...document.querySelectorAll("#drops g.bar")].some((g) => /acl/.test(g.dataset.key) && Number(g.dataset.value) > 0)`)
+	b.waitJS("drop_acl on the overview", `[...document.querySelectorAll("#drops g.bar")].some((g) => g.dataset.key === "drop_acl" && Number(g.dataset.value) > 0)`)
+	b.waitJS("the throughput chart", `!!document.querySelector("#throughput path.series.rx") && !!document.querySelector("#drop-rates path.series")`)
+	if online := evalJS[string](b, `document.querySelector('#stats [data-stat="devices_online"] .value').textContent`); online != "1" {
+		t.Errorf("the overview says %q devices online, want 1", online)
+	}
+	gw := &node{h: l.server, impl: ptun, ifname: iface}
+	shown := int64(evalJS[float64](b, `Number(document.querySelector('#drops g.bar[data-key="drop_acl"]').dataset.value)`))
+	if acl := gw.stats(t)["drop_acl"]; shown <= 0 || uint64(shown) > acl {
+		t.Errorf("the overview shows drop_acl %d, ptun show %s has %d", shown, iface, acl)
 	}
 	b.shot("overview")
 
@@ -222,7 +235,8 @@ func TestAdminPage(t *testing.T) {
 		{"admin:root", "invite.create", "alice"},
 		{"", "device.create", "alice/laptop"},
 		{"admin:root", "rule.add", "eng"},
-		{"admin:root", "device.revoke", "alice/laptop"},
+		{"admin:root", "device.rename", "alice/work-laptop"},
+		{"admin:root", "device.revoke", "alice/work-laptop"},
 	} {
 		if !slices.ContainsFunc(entries, func(e []string) bool {
 			return len(e) == 6 && (want[0] == "" || e[2] == want[0]) && e[3] == want[1] && e[4] == want[2]
@@ -262,6 +276,32 @@ func TestAdminPage(t *testing.T) {
 	b.checkProblems()
 }
 
+// managementGateway is the gateway's address on the management network
+// that addManagement makes; the admin host is .2.
+const managementGateway = "198.18.9.1"
+
+// addManagement makes the lab's admin host: a namespace joined to the
+// server (the gateway) by its own link, 198.18.9.1/24 on the server's
+// mgmt0 and 198.18.9.2/24 on the admin host's. The admin host has no IPv6,
+// so that no address appears on it once its link is up (duplicate
+// address detection would add one a moment later). It is removed at
+// cleanup.
+func (l *lab) addManagement(t *testing.T) *host {
+	t.Helper()
+	adm := &host{lab: l, role: "admin", ns: "ptun-e2e-" + l.id + "-adm"}
+	mustRun(t, "", "ip", "netns", "add", adm.ns)
+	t.Cleanup(func() { adm.destroy(t) })
+	mustRun(t, adm.ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	mustRun(t, adm.ns, "ip", "link", "set", "lo", "up")
+	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "mgmt0", "type", "veth", "peer", "name", "mgmt0", "netns", adm.ns)
+	mustRun(t, l.server.ns, "ip", "addr", "add", managementGateway+"/24", "dev", "mgmt0")
+	mustRun(t, l.server.ns, "ip", "link", "set", "mgmt0", "up")
+	mustRun(t, adm.ns, "ip", "addr", "add", "198.18.9.2/24", "dev", "mgmt0")
+	mustRun(t, adm.ns, "ip", "link", "set", "mgmt0", "up")
+	mustRun(t, adm.ns, "ping", "-c", "1", "-W", "5", managementGateway)
+	return adm
+}
+
 // ---------------------------------------------------------------------------
 // A Chromium driven over the DevTools protocol.
 
@@ -287,6 +327,7 @@ type pageRequest struct {
 	csrf        bool    // it carried a non-empty X-CSRF-Token
 	bytes       float64 // transferred, headers included, once finished
 	finished    bool
+	failed      string // why it failed, if it did
 }
 
 func (r *pageRequest) String() string { return r.method + " " + r.url }
@@ -430,7 +471,10 @@ func (b *browser) event(ev any) {
 		}
 	case *network.EventLoadingFailed:
 		if r := b.reqs[ev.RequestID]; r != nil {
-			r.finished = true
+			r.finished, r.failed = true, ev.ErrorText
+			if ev.Canceled {
+				r.failed += " (canceled)"
+			}
 		}
 	}
 }
@@ -508,11 +552,19 @@ func (b *browser) do(steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// fatal fails the test with a screenshot of the page as it was.
+// fatal fails the test with a screenshot of the page as it was, and the
+// requests that failed.
 func (b *browser) fatal(format string, args ...any) {
 	b.t.Helper()
 	b.shotQuiet("failure")
 	b.checkProblems()
+	b.mu.Lock()
+	for _, id := range b.order {
+		if r := b.reqs[id]; r.failed != "" {
+			b.t.Logf("failed request: %v: %s", r, r.failed)
+		}
+	}
+	b.mu.Unlock()
 	b.t.Fatalf(format, args...)
 }
 
