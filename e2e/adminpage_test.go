@@ -58,8 +58,9 @@ const maxFirstLoad = 200 << 10
 // exception fails the test. A screenshot of each page is kept in a
 // folder the test logs ($PTUN_TEST_ARTIFACTS if set).
 func TestAdminPage(t *testing.T) {
-	l := newLab(t)
+	requireLab(t)
 	chromium := testenv.RequireChromium(t)
+	l := newLab(t)
 	lan := l.addLan(t)
 	mustRun(t, lan.ns, "ip", "route", "add", "default", "via", "198.18.2.1")
 	const lanHost, gatewayTunnel = "198.18.2.2", "100.80.0.1"
