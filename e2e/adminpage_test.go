@@ -44,13 +44,13 @@ const maxFirstLoad = 200 << 10
 // It measures the first load (bytes and time to the login form; the
 // bytes must stay under 200 KB), logs in, reloads (the session and its
 // CSRF token come back from whoami), adds a user, makes an invite and
-// reads its URL (and its QR code) from the page, enrolls a real client
-// with it and sees the device online with its bytes rising while it
-// pings the lan, renames it, adds an access rule and sees the refused
-// pings counted as drop_acl on the overview (whose charts are drawn),
-// revokes the device through the page's confirmation and
-// sees its traffic stop, and finds every step in the audit page, by admin
-// and filtered by user. Markup in stored strings (an audit entry's
+// reads its URL (and its QR code) from the page and withdraws another,
+// enrolls a real client with the URL and sees the device online with its
+// bytes rising while it pings the lan, renames it, adds and removes an
+// access rule, adds another and sees the pings it refuses counted as
+// drop_acl on the overview (whose charts are drawn), revokes the device
+// through the page's confirmation and sees its traffic stop, and finds
+// every step in the audit page, by admin and filtered by user. Markup in stored strings (an audit entry's
 // detail) and in error messages (a user name, a rule) shows as text, with
 // no element made of it; every state-changing request the page made
 // carried the CSRF header, and one made without it from the page is
@@ -137,6 +137,13 @@ func TestAdminPage(t *testing.T) {
 	if got := decodeQRPNG(t, b.run(chromedp.Screenshot(chromedp.CSS("#invite-qr svg.qr")))); got != invite {
 		t.Errorf("the page's QR code says %q, not the invite URL %q", got, invite)
 	}
+	// A second invite, withdrawn through the confirmation.
+	b.do(chromedp.Click(chromedp.CSS("#create-invite button")))
+	b.waitJS("two pending invites", `document.querySelectorAll("#invites tr[data-invite]").length === 2`)
+	b.do(chromedp.Click(chromedp.CSS(`#invites tr[data-invite]:last-child button.withdraw`)))
+	b.waitJS("the withdraw confirmation", `!!document.querySelector("dialog.confirm[open]")`)
+	b.do(chromedp.Click(chromedp.CSS(`dialog.confirm[open] button[data-action="confirm"]`)))
+	b.waitJS("one pending invite", `document.querySelectorAll("#invites tr[data-invite]").length === 1`)
 
 	// A real client enrolls with the URL from the page and reaches the lan.
 	name := "ap" + l.id
@@ -171,7 +178,18 @@ func TestAdminPage(t *testing.T) {
 
 	// Access rules: eng may reach only the lan host's SSH; the ping that
 	// passed is now refused, and counted.
+	gw := &node{h: l.server, impl: ptun, ifname: iface}
+	acl0 := gw.stats(t)["drop_acl"]
 	b.page("rules", "#add-rule")
+	// One added and removed again (after the confirmation) first.
+	b.do(chromedp.SetValue(chromedp.CSS("#add-rule input[name=group]"), "eng"),
+		chromedp.SetValue(chromedp.CSS("#add-rule input[name=rule]"), "198.18.2.53 udp/53"),
+		chromedp.Click(chromedp.CSS("#add-rule button")))
+	b.waitJS("the first rule", `!!document.querySelector('section[data-group="eng"] li[data-rule-id] button.remove-rule')`)
+	b.do(chromedp.Click(chromedp.CSS(`section[data-group="eng"] li[data-rule-id] button.remove-rule`)))
+	b.waitJS("the remove confirmation", `!!document.querySelector("dialog.confirm[open]")`)
+	b.do(chromedp.Click(chromedp.CSS(`dialog.confirm[open] button[data-action="confirm"]`)))
+	b.waitJS("eng without rules", `!document.querySelector('section[data-group="eng"] li[data-rule-id]') && !!document.querySelector('#reach [data-reach="all"]')`)
 	b.do(chromedp.SetValue(chromedp.CSS("#add-rule input[name=group]"), "eng"),
 		chromedp.SetValue(chromedp.CSS("#add-rule input[name=rule]"), lanHost+" tcp/22"),
 		chromedp.Click(chromedp.CSS("#add-rule button")))
@@ -191,10 +209,9 @@ func TestAdminPage(t *testing.T) {
 	if online := evalJS[string](b, `document.querySelector('#stats [data-stat="devices_online"] .value').textContent`); online != "1" {
 		t.Errorf("the overview says %q devices online, want 1", online)
 	}
-	gw := &node{h: l.server, impl: ptun, ifname: iface}
 	shown := int64(evalJS[float64](b, `Number(document.querySelector('#drops g.bar[data-key="drop_acl"]').dataset.value)`))
-	if acl := gw.stats(t)["drop_acl"]; shown <= 0 || uint64(shown) > acl {
-		t.Errorf("the overview shows drop_acl %d, ptun show %s has %d", shown, iface, acl)
+	if acl := gw.stats(t)["drop_acl"]; shown <= int64(acl0) || uint64(shown) > acl {
+		t.Errorf("the overview shows drop_acl %d; ptun show %s had %d before the rule, has %d now", shown, iface, acl0, acl)
 	}
 	b.shot("overview")
 
@@ -236,11 +253,13 @@ func TestAdminPage(t *testing.T) {
 		{"admin:root", "invite.create", "alice"},
 		{"", "device.create", "alice/laptop"},
 		{"admin:root", "rule.add", "eng"},
+		{"admin:root", "rule.remove", "eng"},
+		{"admin:root", "invite.revoke", ""}, // its target is the invite's prefix
 		{"admin:root", "device.rename", "alice/work-laptop"},
 		{"admin:root", "device.revoke", "alice/work-laptop"},
 	} {
 		if !slices.ContainsFunc(entries, func(e []string) bool {
-			return len(e) == 6 && (want[0] == "" || e[2] == want[0]) && e[3] == want[1] && e[4] == want[2]
+			return len(e) == 6 && (want[0] == "" || e[2] == want[0]) && e[3] == want[1] && (want[2] == "" || e[4] == want[2])
 		}) {
 			t.Errorf("the audit page has no %v; it has:\n%v", want, entries)
 		}
