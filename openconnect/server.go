@@ -359,8 +359,12 @@ func (s *Server) serveConn(raw net.Conn) {
 	for {
 		req, err := ReadRequest(br)
 		if err != nil {
-			if !isEOF(err) {
-				s.stats.count(reasonFor(err))
+			switch reason := reasonFor(err); {
+			case isEOF(err):
+			case reason == ReasonSetupTimeout:
+				s.stats.count(reason) // no answer to a client that took too long
+			default:
+				s.stats.count(reason)
 				w.plain(400, "Bad Request")
 			}
 			return

@@ -201,13 +201,13 @@ func startServer(t *testing.T, withDTLS bool) *ocServer {
 
 // ocClient is a running openconnect and its tunnel socket.
 type ocClient struct {
-	cmd  *exec.Cmd
-	tun  *net.UnixConn
-	env  map[string]string
-	hold net.Conn // the helper waits until this closes
-	out  *bytes.Buffer
-	done chan struct{} // closed when openconnect has exited
-	err  error         // its exit status, once done
+	cmd     *exec.Cmd
+	tun     *net.UnixConn
+	env     map[string]string
+	hold    net.Conn // the helper waits until this closes
+	outPath string
+	done    chan struct{} // closed when openconnect has exited
+	err     error         // its exit status, once done
 }
 
 func startOpenconnect(t *testing.T, s *ocServer, password string, extra ...string) (*ocClient, error) {
@@ -230,25 +230,36 @@ func startOpenconnect(t *testing.T, s *ocServer, password string, extra ...strin
 	cmd := exec.Command(oc, args...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+sock)
 	cmd.Stdin = strings.NewReader(password + "\n")
-	out := &bytes.Buffer{}
+	// A file, not a buffer: Wait must not wait for a pipe that the
+	// script, openconnect's child, may still hold.
+	outPath := filepath.Join(dir, "openconnect.log")
+	out, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &ocClient{cmd: cmd, out: out, done: make(chan struct{})}
+	c := &ocClient{cmd: cmd, outPath: outPath, done: make(chan struct{})}
 	go func() { c.err = cmd.Wait(); close(c.done) }()
 	t.Cleanup(func() {
+		if t.Failed() || testing.Verbose() {
+			t.Logf("openconnect output:\n%s", c.output())
+		}
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-c.done
 		if c.hold != nil {
 			c.hold.Close()
 		}
 		if c.tun != nil {
 			c.tun.Close()
 		}
-		if t.Failed() || testing.Verbose() {
-			t.Logf("openconnect output:\n%s", out)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			t.Errorf("openconnect (pid %d) did not exit after SIGKILL", cmd.Process.Pid)
 		}
 	})
 	accepted := make(chan *net.UnixConn, 1)
@@ -262,7 +273,7 @@ func startOpenconnect(t *testing.T, s *ocServer, password string, extra ...strin
 	case <-c.done:
 		return c, fmt.Errorf("openconnect exited: %v", c.err)
 	case <-time.After(20 * time.Second):
-		t.Fatalf("openconnect did not start its tunnel in 20 s:\n%s", out)
+		t.Fatalf("openconnect did not start its tunnel in 20 s")
 	case conn := <-accepted:
 		c.hold = conn
 		buf := make([]byte, 8192)
@@ -292,6 +303,11 @@ func startOpenconnect(t *testing.T, s *ocServer, password string, extra ...strin
 		}
 	}
 	return c, nil
+}
+
+func (c *ocClient) output() string {
+	b, _ := os.ReadFile(c.outPath)
+	return string(b)
 }
 
 // exchange sends n packets into the tunnel and reads their echoes.
