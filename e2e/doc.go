@@ -6,8 +6,10 @@
 //
 // The tests need root, wg and wg-quick (wireguard-tools), iperf3, ping
 // (iputils-ping), ip/ss (iproute2), and for wg-quick's full tunnel nft
-// (nftables), sysctl (procps), unshare (util-linux) and mount. Without them they skip, except under CI=true, where a
-// skip is a failure.
+// (nftables), sysctl (procps), unshare (util-linux) and mount, and for the admin
+// page's test Chromium (chromium, driven headless over the DevTools protocol with
+// chromedp). Without them they skip, except under CI=true, where a skip is a
+// failure.
 //
 // PTUN_E2E_PTUN=/path/to/binary runs the suite against that binary instead
 // of building ptun/cmd/ptun (for example wireguard-go, to check the harness

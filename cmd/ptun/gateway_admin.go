@@ -74,7 +74,7 @@ func gatewayAdmin(args []string) error {
 				fmt.Fprintf(stdout, "password (shown once, not stored anywhere in clear):\n%s\n", password)
 			}
 			if u := c.AdminURL(); u != "" {
-				fmt.Fprintf(os.Stderr, "log in at %s%s (see docs/admin-api.md)\n", u, gateway.AdminLoginPath)
+				fmt.Fprintf(os.Stderr, "log in at %s/ (the admin page, docs/admin-page.md) or POST %s%s (docs/admin-api.md)\n", u, u, gateway.AdminLoginPath)
 			}
 			return nil
 		})

@@ -136,10 +136,11 @@ var adminRoutes = []adminRoute{
 	{"GET", AdminPrefix + "/audit", false, (*adminAPI).audit},
 	{"GET", AdminPrefix + "/overview", false, (*adminAPI).overview},
 	{"GET", AdminPrefix + "/history", false, (*adminAPI).history},
+	{"POST", AdminPrefix + "/qr", false, (*adminAPI).qr},
 }
 
 // AdminHandler serves the admin API (and, with o.Health, the health
-// endpoint) from o.
+// endpoint) from o, and the admin page.
 func AdminHandler(o AdminOptions) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -167,8 +168,11 @@ func AdminHandler(o AdminOptions) http.Handler {
 	if o.Health != nil {
 		a.mux.Handle(AdminHealthPath, o.Health)
 	}
+	// The admin page (adminweb.go): public static files, holding no data.
+	a.mux.HandleFunc("GET /{$}", servePage)
+	a.mux.HandleFunc("GET "+AdminAssetsPrefix, servePage)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		adminFail(w, http.StatusNotFound, "not found: the admin API is under "+AdminPrefix+"/")
+		adminFail(w, http.StatusNotFound, "not found: the admin page is at / and the API under "+AdminPrefix+"/")
 	})
 	return a.mux
 }

@@ -81,3 +81,24 @@ func blockedState(header string) bool {
 	}
 	return false
 }
+
+// RequireChromium returns the path of a Chromium (or Chrome) binary for a
+// test that drives a real browser: $PTUN_TEST_CHROMIUM if set, else the
+// first of chromium, chromium-browser, google-chrome-stable and
+// google-chrome on PATH. Without one it skips (or, under CI, fails) t.
+func RequireChromium(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("PTUN_TEST_CHROMIUM"); p != "" {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("PTUN_TEST_CHROMIUM=%s: %v", p, err)
+		}
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	SkipOrFail(t, "needs Chromium (Debian package chromium), or PTUN_TEST_CHROMIUM=/path/to/chrome")
+	return ""
+}
