@@ -245,11 +245,9 @@ func (c *client) dial(ctx context.Context) (*httpConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("openconnect: dial %s: %w", c.cfg.Server, err)
 	}
-	if tcp, ok := raw.(*net.TCPConn); ok {
-		// Small packets (DPD, keepalives, interactive traffic) must not
-		// wait for Nagle; Go sets it already, this says so.
-		tcp.SetNoDelay(true)
-	}
+	// Small packets (DPD, keepalives, interactive traffic) must not wait
+	// for Nagle, and the unsent queue stays small (TCP-over-TCP).
+	tuneCSTP(raw)
 	tc := tls.Client(raw, c.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()

@@ -348,11 +348,7 @@ func (s *Server) serveConn(raw net.Conn) {
 		}
 		raw.Close()
 	}()
-	if tc, ok := raw.(*net.TCPConn); ok {
-		// Interactive packets must not wait for Nagle; a small send
-		// buffer keeps the queue in front of TCP short (TCP-over-TCP).
-		tc.SetNoDelay(true)
-	}
+	tuneCSTP(raw)
 	bc := newBatchConn(raw)
 	deadline := time.Now().Add(s.cfg.SetupTimeout)
 	raw.SetDeadline(deadline)
