@@ -60,8 +60,9 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   invite USER [--ttl 24h] [--uses 1]
                              make an enrollment URL for USER (the last line
                              of the output, alone)
-  devices [--json] [--all]   list devices: user, name, addresses, endpoint,
-                             last handshake, bytes, online (live while run runs)
+  devices [--json] [--all]   list devices: user, name, protocol (wireguard,
+                             openconnect), addresses, endpoint, last
+                             handshake, bytes, online (live while run runs)
   export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME]
                              make a device for an official WireGuard app: its
                              key is made here and printed once, in the
@@ -439,7 +440,8 @@ func gatewayDevices(args []string) error {
 		rows := make([]deviceRow, 0, len(devs))
 		for _, d := range devs {
 			r := deviceRow{Device: d}
-			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
+			// An openconnect device's key is random bytes, never a peer's.
+			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() && d.Protocol == registry.ProtocolWireGuard {
 				if p.Endpoint.IsValid() {
 					r.Endpoint = p.Endpoint.String()
 				}
@@ -452,7 +454,7 @@ func gatewayDevices(args []string) error {
 			return json.NewEncoder(stdout).Encode(rows)
 		}
 		w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "USER\tDEVICE\tADDRESSES\tENDPOINT\tHANDSHAKE\tRECEIVED\tSENT\tSTATE")
+		fmt.Fprintln(w, "USER\tDEVICE\tPROTOCOL\tADDRESSES\tENDPOINT\tHANDSHAKE\tRECEIVED\tSENT\tSTATE")
 		for _, r := range rows {
 			var as []string
 			for _, a := range r.Addresses {
@@ -462,6 +464,8 @@ func gatewayDevices(args []string) error {
 			switch {
 			case r.Revoked():
 				st = "revoked " + r.RevokedAt.Format(time.RFC3339)
+			case r.Protocol != registry.ProtocolWireGuard:
+				st = "-" // no peer: the interface has no figures for it
 			case r.Online:
 				st = "online"
 			}
@@ -472,7 +476,7 @@ func gatewayDevices(args []string) error {
 			if ep == "" {
 				ep = "-"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, strings.Join(as, ","), ep, hs,
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, r.Protocol, strings.Join(as, ","), ep, hs,
 				humanBytes(r.RxBytes), humanBytes(r.TxBytes), st)
 		}
 		if err := w.Flush(); err != nil {

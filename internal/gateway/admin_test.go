@@ -390,9 +390,15 @@ func TestAdminActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, err = e.reg.CreateDevice(context.Background(), "alice", registry.DeviceSpec{Name: "openconnect", PublicKey: registry.Key{9},
+		Protocol: registry.ProtocolOpenConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var devs DevicesReply
 	want(t, e.do(t, "GET", AdminPrefix+"/devices", "", tok), http.StatusOK, &devs)
-	if len(devs.Devices) != 1 || devs.Devices[0].Name != "laptop" || devs.Live || len(devs.Devices[0].Addresses) != 1 {
+	if len(devs.Devices) != 2 || devs.Devices[0].Name != "laptop" || devs.Live || len(devs.Devices[0].Addresses) != 1 ||
+		devs.Devices[0].Protocol != "wireguard" || devs.Devices[1].Name != "openconnect" || devs.Devices[1].Protocol != "openconnect" {
 		t.Errorf("devices %+v", devs)
 	}
 	want(t, e.do(t, "POST", AdminPrefix+"/devices/"+itoa(d.ID)+"/revoke", "", tok), http.StatusOK, nil)
