@@ -126,6 +126,30 @@ func TestUserPasswords(t *testing.T) {
 		if got != h1 || !PasswordMatches(got, "correct horse battery") || PasswordMatches(got, "correct horse batterY") {
 			t.Fatalf("UserPassword = %q, want %q, matching only its password", got, h1)
 		}
+		must(r.AddUser(ctx, "carol"))(t)
+		must(r.AddGroup(ctx, "eng"))(t)
+		if err := r.AddMember(ctx, "eng", "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.AddMember(ctx, "eng", "carol"); err != nil {
+			t.Fatal(err)
+		}
+		if u := must(r.User(bg, "alice"))(t); !u.HasPassword {
+			t.Error("User(alice): no password")
+		}
+		for what, us := range map[string][]User{"ListUsers": must(r.ListUsers(bg))(t), "Members": must(r.Members(bg, "eng"))(t)} {
+			if len(us) != 2 || us[0].Name != "alice" || !us[0].HasPassword || us[1].HasPassword {
+				t.Errorf("%s = %+v: want alice with a password, carol without", what, us)
+			}
+		}
+		if gs := must(r.GroupsOf(bg, "alice"))(t); len(gs) != 1 || gs[0].Name != "eng" {
+			t.Errorf("GroupsOf(alice) = %+v", gs)
+		}
+		_, seq, _ = r.Changes(bg, 0)
+		audit = must(r.Audit(bg, 0, 100))(t)
+		if err := r.SetUserPassword(ctx, "alice", h1); err != nil { // the same again: recorded again
+			t.Fatal(err)
+		}
 		entries := must(r.Audit(bg, audit[len(audit)-1].ID, 100))(t)
 		if len(entries) != 1 || entries[0].Action != "user.passwd" || entries[0].Target != "alice" || entries[0].Detail != "set" || entries[0].Actor != "cli:root" {
 			t.Errorf("audit of the password: %+v", entries)
@@ -156,7 +180,7 @@ func TestUserPasswords(t *testing.T) {
 		if err := r.ClearUserPassword(ctx, "alice"); err != nil {
 			t.Fatal(err)
 		}
-		if got := must(r.UserPassword(bg, "alice"))(t); got != "" {
+		if got := must(r.UserPassword(bg, "alice"))(t); got != "" || must(r.User(bg, "alice"))(t).HasPassword {
 			t.Errorf("after clearing: %q", got)
 		}
 		before = counts(t, r)
@@ -174,8 +198,8 @@ func TestUserPasswords(t *testing.T) {
 				passwd = append(passwd, e.Detail)
 			}
 		}
-		if strings.Join(passwd, ",") != "set,set,cleared" {
-			t.Errorf("user.passwd entries: %v, want set,set,cleared", passwd)
+		if strings.Join(passwd, ",") != "set,set,set,cleared" {
+			t.Errorf("user.passwd entries: %v, want set,set,set,cleared", passwd)
 		}
 
 		// Removing the user removes the password; a new alice has none.

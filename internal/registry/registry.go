@@ -72,6 +72,9 @@ type User struct {
 	ID        int64
 	Name      string
 	CreatedAt time.Time
+	// HasPassword: a password for TLS (OpenConnect) logins is set
+	// (SetUserPassword).
+	HasPassword bool
 }
 
 // Group is a named set of users; access rules are per group.

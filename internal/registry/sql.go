@@ -317,19 +317,26 @@ func (r *sqlRegistry) User(ctx context.Context, name string) (User, error) {
 		return User{}, err
 	}
 	var u User
-	var at int64
-	err := r.db.QueryRowContext(ctx, r.d.rebind(`SELECT id, name, created_at FROM users WHERE name = ? AND removed_at IS NULL`), name).Scan(&u.ID, &u.Name, &at)
+	var at, pw int64
+	err := r.db.QueryRowContext(ctx, r.d.rebind(`SELECT id, name, created_at, `+hasPassword+` FROM users WHERE name = ? AND removed_at IS NULL`), name).
+		Scan(&u.ID, &u.Name, &at, &pw)
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%w: no user %q: list users, or add it first", ErrNotFound, name)
 	}
-	u.CreatedAt = fromMicros(at)
+	u.CreatedAt, u.HasPassword = fromMicros(at), pw != 0
 	return u, r.dbErr(err, "")
 }
 
+// hasPassword is a users row's User.HasPassword, as 0 or 1 (one type on
+// both backends).
+const hasPassword = `CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END`
+
 func (r *sqlRegistry) ListUsers(ctx context.Context) ([]User, error) {
-	return r.users(ctx, `SELECT id, name, created_at FROM users WHERE removed_at IS NULL ORDER BY name`)
+	return r.users(ctx, `SELECT id, name, created_at, `+hasPassword+` FROM users WHERE removed_at IS NULL ORDER BY name`)
 }
 
+// users runs q, which selects id, name, created_at and HasPassword as 0
+// or 1.
 func (r *sqlRegistry) users(ctx context.Context, q string, args ...any) ([]User, error) {
 	rows, err := r.queryRows(ctx, q, args...)
 	if err != nil {
@@ -339,11 +346,11 @@ func (r *sqlRegistry) users(ctx context.Context, q string, args ...any) ([]User,
 	var out []User
 	for rows.Next() {
 		var u User
-		var at int64
-		if err := rows.Scan(&u.ID, &u.Name, &at); err != nil {
+		var at, pw int64
+		if err := rows.Scan(&u.ID, &u.Name, &at, &pw); err != nil {
 			return nil, r.dbErr(err, "")
 		}
-		u.CreatedAt = fromMicros(at)
+		u.CreatedAt, u.HasPassword = fromMicros(at), pw != 0
 		out = append(out, u)
 	}
 	return out, r.dbErr(rows.Err(), "")
@@ -409,11 +416,11 @@ func (r *sqlRegistry) RemoveGroup(ctx context.Context, name string) error {
 }
 
 func (r *sqlRegistry) ListGroups(ctx context.Context) ([]Group, error) {
-	return r.groups(ctx, `SELECT id, name, created_at FROM user_groups ORDER BY name`)
+	return r.groups(ctx, `SELECT id, name, created_at, 0 FROM user_groups ORDER BY name`)
 }
 
 func (r *sqlRegistry) groups(ctx context.Context, q string, args ...any) ([]Group, error) {
-	us, err := r.users(ctx, q, args...) // same three columns
+	us, err := r.users(ctx, q, args...) // the same columns, 0 for HasPassword
 	out := make([]Group, len(us))
 	for i, u := range us {
 		out[i] = Group{ID: u.ID, Name: u.Name, CreatedAt: u.CreatedAt}
@@ -480,7 +487,7 @@ func (r *sqlRegistry) Members(ctx context.Context, group string) ([]User, error)
 	if n == 0 {
 		return nil, fmt.Errorf("%w: no group %q: list groups, or add it first", ErrNotFound, group)
 	}
-	return r.users(ctx, `SELECT u.id, u.name, u.created_at FROM users u
+	return r.users(ctx, `SELECT u.id, u.name, u.created_at, CASE WHEN u.password_hash IS NULL THEN 0 ELSE 1 END FROM users u
 		JOIN group_members m ON m.user_id = u.id JOIN user_groups g ON g.id = m.group_id
 		WHERE g.name = ? AND u.removed_at IS NULL ORDER BY u.name`, group)
 }
@@ -489,7 +496,7 @@ func (r *sqlRegistry) GroupsOf(ctx context.Context, user string) ([]Group, error
 	if _, err := r.User(ctx, user); err != nil {
 		return nil, err
 	}
-	return r.groups(ctx, `SELECT g.id, g.name, g.created_at FROM user_groups g
+	return r.groups(ctx, `SELECT g.id, g.name, g.created_at, 0 FROM user_groups g
 		JOIN group_members m ON m.group_id = g.id JOIN users u ON u.id = m.user_id
 		WHERE u.name = ? AND u.removed_at IS NULL ORDER BY g.name`, user)
 }
