@@ -56,7 +56,14 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              (a loopback address only)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
-  users                      list the users
+  user passwd NAME [--generate | --clear]
+                             set NAME's password for OpenConnect (TLS) logins:
+                             read from stdin (one line, 10 to 1024 bytes), or
+                             generated and printed once when stdin is a
+                             terminal or with --generate (stored as
+                             argon2id); --clear removes it (logins refused)
+  users                      list the users: name, groups, and tls-password
+                             if they have a password for OpenConnect logins
   invite USER [--ttl 24h] [--uses 1]
                              make an enrollment URL for USER (the last line
                              of the output, alone)
@@ -105,6 +112,7 @@ Example:
        --pool 100.80.0.0/16 --pool 2001:db8:80::/64 --route 198.18.2.0/24 --dns 198.18.2.53
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
+  sudo ptun gateway user passwd alice --generate   # openconnect --user alice/laptop …
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
   sudo ptun gateway device rename alice/phone work-phone
   sudo ptun gateway backup /var/backups/ptun-registry-2026-12-03.db
@@ -306,8 +314,11 @@ func gatewayUser(args []string) error {
 		fmt.Fprint(stdout, gatewayUsage)
 		return errHelped
 	}
+	if len(args) > 0 && args[0] == "passwd" {
+		return gatewayUserPasswd(args[1:])
+	}
 	if len(args) == 0 || (args[0] != "add" && args[0] != "remove") {
-		fmt.Fprint(os.Stderr, "ptun gateway user: add NAME [--group G] or remove NAME\nrun 'ptun gateway -h' for help\n")
+		fmt.Fprint(os.Stderr, "ptun gateway user: add NAME [--group G], remove NAME, or passwd NAME [--generate|--clear]\nrun 'ptun gateway -h' for help\n")
 		return errUsage
 	}
 	fs, state := gwFlags("user " + args[0])
@@ -363,7 +374,11 @@ func gatewayUsers(args []string) error {
 			for _, g := range gs {
 				names = append(names, g.Name)
 			}
-			fmt.Fprintf(stdout, "%s\t%s\n", u.Name, strings.Join(names, ","))
+			pw := "-"
+			if u.HasPassword {
+				pw = "tls-password"
+			}
+			fmt.Fprintf(stdout, "%s\t%s\t%s\n", u.Name, strings.Join(names, ","), pw)
 		}
 		return nil
 	})
