@@ -1096,8 +1096,10 @@ func auditMatches(e registry.AuditEntry, user, device string) bool {
 	if device != "" && e.Target != device {
 		return false
 	}
+	// GROUP/USER is a membership's target; USER/DEVICE every other's
+	// (devices, TLS logins).
 	if user != "" && e.Target != user && !strings.HasPrefix(e.Target, user+"/") &&
-		!(strings.HasSuffix(e.Target, "/"+user) && !strings.HasPrefix(e.Action, "device.")) {
+		!(strings.HasSuffix(e.Target, "/"+user) && strings.HasPrefix(e.Action, "group.member.")) {
 		return false
 	}
 	return true
