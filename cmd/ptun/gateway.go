@@ -537,6 +537,10 @@ func gatewayRevoke(args []string) error {
 			}
 		}
 		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
+		if devs[0].Protocol == registry.ProtocolOpenConnect {
+			fmt.Fprintf(os.Stderr, "an OpenConnect device: %s's next login as %s/%s makes a new one; to keep them out: ptun gateway user passwd %s --clear\n",
+				user, user, dev, user)
+		}
 		return nil
 	})
 }

@@ -240,4 +240,7 @@ func TestGatewayUserPasswd(t *testing.T) {
 	if out := ok(t, "gateway", "devices", "--json", "--state", state); !strings.Contains(out, `"Protocol":"openconnect"`) {
 		t.Errorf("devices --json:\n%s", out)
 	}
+	if _, errOut := capture(t, func() { run([]string{"gateway", "revoke", "bob/openconnect", "--state", state}) }); !strings.Contains(errOut, "user passwd bob --clear") {
+		t.Errorf("revoking an OpenConnect device says nothing of the next login:\n%s", errOut)
+	}
 }
