@@ -56,12 +56,20 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              (a loopback address only)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
-  users                      list the users
+  user passwd NAME [--generate | --clear]
+                             set NAME's password for OpenConnect (TLS) logins:
+                             read from stdin (one line, 10 to 1024 bytes), or
+                             generated and printed once when stdin is a
+                             terminal or with --generate (stored as
+                             argon2id); --clear removes it (logins refused)
+  users                      list the users: name, groups, and tls-password
+                             if they have a password for OpenConnect logins
   invite USER [--ttl 24h] [--uses 1]
                              make an enrollment URL for USER (the last line
                              of the output, alone)
-  devices [--json] [--all]   list devices: user, name, addresses, endpoint,
-                             last handshake, bytes, online (live while run runs)
+  devices [--json] [--all]   list devices: user, name, protocol (wireguard,
+                             openconnect), addresses, endpoint, last
+                             handshake, bytes, online (live while run runs)
   export USER DEVICE [--qr FILE.png | --qr -] [--gateway NAME]
                              make a device for an official WireGuard app: its
                              key is made here and printed once, in the
@@ -104,6 +112,7 @@ Example:
        --pool 100.80.0.0/16 --pool 2001:db8:80::/64 --route 198.18.2.0/24 --dns 198.18.2.53
   sudo ptun gateway user add alice --group eng
   sudo ptun gateway invite alice --ttl 24h
+  sudo ptun gateway user passwd alice --generate   # openconnect --user alice/laptop …
   sudo ptun gateway export alice phone --qr -    # scan it with the WireGuard app
   sudo ptun gateway device rename alice/phone work-phone
   sudo ptun gateway backup /var/backups/ptun-registry-2026-12-03.db
@@ -305,8 +314,11 @@ func gatewayUser(args []string) error {
 		fmt.Fprint(stdout, gatewayUsage)
 		return errHelped
 	}
+	if len(args) > 0 && args[0] == "passwd" {
+		return gatewayUserPasswd(args[1:])
+	}
 	if len(args) == 0 || (args[0] != "add" && args[0] != "remove") {
-		fmt.Fprint(os.Stderr, "ptun gateway user: add NAME [--group G] or remove NAME\nrun 'ptun gateway -h' for help\n")
+		fmt.Fprint(os.Stderr, "ptun gateway user: add NAME [--group G], remove NAME, or passwd NAME [--generate|--clear]\nrun 'ptun gateway -h' for help\n")
 		return errUsage
 	}
 	fs, state := gwFlags("user " + args[0])
@@ -362,7 +374,11 @@ func gatewayUsers(args []string) error {
 			for _, g := range gs {
 				names = append(names, g.Name)
 			}
-			fmt.Fprintf(stdout, "%s\t%s\n", u.Name, strings.Join(names, ","))
+			pw := "-"
+			if u.HasPassword {
+				pw = "tls-password"
+			}
+			fmt.Fprintf(stdout, "%s\t%s\t%s\n", u.Name, strings.Join(names, ","), pw)
 		}
 		return nil
 	})
@@ -439,7 +455,8 @@ func gatewayDevices(args []string) error {
 		rows := make([]deviceRow, 0, len(devs))
 		for _, d := range devs {
 			r := deviceRow{Device: d}
-			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
+			// An openconnect device's key is random bytes, never a peer's.
+			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() && d.Protocol == registry.ProtocolWireGuard {
 				if p.Endpoint.IsValid() {
 					r.Endpoint = p.Endpoint.String()
 				}
@@ -452,7 +469,7 @@ func gatewayDevices(args []string) error {
 			return json.NewEncoder(stdout).Encode(rows)
 		}
 		w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "USER\tDEVICE\tADDRESSES\tENDPOINT\tHANDSHAKE\tRECEIVED\tSENT\tSTATE")
+		fmt.Fprintln(w, "USER\tDEVICE\tPROTOCOL\tADDRESSES\tENDPOINT\tHANDSHAKE\tRECEIVED\tSENT\tSTATE")
 		for _, r := range rows {
 			var as []string
 			for _, a := range r.Addresses {
@@ -462,6 +479,8 @@ func gatewayDevices(args []string) error {
 			switch {
 			case r.Revoked():
 				st = "revoked " + r.RevokedAt.Format(time.RFC3339)
+			case r.Protocol != registry.ProtocolWireGuard:
+				st = "-" // no peer: the interface has no figures for it
 			case r.Online:
 				st = "online"
 			}
@@ -472,7 +491,7 @@ func gatewayDevices(args []string) error {
 			if ep == "" {
 				ep = "-"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, strings.Join(as, ","), ep, hs,
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.User, r.Name, r.Protocol, strings.Join(as, ","), ep, hs,
 				humanBytes(r.RxBytes), humanBytes(r.TxBytes), st)
 		}
 		if err := w.Flush(); err != nil {
@@ -518,6 +537,10 @@ func gatewayRevoke(args []string) error {
 			}
 		}
 		fmt.Fprintf(stdout, "%s/%s revoked\n", user, dev)
+		if devs[0].Protocol == registry.ProtocolOpenConnect {
+			fmt.Fprintf(os.Stderr, "an OpenConnect device: %s's next login as %s/%s makes a new one; to keep them out: ptun gateway user passwd %s --clear\n",
+				user, user, dev, user)
+		}
 		return nil
 	})
 }

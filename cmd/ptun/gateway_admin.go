@@ -57,11 +57,9 @@ func gatewayAdmin(args []string) error {
 	case "add":
 		password, generated := "", *generate || stdinIsTerminal()
 		if generated {
-			var b [18]byte
-			if _, err := rand.Read(b[:]); err != nil {
+			if password, err = generatePassword(); err != nil {
 				return err
 			}
-			password = base64.RawURLEncoding.EncodeToString(b[:]) // 144 bits, 24 characters
 		} else if password, err = readPassword(stdin); err != nil {
 			return err
 		}
@@ -97,6 +95,67 @@ func gatewayAdmin(args []string) error {
 			return nil
 		})
 	}
+}
+
+// gatewayUserPasswd is `ptun gateway user passwd NAME [--generate |
+// --clear]`: the user's password for OpenConnect (TLS) logins.
+func gatewayUserPasswd(args []string) error {
+	fs, state := gwFlags("user passwd")
+	generate := fs.Bool("generate", false, "generate the password and print it once (also when stdin is a terminal)")
+	clearIt := fs.Bool("clear", false, "remove the password: the user's TLS logins are refused")
+	pos, err := parseInterspersed(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(os.Stderr, "ptun gateway user passwd: the user's name is missing, such as: ptun gateway user passwd alice --generate")
+		return errUsage
+	}
+	if *generate && *clearIt {
+		fmt.Fprintln(os.Stderr, "ptun gateway user passwd: --generate and --clear exclude each other")
+		return errUsage
+	}
+	name := pos[0]
+	if *clearIt {
+		return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+			if err := reg.ClearUserPassword(ctx, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "user %s has no password: their TLS logins are refused, and their sessions end within a second\n", name)
+			return nil
+		})
+	}
+	password, generated := "", *generate || stdinIsTerminal()
+	if generated {
+		if password, err = generatePassword(); err != nil {
+			return err
+		}
+	} else if password, err = readPassword(stdin); err != nil {
+		return err
+	}
+	hash, err := registry.HashPassword(password)
+	if err != nil {
+		return err
+	}
+	return withRegistry(*state, func(ctx context.Context, _ *gateway.Config, reg registry.Registry) error {
+		if err := reg.SetUserPassword(ctx, name, hash); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "password of user %s set, for OpenConnect logins as %s or %s/DEVICE\n", name, name, name)
+		if generated {
+			fmt.Fprintf(stdout, "password (shown once, not stored anywhere in clear):\n%s\n", password)
+		}
+		return nil
+	})
+}
+
+// generatePassword is a random password: 144 bits, 24 characters.
+func generatePassword() (string, error) {
+	var b [18]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
 // readPassword reads a password: the first line of r, without its line

@@ -826,7 +826,8 @@ type DeviceJSON struct {
 	ID            int64        `json:"id"`
 	User          string       `json:"user"`
 	Name          string       `json:"name"`
-	PublicKey     string       `json:"public_key"`
+	Protocol      string       `json:"protocol"`   // "wireguard" or "openconnect"
+	PublicKey     string       `json:"public_key"` // openconnect: random bytes, not a WireGuard key
 	Addresses     []netip.Addr `json:"addresses"`
 	CreatedAt     time.Time    `json:"created_at"`
 	LastSeenAt    time.Time    `json:"last_seen_at,omitzero"`
@@ -885,12 +886,12 @@ func (a *adminAPI) livePeers() (peers map[registry.Key]wgcfg.PeerState, live boo
 
 // deviceJSON is d with its peer's live figures from peers (nil: none).
 func deviceJSON(d registry.Device, peers map[registry.Key]wgcfg.PeerState, now time.Time) DeviceJSON {
-	j := DeviceJSON{ID: d.ID, User: d.User, Name: d.Name, PublicKey: base64.StdEncoding.EncodeToString(d.PublicKey[:]),
+	j := DeviceJSON{ID: d.ID, User: d.User, Name: d.Name, Protocol: d.Protocol, PublicKey: base64.StdEncoding.EncodeToString(d.PublicKey[:]),
 		Addresses: d.Addresses, CreatedAt: d.CreatedAt, LastSeenAt: d.LastSeenAt, RevokedAt: d.RevokedAt}
 	if j.Addresses == nil {
 		j.Addresses = []netip.Addr{}
 	}
-	if p, ok := peers[d.PublicKey]; ok && !d.Revoked() {
+	if p, ok := peers[d.PublicKey]; ok && !d.Revoked() && d.Protocol == registry.ProtocolWireGuard {
 		if p.Endpoint.IsValid() {
 			j.Endpoint = p.Endpoint.String()
 		}
@@ -1099,8 +1100,10 @@ func auditMatches(e registry.AuditEntry, user, device string) bool {
 	if device != "" && e.Target != device {
 		return false
 	}
+	// GROUP/USER is a membership's target; USER/DEVICE every other's
+	// (devices, TLS logins).
 	if user != "" && e.Target != user && !strings.HasPrefix(e.Target, user+"/") &&
-		!(strings.HasSuffix(e.Target, "/"+user) && !strings.HasPrefix(e.Action, "device.")) {
+		!(strings.HasSuffix(e.Target, "/"+user) && strings.HasPrefix(e.Action, "group.member.")) {
 		return false
 	}
 	return true

@@ -390,9 +390,15 @@ func TestAdminActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, err = e.reg.CreateDevice(context.Background(), "alice", registry.DeviceSpec{Name: "openconnect", PublicKey: registry.Key{9},
+		Protocol: registry.ProtocolOpenConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var devs DevicesReply
 	want(t, e.do(t, "GET", AdminPrefix+"/devices", "", tok), http.StatusOK, &devs)
-	if len(devs.Devices) != 1 || devs.Devices[0].Name != "laptop" || devs.Live || len(devs.Devices[0].Addresses) != 1 {
+	if len(devs.Devices) != 2 || devs.Devices[0].Name != "laptop" || devs.Live || len(devs.Devices[0].Addresses) != 1 ||
+		devs.Devices[0].Protocol != "wireguard" || devs.Devices[1].Name != "openconnect" || devs.Devices[1].Protocol != "openconnect" {
 		t.Errorf("devices %+v", devs)
 	}
 	want(t, e.do(t, "POST", AdminPrefix+"/devices/"+itoa(d.ID)+"/revoke", "", tok), http.StatusOK, nil)
@@ -507,10 +513,18 @@ func TestAdminRenameDevice(t *testing.T) {
 	if len(byDev.Entries) != 1 || byDev.Entries[0].Action != "device.rename" || byDev.Entries[0].Actor != "admin:root" || byDev.Entries[0].Detail != "laptop" {
 		t.Errorf("audit of alice/desk: %+v", byDev.Entries)
 	}
+	// A TLS login of alice/desk is alice's too, not the user desk's.
+	if err := e.reg.NoteLogin(registry.WithActor(ctx, "tls:alice"), "tls.login", "alice/desk", "from 198.18.0.7:40000"); err != nil {
+		t.Fatal(err)
+	}
 	var byUser AuditReply
 	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=desk", "", tok), http.StatusOK, &byUser)
 	if len(byUser.Entries) != 1 || byUser.Entries[0].Action != "user.add" {
 		t.Errorf("audit of user desk: %+v: want only their user.add, not alice's device", byUser.Entries)
+	}
+	want(t, e.do(t, "GET", AdminPrefix+"/audit?user=alice", "", tok), http.StatusOK, &byUser)
+	if n := len(byUser.Entries); n == 0 || byUser.Entries[n-1].Action != "tls.login" {
+		t.Errorf("audit of user alice: %+v: want her TLS login last", byUser.Entries)
 	}
 	// The old name is free again, for the page's next rename.
 	want(t, e.do(t, "POST", path(laptop.ID), `{"name":"laptop"}`, tok), http.StatusOK, &got)

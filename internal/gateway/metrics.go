@@ -107,7 +107,7 @@ func newGatewayCollector(s *syncer, api *apiCounter) *gatewayCollector {
 		revocations:    d("ptun_gateway_revocations_total", "Devices revoked (or removed with their user) whose peer this gateway removed."),
 		registryErrors: d("ptun_gateway_registry_errors_total", "Syncs with the registry that failed: the registry did not answer (or answered an error)."),
 		applyFailures:  d("ptun_gateway_peer_update_failures_total", "Syncs whose peer changes the interface refused (retried at the next sync)."),
-		devices:        d("ptun_gateway_devices", "Active devices in the registry, each a peer of the interface, as of the last sync."),
+		devices:        d("ptun_gateway_devices", "Active WireGuard devices in the registry, each a peer of the interface, as of the last sync (OpenConnect devices are not peers)."),
 		registryUp:     d("ptun_gateway_registry_up", "1 while /healthz's check registry holds (the registry answered the last sync, within 15 s), else 0."),
 		lastSync:       d("ptun_gateway_registry_last_answer_timestamp_seconds", "Unix time of the last sync the registry answered; 0 if none yet."),
 		requests:       d("ptun_gateway_api_requests_total", "Answers of the enrollment API, by path (other: any path it does not serve) and HTTP status code.", "path", "code"),

@@ -500,23 +500,21 @@ func (s *syncer) sync(ctx context.Context) error {
 	return nil
 }
 
-// desired computes every active device's peer: its addresses as allowed
-// IPs and the access rules of its user's groups; and each device by its
-// addresses and its name by its key.
+// desired computes every active WireGuard device's peer: its addresses
+// as allowed IPs and the access rules of its user's groups; and each
+// device by its addresses and its name by its key. OpenConnect devices
+// are left out: their keys are random bytes, never peers (TLSAuth serves
+// them), and the control service's offers are WireGuard profiles.
 func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerConfig, map[netip.Addr]registry.Device, map[noise.PublicKey]deviceName, error) {
-	devs, err := s.reg.ListDevices(ctx, registry.DeviceFilter{})
+	devs, err := s.reg.ListDevices(ctx, registry.DeviceFilter{Protocol: registry.ProtocolWireGuard})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	rules, err := s.reg.ListRules(ctx, "")
+	byGroup, err := rulesByGroup(ctx, s.reg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	byGroup := map[string][]registry.Rule{}
-	for _, r := range rules {
-		byGroup[r.Group] = append(byGroup[r.Group], r)
-	}
-	groupsOf, err := s.memberships(ctx)
+	groupsOf, err := memberships(ctx, s.reg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -524,6 +522,9 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 	byAddr := make(map[netip.Addr]registry.Device, len(devs))
 	names := make(map[noise.PublicKey]deviceName, len(devs))
 	for _, d := range devs {
+		if d.Protocol != registry.ProtocolWireGuard { // the filter says so; a second look costs nothing
+			continue
+		}
 		gs := groupsOf[d.User]
 		k := noise.PublicKey(d.PublicKey)
 		pc := wgcfg.PeerConfig{PublicKey: k, ReplaceAllowedIPs: true, Access: &wgcfg.AccessRules{Rules: s.access(gs, byGroup)}}
@@ -537,19 +538,32 @@ func (s *syncer) desired(ctx context.Context) (map[noise.PublicKey]wgcfg.PeerCon
 	return want, byAddr, names, nil
 }
 
+// rulesByGroup is every access rule, by group name.
+func rulesByGroup(ctx context.Context, reg registry.Rules) (map[string][]registry.Rule, error) {
+	rules, err := reg.ListRules(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	byGroup := map[string][]registry.Rule{}
+	for _, r := range rules {
+		byGroup[r.Group] = append(byGroup[r.Group], r)
+	}
+	return byGroup, nil
+}
+
 // memberships returns every user's groups, by name, each user's in name
 // order (as GroupsOf gives them): one query per group, not one per user,
 // so a sync at a gateway of 1,000 users costs a few queries instead of a
 // thousand. A group removed meanwhile is left out: its change brings
 // another sync.
-func (s *syncer) memberships(ctx context.Context) (map[string][]registry.Group, error) {
-	groups, err := s.reg.ListGroups(ctx)
+func memberships(ctx context.Context, reg registry.Groups) (map[string][]registry.Group, error) {
+	groups, err := reg.ListGroups(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string][]registry.Group{}
 	for _, g := range groups {
-		members, err := s.reg.Members(ctx, g.Name)
+		members, err := reg.Members(ctx, g.Name)
 		if errors.Is(err, registry.ErrNotFound) {
 			continue
 		}
@@ -563,10 +577,19 @@ func (s *syncer) memberships(ctx context.Context) (map[string][]registry.Group, 
 	return out, nil
 }
 
-// access is what a member of groups may reach: each group's rules, and for
-// a group without rules (or a user in no group) every route the gateway
-// offers, unless the gateway denies by default.
+// access is accessRules at the syncer's configuration.
 func (s *syncer) access(groups []registry.Group, byGroup map[string][]registry.Rule) []acl.Rule {
+	return accessRules(s.cfg, groups, byGroup)
+}
+
+// accessRules is what a member of groups may reach at a gateway of cfg:
+// each group's rules, and for a group without rules (or a user in no
+// group) every route the gateway offers, unless the gateway denies by
+// default; and the gateway's control service. The answer is never nil:
+// there is no "allow all" (an open device gets one rule per route
+// offered), and an empty list allows nothing. WireGuard peers and
+// OpenConnect sessions get their rules from here alike.
+func accessRules(cfg *Config, groups []registry.Group, byGroup map[string][]registry.Rule) []acl.Rule {
 	var out []acl.Rule
 	open := len(groups) == 0
 	for _, g := range groups {
@@ -579,12 +602,12 @@ func (s *syncer) access(groups []registry.Group, byGroup map[string][]registry.R
 				registry.ProtoUDP: acl.ProtoUDP, registry.ProtoICMP: acl.ProtoICMP}[r.Proto], PortLo: r.PortFrom, PortHi: r.PortTo})
 		}
 	}
-	if open && !s.cfg.DefaultDeny {
-		for _, r := range s.cfg.Site.Routes {
+	if open && !cfg.DefaultDeny {
+		for _, r := range cfg.Site.Routes {
 			out = append(out, acl.Rule{Dst: r})
 		}
 	}
-	if c := s.cfg.Site.Control; c.IsValid() {
+	if c := cfg.Site.Control; c.IsValid() {
 		// Every device may reach the gateway's control service (and ping
 		// the gateway), whatever its access rules.
 		host := netip.PrefixFrom(c.Addr(), c.Addr().BitLen())

@@ -156,3 +156,69 @@ func TestSyncAccessByGroups(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncSkipsOpenConnect: an openconnect device (made by a TLS login,
+// its key random bytes) is never a peer, is not in the control service's
+// devices by address, has no metrics name, and is not counted as a peer;
+// a WireGuard device beside it is all of these.
+func TestSyncSkipsOpenConnect(t *testing.T) {
+	ctx := context.Background()
+	reg, err := registry.OpenSQLite(ctx, filepath.Join(t.TempDir(), "registry.db"), registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	reg.AddPool(ctx, netip.MustParsePrefix("100.80.0.0/16"))
+	reg.AddUser(ctx, "alice")
+	k, _ := noise.GeneratePrivateKey()
+	wgDev, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key(k.PublicKey())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ocDev, err := reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "openconnect", PublicKey: registry.Key{1, 2, 3},
+		Protocol: registry.ProtocolOpenConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &recorder{peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	cfg := &Config{Site: Site{Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}}}
+	s := &syncer{reg: reg, cfg: cfg, h: h, logf: t.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	if err := s.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.peers[noise.PublicKey(ocDev.PublicKey)]; ok || len(h.peers) != 1 {
+		t.Fatalf("peers %v: want only the WireGuard device", h.peers)
+	}
+	if _, ok := h.peers[k.PublicKey()]; !ok {
+		t.Fatal("the WireGuard device is no peer")
+	}
+	if _, ok := s.byAddr[ocDev.Addresses[0]]; ok {
+		t.Error("the control service knows the openconnect device by its address")
+	}
+	if _, err := s.offerByAddr(ocDev.Addresses[0]); err != errNoDevice {
+		t.Errorf("an offer for the openconnect device's address: %v, want errNoDevice", err)
+	}
+	if _, err := s.offerByAddr(wgDev.Addresses[0]); err != nil {
+		t.Errorf("an offer for the WireGuard device's address: %v", err)
+	}
+	if _, _, ok := s.peerName(noise.PublicKey(ocDev.PublicKey)); ok {
+		t.Error("the openconnect device has a metrics name")
+	}
+	if u, d, ok := s.peerName(k.PublicKey()); !ok || u != "alice" || d != "laptop" {
+		t.Errorf("the WireGuard device's metrics name: %q %q %v", u, d, ok)
+	}
+	if n := s.stats.devices.Load(); n != 1 {
+		t.Errorf("devices counted as peers: %d, want 1", n)
+	}
+	// Revoking the openconnect device changes no peer.
+	sets := h.sets
+	if err := reg.RevokeDevice(ctx, ocDev.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h.sets != sets || len(h.peers) != 1 {
+		t.Errorf("revoking the openconnect device: %d sets, %d peers", h.sets-sets, len(h.peers))
+	}
+}

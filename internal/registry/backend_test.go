@@ -25,6 +25,8 @@ type backend struct {
 	// try opens the database once more (every call a new *sql.DB, as a
 	// second gateway or a restart would); the caller closes it.
 	try func(opts Options) (Registry, error)
+	// raw opens the database without migrating it; the caller closes it.
+	raw func() (*sql.DB, *dialect, error)
 }
 
 // open is try that fails t on error and closes the registry at cleanup.
@@ -45,12 +47,20 @@ func eachBackend(t *testing.T, fn func(t *testing.T, b *backend)) {
 	t.Run("sqlite", func(t *testing.T) {
 		t.Parallel()
 		path := filepath.Join(t.TempDir(), "registry.db")
-		fn(t, &backend{try: func(opts Options) (Registry, error) { return OpenSQLite(context.Background(), path, opts) }})
+		fn(t, &backend{try: func(opts Options) (Registry, error) { return OpenSQLite(context.Background(), path, opts) },
+			raw: func() (*sql.DB, *dialect, error) {
+				db, err := sql.Open("sqlite", path+"?_pragma=foreign_keys(1)&_txlock=immediate")
+				return db, sqliteDialect, err
+			}})
 	})
 	t.Run("postgres", func(t *testing.T) {
 		t.Parallel()
 		dsn := postgresDatabase(t)
-		fn(t, &backend{try: func(opts Options) (Registry, error) { return OpenPostgres(context.Background(), dsn, opts) }})
+		fn(t, &backend{try: func(opts Options) (Registry, error) { return OpenPostgres(context.Background(), dsn, opts) },
+			raw: func() (*sql.DB, *dialect, error) {
+				db, err := sql.Open("pgx", dsn)
+				return db, postgresDialect, err
+			}})
 	})
 }
 

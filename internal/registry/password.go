@@ -113,3 +113,26 @@ var dummyHash = sync.OnceValue(func() string {
 	}
 	return h
 })
+
+// HashPassword checks pw's length (MinPasswordLen to MaxPasswordLen
+// bytes) and returns its argon2id string, with a new random salt, for
+// SetUserPassword. ErrInvalid for a password too short or too long.
+func HashPassword(pw string) (string, error) {
+	if err := checkPassword(pw); err != nil {
+		return "", err
+	}
+	return hashPassword(pw)
+}
+
+// PasswordMatches reports whether pw is the password of the argon2id
+// string hash (as UserPassword returns it), comparing in constant time.
+// An empty or malformed hash, or a password over MaxPasswordLen, matches
+// nothing, and is checked against a dummy hash all the same: a refusal
+// for a user with no password takes as long as a wrong password.
+func PasswordMatches(hash, pw string) bool {
+	if _, ok := parseArgon2(hash); !ok || len(pw) > MaxPasswordLen {
+		passwordMatches(dummyHash(), pw[:min(len(pw), MaxPasswordLen)])
+		return false
+	}
+	return passwordMatches(hash, pw)
+}

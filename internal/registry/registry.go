@@ -51,14 +51,30 @@ var (
 	ErrSchemaTooNew = errors.New("registry schema is newer than this ptun")
 )
 
-// Key is a WireGuard public key (Curve25519, 32 bytes).
+// Key is a WireGuard public key (Curve25519, 32 bytes). An openconnect
+// device's Key is 32 random bytes instead (the registry wants every
+// device to have a unique one): no one holds a private key for it, and
+// the gateway never makes it a WireGuard peer.
 type Key [32]byte
+
+// The protocols a device speaks (Device.Protocol).
+const (
+	// ProtocolWireGuard: a device with a WireGuard key (ptun join, an
+	// exported config); the gateway makes it a peer of its interface.
+	ProtocolWireGuard = "wireguard"
+	// ProtocolOpenConnect: a device made by a password login to the
+	// gateway's OpenConnect (TLS) engine; its key is random, never a peer.
+	ProtocolOpenConnect = "openconnect"
+)
 
 // User is a person (or a service) that owns devices.
 type User struct {
 	ID        int64
 	Name      string
 	CreatedAt time.Time
+	// HasPassword: a password for TLS (OpenConnect) logins is set
+	// (SetUserPassword).
+	HasPassword bool
 }
 
 // Group is a named set of users; access rules are per group.
@@ -86,6 +102,7 @@ type Device struct {
 	UserID     int64
 	User       string
 	Name       string
+	Protocol   string // ProtocolWireGuard or ProtocolOpenConnect
 	PublicKey  Key
 	Addresses  []netip.Addr // one per pool, in pool order; empty once revoked
 	CreatedAt  time.Time
@@ -101,6 +118,9 @@ func (d Device) Revoked() bool { return !d.RevokedAt.IsZero() }
 type DeviceSpec struct {
 	Name      string
 	PublicKey Key
+	// Protocol is ProtocolWireGuard ("" says the same) or
+	// ProtocolOpenConnect (PublicKey then 32 random bytes).
+	Protocol string
 	// Via says, for the audit entry of CreateDevice, how the key came
 	// ("export": the gateway made it for an app's config); "" says
 	// nothing. Redeem ignores it and names the invite instead.
@@ -111,6 +131,7 @@ type DeviceSpec struct {
 type DeviceFilter struct {
 	User           string // only this user's devices
 	Name           string // only devices with this name
+	Protocol       string // only devices of this protocol (ProtocolWireGuard, ProtocolOpenConnect)
 	IncludeRevoked bool   // also revoked devices (by default only active ones)
 }
 
@@ -204,6 +225,21 @@ type Users interface {
 	RemoveUser(ctx context.Context, name string) error
 	User(ctx context.Context, name string) (User, error)
 	ListUsers(ctx context.Context) ([]User, error) // by name
+	// SetUserPassword gives user the password whose argon2id string is
+	// hash (made by HashPassword), for logins to the gateway's
+	// OpenConnect (TLS) engine, in place of any other. The audit entry
+	// user.passwd says "set", never the hash. ErrNotFound for an unknown
+	// or removed user; ErrInvalid for a string that is not an argon2id
+	// hash this ptun can check.
+	SetUserPassword(ctx context.Context, user, hash string) error
+	// ClearUserPassword removes user's password: TLS logins are refused
+	// from then on (audited as user.passwd "cleared"). A user with none
+	// changes nothing and records nothing. ErrNotFound as above.
+	ClearUserPassword(ctx context.Context, user string) error
+	// UserPassword is user's argon2id string (check it with
+	// PasswordMatches), "" if none is set. ErrNotFound for an unknown or
+	// removed user, ErrInvalid for a malformed name.
+	UserPassword(ctx context.Context, user string) (hash string, err error)
 }
 
 // Groups manages groups and their members.
@@ -300,7 +336,21 @@ type Log interface {
 	// numbers are committed in order, so a follower that asks again never
 	// misses a change, even with several writers on one PostgreSQL.
 	Changes(ctx context.Context, since uint64) (changes []Change, now uint64, err error)
+	// NoteLogin appends one audit entry for a login attempt, made by the
+	// actor of ctx: action is PROTOCOL.login or PROTOCOL.login_failed
+	// (e.g. "tls.login"), target and detail at most MaxNoteTarget and
+	// MaxNoteDetail bytes of UTF-8, else ErrInvalid. A login is an event,
+	// not a change: the entry takes a sequence number (so audit entries
+	// still commit in order) but writes no Change, so followers of the
+	// change feed do nothing for it.
+	NoteLogin(ctx context.Context, action, target, detail string) error
 }
+
+// Limits of a NoteLogin entry (bytes).
+const (
+	MaxNoteTarget = 256
+	MaxNoteDetail = 1024
+)
 
 // Registry is the whole registry. It is safe for concurrent use.
 type Registry interface {

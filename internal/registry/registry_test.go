@@ -372,7 +372,7 @@ func TestRenameDevice(t *testing.T) {
 }
 
 func equalDevice(a, b Device) bool {
-	if a.ID != b.ID || a.UserID != b.UserID || a.User != b.User || a.Name != b.Name || a.PublicKey != b.PublicKey ||
+	if a.ID != b.ID || a.UserID != b.UserID || a.User != b.User || a.Name != b.Name || a.Protocol != b.Protocol || a.PublicKey != b.PublicKey ||
 		!a.CreatedAt.Equal(b.CreatedAt) || !a.LastSeenAt.Equal(b.LastSeenAt) || !a.RevokedAt.Equal(b.RevokedAt) || len(a.Addresses) != len(b.Addresses) {
 		return false
 	}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // sqlRegistry implements Registry for both backends over database/sql.
@@ -64,6 +65,8 @@ type txn struct {
 	records []record
 }
 
+// record is one audit entry and, unless kind is "" (an event such as a
+// login), one change.
 type record struct {
 	kind                   Kind
 	id                     int64
@@ -122,8 +125,10 @@ func (t *txn) flush(actor string) error {
 		if err := t.queryRow(`UPDATE registry_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq`).Scan(&seq); err != nil {
 			return fmt.Errorf("registry: bump change sequence: %w", err)
 		}
-		if _, err := t.exec(`INSERT INTO changes (seq, kind, object_id, at) VALUES (?, ?, ?, ?)`, seq, string(rec.kind), rec.id, t.now); err != nil {
-			return fmt.Errorf("registry: record change: %w", err)
+		if rec.kind != "" {
+			if _, err := t.exec(`INSERT INTO changes (seq, kind, object_id, at) VALUES (?, ?, ?, ?)`, seq, string(rec.kind), rec.id, t.now); err != nil {
+				return fmt.Errorf("registry: record change: %w", err)
+			}
 		}
 		if _, err := t.exec(`INSERT INTO audit (seq, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)`,
 			seq, t.now, actor, rec.action, rec.target, rec.detail); err != nil {
@@ -232,12 +237,66 @@ func (r *sqlRegistry) RemoveUser(ctx context.Context, name string) error {
 		if _, err := t.exec(`DELETE FROM group_members WHERE user_id = ?`, id); err != nil {
 			return err
 		}
-		if _, err := t.exec(`UPDATE users SET removed_at = ? WHERE id = ?`, t.now, id); err != nil {
+		if _, err := t.exec(`UPDATE users SET removed_at = ?, password_hash = NULL WHERE id = ?`, t.now, id); err != nil {
 			return err
 		}
 		t.record(KindUser, id, "user.remove", name, "")
 		return nil
 	}), "")
+}
+
+func (r *sqlRegistry) SetUserPassword(ctx context.Context, user, hash string) error {
+	if _, ok := parseArgon2(hash); !ok {
+		return fmt.Errorf("%w: the password hash of user %q is not an argon2id string this ptun can check (make it with HashPassword)", ErrInvalid, user)
+	}
+	return r.setUserPassword(ctx, user, sql.NullString{String: hash, Valid: true})
+}
+
+func (r *sqlRegistry) ClearUserPassword(ctx context.Context, user string) error {
+	return r.setUserPassword(ctx, user, sql.NullString{})
+}
+
+// setUserPassword sets (hash valid) or clears user's password.
+func (r *sqlRegistry) setUserPassword(ctx context.Context, user string, hash sql.NullString) error {
+	return r.dbErr(r.write(ctx, func(t *txn) error {
+		id, err := t.userID(user)
+		if err != nil {
+			return err
+		}
+		cond := ""
+		if !hash.Valid {
+			cond = " AND password_hash IS NOT NULL" // none to clear: nothing recorded
+		}
+		res, err := t.exec(`UPDATE users SET password_hash = ? WHERE id = ?`+cond, hash, id)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return nil
+		}
+		detail := "set"
+		if !hash.Valid {
+			detail = "cleared"
+		}
+		t.record(KindUser, id, "user.passwd", user, detail)
+		return nil
+	}), "")
+}
+
+func (r *sqlRegistry) UserPassword(ctx context.Context, user string) (string, error) {
+	if _, err := ParseName(user); err != nil {
+		return "", err
+	}
+	var hash sql.NullString
+	err := r.db.QueryRowContext(ctx, r.d.rebind(`SELECT password_hash FROM users WHERE name = ? AND removed_at IS NULL`), user).Scan(&hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("%w: no user %q: list users, or add it first", ErrNotFound, user)
+	} else if err != nil {
+		return "", r.dbErr(err, "")
+	}
+	return hash.String, nil
 }
 
 func scanIDs(rows *sql.Rows) ([]int64, error) {
@@ -258,19 +317,26 @@ func (r *sqlRegistry) User(ctx context.Context, name string) (User, error) {
 		return User{}, err
 	}
 	var u User
-	var at int64
-	err := r.db.QueryRowContext(ctx, r.d.rebind(`SELECT id, name, created_at FROM users WHERE name = ? AND removed_at IS NULL`), name).Scan(&u.ID, &u.Name, &at)
+	var at, pw int64
+	err := r.db.QueryRowContext(ctx, r.d.rebind(`SELECT id, name, created_at, `+hasPassword+` FROM users WHERE name = ? AND removed_at IS NULL`), name).
+		Scan(&u.ID, &u.Name, &at, &pw)
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, fmt.Errorf("%w: no user %q: list users, or add it first", ErrNotFound, name)
 	}
-	u.CreatedAt = fromMicros(at)
+	u.CreatedAt, u.HasPassword = fromMicros(at), pw != 0
 	return u, r.dbErr(err, "")
 }
 
+// hasPassword is a users row's User.HasPassword, as 0 or 1 (one type on
+// both backends).
+const hasPassword = `CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END`
+
 func (r *sqlRegistry) ListUsers(ctx context.Context) ([]User, error) {
-	return r.users(ctx, `SELECT id, name, created_at FROM users WHERE removed_at IS NULL ORDER BY name`)
+	return r.users(ctx, `SELECT id, name, created_at, `+hasPassword+` FROM users WHERE removed_at IS NULL ORDER BY name`)
 }
 
+// users runs q, which selects id, name, created_at and HasPassword as 0
+// or 1.
 func (r *sqlRegistry) users(ctx context.Context, q string, args ...any) ([]User, error) {
 	rows, err := r.queryRows(ctx, q, args...)
 	if err != nil {
@@ -280,11 +346,11 @@ func (r *sqlRegistry) users(ctx context.Context, q string, args ...any) ([]User,
 	var out []User
 	for rows.Next() {
 		var u User
-		var at int64
-		if err := rows.Scan(&u.ID, &u.Name, &at); err != nil {
+		var at, pw int64
+		if err := rows.Scan(&u.ID, &u.Name, &at, &pw); err != nil {
 			return nil, r.dbErr(err, "")
 		}
-		u.CreatedAt = fromMicros(at)
+		u.CreatedAt, u.HasPassword = fromMicros(at), pw != 0
 		out = append(out, u)
 	}
 	return out, r.dbErr(rows.Err(), "")
@@ -350,11 +416,11 @@ func (r *sqlRegistry) RemoveGroup(ctx context.Context, name string) error {
 }
 
 func (r *sqlRegistry) ListGroups(ctx context.Context) ([]Group, error) {
-	return r.groups(ctx, `SELECT id, name, created_at FROM user_groups ORDER BY name`)
+	return r.groups(ctx, `SELECT id, name, created_at, 0 FROM user_groups ORDER BY name`)
 }
 
 func (r *sqlRegistry) groups(ctx context.Context, q string, args ...any) ([]Group, error) {
-	us, err := r.users(ctx, q, args...) // same three columns
+	us, err := r.users(ctx, q, args...) // the same columns, 0 for HasPassword
 	out := make([]Group, len(us))
 	for i, u := range us {
 		out[i] = Group{ID: u.ID, Name: u.Name, CreatedAt: u.CreatedAt}
@@ -421,7 +487,7 @@ func (r *sqlRegistry) Members(ctx context.Context, group string) ([]User, error)
 	if n == 0 {
 		return nil, fmt.Errorf("%w: no group %q: list groups, or add it first", ErrNotFound, group)
 	}
-	return r.users(ctx, `SELECT u.id, u.name, u.created_at FROM users u
+	return r.users(ctx, `SELECT u.id, u.name, u.created_at, CASE WHEN u.password_hash IS NULL THEN 0 ELSE 1 END FROM users u
 		JOIN group_members m ON m.user_id = u.id JOIN user_groups g ON g.id = m.group_id
 		WHERE g.name = ? AND u.removed_at IS NULL ORDER BY u.name`, group)
 }
@@ -430,7 +496,7 @@ func (r *sqlRegistry) GroupsOf(ctx context.Context, user string) ([]Group, error
 	if _, err := r.User(ctx, user); err != nil {
 		return nil, err
 	}
-	return r.groups(ctx, `SELECT g.id, g.name, g.created_at FROM user_groups g
+	return r.groups(ctx, `SELECT g.id, g.name, g.created_at, 0 FROM user_groups g
 		JOIN group_members m ON m.group_id = g.id JOIN users u ON u.id = m.user_id
 		WHERE u.name = ? AND u.removed_at IS NULL ORDER BY g.name`, user)
 }
@@ -536,22 +602,31 @@ func (r *sqlRegistry) listPools(ctx context.Context, q querier) ([]Pool, error) 
 
 // --- devices ----------------------------------------------------------------------
 
-func checkSpec(spec DeviceSpec) error {
+// checkSpec checks spec and returns it with its protocol spelled out.
+func checkSpec(spec DeviceSpec) (DeviceSpec, error) {
 	if _, err := ParseName(spec.Name); err != nil {
-		return fmt.Errorf("device: %w", err)
+		return spec, fmt.Errorf("device: %w", err)
 	}
 	if spec.PublicKey == (Key{}) {
-		return fmt.Errorf("%w: device %q has an all-zero public key: send the key the device generated", ErrInvalid, spec.Name)
+		return spec, fmt.Errorf("%w: device %q has an all-zero public key: send the key the device generated", ErrInvalid, spec.Name)
 	}
-	return nil
+	switch spec.Protocol {
+	case "":
+		spec.Protocol = ProtocolWireGuard
+	case ProtocolWireGuard, ProtocolOpenConnect:
+	default:
+		return spec, fmt.Errorf("%w: device %q: protocol %q: give %s or %s", ErrInvalid, spec.Name, spec.Protocol, ProtocolWireGuard, ProtocolOpenConnect)
+	}
+	return spec, nil
 }
 
 func (r *sqlRegistry) CreateDevice(ctx context.Context, user string, spec DeviceSpec) (Device, error) {
-	if err := checkSpec(spec); err != nil {
+	spec, err := checkSpec(spec)
+	if err != nil {
 		return Device{}, err
 	}
 	var d Device
-	err := r.write(ctx, func(t *txn) error {
+	err = r.write(ctx, func(t *txn) error {
 		uid, err := t.userID(user)
 		if err != nil {
 			return err
@@ -565,7 +640,8 @@ func (r *sqlRegistry) CreateDevice(ctx context.Context, user string, spec Device
 // createDevice inserts the device and allocates its addresses. Pools are
 // locked in ID order (every transaction takes pool locks in that order, so
 // two never wait on each other); the lock is held until commit, and the
-// UNIQUE (pool_id, addr) constraint backs it up.
+// UNIQUE (pool_id, addr) constraint backs it up. spec has been through
+// checkSpec.
 func (t *txn) createDevice(uid int64, user string, spec DeviceSpec, via string) (Device, error) {
 	var n int
 	if err := t.queryRow(`SELECT COUNT(*) FROM devices WHERE public_key = ?`, spec.PublicKey[:]).Scan(&n); err != nil {
@@ -580,11 +656,12 @@ func (t *txn) createDevice(uid int64, user string, spec DeviceSpec, via string) 
 	if n > 0 {
 		return Device{}, fmt.Errorf("%w: user %q has a device named %q: choose another name, or revoke that device first", ErrExists, user, spec.Name)
 	}
-	id, err := t.insert(`INSERT INTO devices (user_id, name, public_key, created_at) VALUES (?, ?, ?, ?)`, uid, spec.Name, spec.PublicKey[:], t.now)
+	id, err := t.insert(`INSERT INTO devices (user_id, name, protocol, public_key, created_at) VALUES (?, ?, ?, ?, ?)`,
+		uid, spec.Name, spec.Protocol, spec.PublicKey[:], t.now)
 	if err != nil {
 		return Device{}, err
 	}
-	d := Device{ID: id, UserID: uid, User: user, Name: spec.Name, PublicKey: spec.PublicKey, CreatedAt: fromMicros(t.now)}
+	d := Device{ID: id, UserID: uid, User: user, Name: spec.Name, Protocol: spec.Protocol, PublicKey: spec.PublicKey, CreatedAt: fromMicros(t.now)}
 	pools, err := t.r.listPools(t.ctx, t.tx)
 	if err != nil {
 		return Device{}, err
@@ -616,6 +693,9 @@ func (t *txn) createDevice(uid int64, user string, spec DeviceSpec, via string) 
 		addrs = append(addrs, a.String())
 	}
 	detail := strings.Join(addrs, " ")
+	if spec.Protocol != ProtocolWireGuard {
+		detail = strings.TrimSpace(detail + " " + spec.Protocol)
+	}
 	if via != "" {
 		detail = strings.TrimSpace(detail + " via " + via)
 	}
@@ -687,6 +767,10 @@ func (r *sqlRegistry) listDevices(ctx context.Context, q querier, f DeviceFilter
 		conds = append(conds, `d.name = ?`)
 		args = append(args, f.Name)
 	}
+	if f.Protocol != "" {
+		conds = append(conds, `d.protocol = ?`)
+		args = append(args, f.Protocol)
+	}
 	if !f.IncludeRevoked {
 		conds = append(conds, `d.revoked_at IS NULL`)
 	}
@@ -697,7 +781,7 @@ func (r *sqlRegistry) listDevices(ctx context.Context, q querier, f DeviceFilter
 }
 
 func (r *sqlRegistry) listDevicesWhere(ctx context.Context, q querier, where string, args ...any) ([]Device, error) {
-	rows, err := q.QueryContext(ctx, r.d.rebind(`SELECT d.id, d.user_id, u.name, d.name, d.public_key, d.created_at, d.last_seen_at, d.revoked_at
+	rows, err := q.QueryContext(ctx, r.d.rebind(`SELECT d.id, d.user_id, u.name, d.name, d.protocol, d.public_key, d.created_at, d.last_seen_at, d.revoked_at
 		FROM devices d JOIN users u ON u.id = d.user_id WHERE `+where+` ORDER BY u.name, d.name, d.id`), args...)
 	if err != nil {
 		return nil, err
@@ -709,7 +793,7 @@ func (r *sqlRegistry) listDevicesWhere(ctx context.Context, q querier, where str
 		var key []byte
 		var created int64
 		var seen, revoked sql.NullInt64
-		if err := rows.Scan(&d.ID, &d.UserID, &d.User, &d.Name, &key, &created, &seen, &revoked); err != nil {
+		if err := rows.Scan(&d.ID, &d.UserID, &d.User, &d.Name, &d.Protocol, &key, &created, &seen, &revoked); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -909,7 +993,7 @@ func (r *sqlRegistry) Redeem(ctx context.Context, secret string, spec DeviceSpec
 	if err != nil {
 		return Device{}, err
 	}
-	if err := checkSpec(spec); err != nil {
+	if spec, err = checkSpec(spec); err != nil {
 		return Device{}, err
 	}
 	hash := sha256.Sum256(secretBytes)
@@ -1182,6 +1266,20 @@ func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
 }
 
 // --- log --------------------------------------------------------------------------
+
+func (r *sqlRegistry) NoteLogin(ctx context.Context, action, target, detail string) error {
+	proto, outcome, _ := strings.Cut(action, ".")
+	if (outcome != "login" && outcome != "login_failed") || proto == "" || len(proto) > 16 || strings.Trim(proto, "abcdefghijklmnopqrstuvwxyz") != "" {
+		return fmt.Errorf("%w: a login's audit action %q: give PROTOCOL.login or PROTOCOL.login_failed", ErrInvalid, action)
+	}
+	if len(target) > MaxNoteTarget || len(detail) > MaxNoteDetail || !utf8.ValidString(target) || !utf8.ValidString(detail) {
+		return fmt.Errorf("%w: a login's audit target or detail is too long or not UTF-8", ErrInvalid)
+	}
+	return r.dbErr(r.write(ctx, func(t *txn) error {
+		t.record("", 0, action, target, detail)
+		return nil
+	}), "")
+}
 
 func (r *sqlRegistry) Audit(ctx context.Context, after int64, limit int) ([]AuditEntry, error) {
 	if limit <= 0 {
