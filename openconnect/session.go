@@ -111,6 +111,9 @@ func (ss *Session) Path() string {
 // LastReceived is when the client last sent anything.
 func (ss *Session) LastReceived() time.Time { return time.Unix(0, ss.lastRx.Load()) }
 
+// Started is when the session was made (the login, or the resume).
+func (ss *Session) Started() time.Time { return ss.started }
+
 // Done is closed when the session has ended.
 func (ss *Session) Done() <-chan struct{} { return ss.done }
 

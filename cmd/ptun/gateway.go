@@ -22,6 +22,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 
@@ -42,7 +43,7 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
   init --endpoint ADDR:PORT --api ADDR:PORT --pool CIDR... [--route CIDR]...
        [--dns ADDR]... [--search DOMAIN]... [--db postgres://…] [--name NAME]
        [--cert FILE --key FILE] [--metrics ADDR:PORT]
-       [--admin ADDR:PORT|off] [--admin-plain]
+       [--admin ADDR:PORT|off] [--admin-plain] [--tls ADDR:PORT|:PORT]
                              make the gateway: its key, certificate, registry;
                              the enrollment API's certificate is self-signed,
                              or yours with --cert and --key (PEM, the leaf
@@ -53,7 +54,11 @@ certificate, registry) is in DIR (default /var/lib/ptun/gw):
                              serves the admin JSON API and /healthz there
                              (default 127.0.0.1:8444), HTTPS with the same
                              certificate, or plain HTTP with --admin-plain
-                             (a loopback address only)
+                             (a loopback address only); --tls: run also
+                             serves OpenConnect clients (openconnect,
+                             AnyConnect-compatible apps) there, TLS on TCP
+                             and DTLS on UDP, for users with a password
+                             (default: off)
   user add NAME [--group G]  add a user (to a group)
   user remove NAME           remove a user and revoke every device of theirs
   user passwd NAME [--generate | --clear]
@@ -223,6 +228,7 @@ func gatewayInit(args []string) error {
 	admin := fs.String("admin", gateway.DefaultAdmin.String(), "serve the admin API on `ADDR` (ADDRESS:PORT) while the gateway runs, HTTPS with the enrollment API's certificate; off: none")
 	adminPlain := fs.Bool("admin-plain", false, "serve the admin API over plain HTTP: only with a loopback --admin")
 	metrics := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587) while the gateway runs (default: off)")
+	tlsAddr := fs.String("tls", "", "also serve OpenConnect (SSL VPN: TLS on TCP, DTLS on UDP) on `ADDR` (ADDRESS:PORT or :PORT, such as :443) for password logins (default: off)")
 	var pools, routes, dns, search listFlag
 	fs.Var(&pools, "pool", "an address pool (repeatable): one IPv4 and one IPv6 is usual")
 	fs.Var(&routes, "route", "a route offered to devices (repeatable); 0.0.0.0/0 for a full tunnel")
@@ -250,6 +256,11 @@ func gatewayInit(args []string) error {
 		}
 	}
 	o.AdminPlain = *adminPlain
+	if *tlsAddr != "" {
+		if o.TLS, err = gateway.ParseTLSAddr(*tlsAddr); err != nil {
+			return err
+		}
+	}
 	switch *deny {
 	case "allow":
 	case "deny":
@@ -423,7 +434,14 @@ type deviceRow struct {
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
-	Online        bool      `json:"online"` // a handshake within the last 3 minutes
+	Online        bool      `json:"online"` // a handshake within the last 3 minutes, or an OpenConnect session
+	// An OpenConnect device's session: the path it takes (dtls, cstp),
+	// the share of its bytes DTLS carried, and the packets its access
+	// rules refused.
+	Path        string `json:"path,omitempty"`
+	DTLSRxBytes uint64 `json:"dtls_rx_bytes,omitempty"`
+	DTLSTxBytes uint64 `json:"dtls_tx_bytes,omitempty"`
+	DropACL     uint64 `json:"drop_acl,omitempty"`
 }
 
 // onlineWithin is how recent a device's last handshake is when it counts
@@ -452,9 +470,24 @@ func gatewayDevices(args []string) error {
 				peers[registry.Key(p.PublicKey)] = p
 			}
 		}
+		// The running gateway's OpenConnect sessions, by device.
+		tlsLive := map[int64]ocengine.SessionInfo{}
+		if c.TLS.IsValid() {
+			if ts, err := gateway.ReadTLSSessions(*state); err == nil {
+				for _, si := range ts.Sessions {
+					tlsLive[si.DeviceID] = si
+				}
+			}
+		}
 		rows := make([]deviceRow, 0, len(devs))
 		for _, d := range devs {
 			r := deviceRow{Device: d}
+			if si, ok := tlsLive[d.ID]; ok && !d.Revoked() && d.Protocol == registry.ProtocolOpenConnect {
+				r.Online = si.Path != ""
+				r.Path, r.RxBytes, r.TxBytes = si.Path, si.RxBytes, si.TxBytes
+				r.DTLSRxBytes, r.DTLSTxBytes, r.DropACL = si.DTLSRxBytes, si.DTLSTxBytes, si.DropACL
+				r.LastHandshake = si.Started
+			}
 			// An openconnect device's key is random bytes, never a peer's.
 			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() && d.Protocol == registry.ProtocolWireGuard {
 				if p.Endpoint.IsValid() {
@@ -479,8 +512,10 @@ func gatewayDevices(args []string) error {
 			switch {
 			case r.Revoked():
 				st = "revoked " + r.RevokedAt.Format(time.RFC3339)
+			case r.Protocol != registry.ProtocolWireGuard && r.Online:
+				st = "online (" + r.Path + ")"
 			case r.Protocol != registry.ProtocolWireGuard:
-				st = "-" // no peer: the interface has no figures for it
+				st = "offline" // no session
 			case r.Online:
 				st = "online"
 			}
@@ -729,6 +764,9 @@ func gatewayRun(args []string) error {
 	err = gateway.Run(ctx, *state, gateway.RunOptions{Logf: logger.Printf, Verbosef: verbosef, Mode: mode,
 		EngineCommand: func() (*exec.Cmd, error) {
 			return engine.Command(cfg.Interface, os.Args[0], engineRole, cfg.Interface)
+		},
+		TLSEngineCommand: func() (*exec.Cmd, error) {
+			return engine.Command(cfg.TLSInterface(), os.Args[0], tlsEngineRole, cfg.TLSInterface())
 		},
 		Ready: ready})
 	if err != nil {

@@ -71,7 +71,33 @@ type Config struct {
 	// loopback address may have.
 	Admin      netip.AddrPort `json:"admin,omitzero"`
 	AdminPlain bool           `json:"admin_plain,omitempty"`
-	Site       Site           `json:"site"`
+	// TLS is the OpenConnect (SSL VPN) listener, TCP for TLS and UDP for
+	// DTLS on the same port (zero: none, the default). Users log in with
+	// a password (`ptun gateway user passwd`).
+	TLS  netip.AddrPort `json:"tls,omitzero"`
+	Site Site           `json:"site"`
+}
+
+// TLSInterface is the interface of the OpenConnect engine: the tunnel
+// interface's name with "-tls", cut to fit.
+func (c *Config) TLSInterface() string {
+	base := c.Interface
+	if len(base) > 11 {
+		base = base[:11]
+	}
+	return base + "-tls"
+}
+
+// ParseTLSAddr parses --tls: ADDRESS:PORT, or :PORT for every address.
+func ParseTLSAddr(s string) (netip.AddrPort, error) {
+	if port, ok := strings.CutPrefix(s, ":"); ok {
+		s = "[::]:" + port
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("--tls %q: give ADDRESS:PORT or :PORT, such as :443 or 198.18.0.1:443", s)
+	}
+	return ap, nil
 }
 
 // InitOptions are `ptun gateway init`'s settings.
@@ -117,6 +143,8 @@ func (c *Config) Check() error {
 		return fmt.Errorf("--admin-plain with --admin %v: plain HTTP is for a loopback address only (passwords and session cookies cross it); drop --admin-plain to serve HTTPS", c.Admin)
 	case c.Admin.IsValid() && c.Admin == c.API:
 		return fmt.Errorf("--admin %v is the enrollment API's address: give the admin API a port of its own", c.Admin)
+	case c.TLS.IsValid() && (c.TLS == c.API || c.TLS == c.Admin || c.TLS.Port() == 0):
+		return fmt.Errorf("--tls %v: give the OpenConnect listener a port of its own", c.TLS)
 	case c.Site.MTU < 576 || c.Site.MTU > 65535:
 		return fmt.Errorf("--mtu %d is out of range (576-65535)", c.Site.MTU)
 	}

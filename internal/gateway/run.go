@@ -45,6 +45,9 @@ type RunOptions struct {
 	Logf, Verbosef func(format string, args ...any)
 	Mode           ipc.Mode
 	EngineCommand  func() (*exec.Cmd, error)
+	// TLSEngineCommand starts the OpenConnect engine of a gateway with a
+	// TLS listener (Config.TLS).
+	TLSEngineCommand func() (*exec.Cmd, error)
 	// Ready is called once: nil when the interface, the engine and the
 	// enrollment API are up, or the error that stopped them.
 	Ready func(error)
@@ -140,6 +143,14 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 		cfg.Site.Control = netip.AddrPortFrom(ca, ControlPort)
 	}
 	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
+	// The OpenConnect listener and its engine, if the gateway has one.
+	tg, err := startTLS(dir, cfg, reg, o.Mode, o.TLSEngineCommand, o.Logf, o.Verbosef)
+	if err != nil {
+		return err
+	}
+	if tg != nil {
+		defer tg.close()
+	}
 	var api apiCounter
 	if err := s.serveMetrics(tel, &api); err != nil {
 		return err
@@ -231,12 +242,20 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 					o.Logf("gateway: %v: keeping the configuration it had", err)
 				} else {
 					s.setConfig(nc)
+					if tg != nil {
+						tg.setConfig(nc)
+					}
 					o.Logf("gateway: configuration reloaded: routes %v, DNS %v, search %v", nc.Site.Routes, nc.Site.DNS, nc.Site.Search)
 				}
 			}
 			if err := s.sync(ctx); err != nil {
 				// The devices already configured keep working.
 				s.logOnce("the registry is unreachable (%v): devices already configured keep working; enrollment and changes wait", err)
+			}
+			if tg != nil {
+				if err := tg.sync(ctx); err != nil {
+					s.logOnce("the registry is unreachable (%v): OpenConnect sessions keep working; logins wait", err)
+				}
 			}
 		}
 	}
@@ -677,7 +696,11 @@ func (hs *hostState) apply(cfg *Config, pools []registry.Pool) error {
 		return err
 	}
 	if cfg.Masquerade {
-		return hs.masquerade(cfg.Interface)
+		ifnames := []string{cfg.Interface}
+		if cfg.TLS.IsValid() {
+			ifnames = append(ifnames, cfg.TLSInterface())
+		}
+		return hs.masquerade(ifnames...)
 	}
 	return nil
 }
@@ -716,25 +739,28 @@ func (hs *hostState) forward() error {
 // tunnel and leaves by another interface. A table that a gateway which
 // died left behind is emptied first, in the same transaction, so that a
 // restart does not add its rule a second time.
-func (hs *hostState) masquerade(ifname string) error {
+func (hs *hostState) masquerade(ifnames ...string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return err
 	}
-	name := "ptun_gateway_" + ifname
+	name := "ptun_gateway_" + ifnames[0]
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: name})
 	c.FlushTable(t)
 	ch := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, ifname)
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: b},
-		&expr.Masq{},
-	}})
+	// One rule per tunnel interface (WireGuard's, OpenConnect's).
+	for _, ifname := range ifnames {
+		b := make([]byte, unix.IFNAMSIZ)
+		copy(b, ifname)
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: b},
+			&expr.Masq{},
+		}})
+	}
 	hs.nftTable = name
 	if err := c.Flush(); err != nil {
 		hs.nftTable = ""

@@ -510,7 +510,7 @@ func (e *engine) sessionInfos() []SessionInfo {
 		}
 		out = append(out, SessionInfo{
 			User: s.grant.User, Device: s.grant.Device, DeviceID: s.grant.DeviceID, Addresses: s.addrs,
-			Path: oc.Path(), LastRx: oc.LastReceived(),
+			Path: oc.Path(), Started: oc.Started(), LastRx: oc.LastReceived(),
 			RxBytes:     oc.CSTP.RxBytes.Load() + oc.DTLS.RxBytes.Load(),
 			TxBytes:     oc.CSTP.TxBytes.Load() + oc.DTLS.TxBytes.Load(),
 			RxPackets:   oc.CSTP.RxPackets.Load() + oc.DTLS.RxPackets.Load(),

@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ptun-vpn/ptun/internal/testenv"
+)
+
+// Debian's openconnect client against ptun's gateway (its OpenConnect
+// engine on TCP and UDP 443): password login, the pushed address, routes
+// and DNS, traffic to the lan host over DTLS and over CSTP alone, access
+// rules in the data path, revocation.
+
+const ocPassword = "correct horse battery staple"
+
+// ocScript is openconnect's network setup script: it brings the tunnel up
+// with what the gateway pushed, routes the split includes through it, and
+// keeps the environment of each call for the test to read.
+const ocScript = `#!/bin/sh
+env > "$OC_ENV_DIR/env.$reason"
+case "$reason" in
+connect)
+	ip link set dev "$TUNDEV" up mtu "$INTERNAL_IP4_MTU"
+	ip addr add "$INTERNAL_IP4_ADDRESS/32" dev "$TUNDEV"
+	i=0
+	while [ "$i" -lt "${CISCO_SPLIT_INC:-0}" ]; do
+		eval a=\$CISCO_SPLIT_INC_${i}_ADDR m=\$CISCO_SPLIT_INC_${i}_MASKLEN
+		ip route add "$a/$m" dev "$TUNDEV"
+		i=$((i+1))
+	done
+	;;
+esac
+exit 0
+`
+
+type ocRun struct {
+	cmd    *exec.Cmd
+	out    string // its log
+	envDir string
+	done   chan struct{}
+}
+
+func (r *ocRun) env(t *testing.T, reason string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.envDir, "env."+reason))
+	if err != nil {
+		return nil
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func (r *ocRun) log() string {
+	b, _ := os.ReadFile(r.out)
+	return string(b)
+}
+
+// startOC runs openconnect in ns against url until the test ends, and
+// waits for its tunnel to be set up.
+func startOC(t *testing.T, ns, ifname, url, pin string, extra ...string) *ocRun {
+	t.Helper()
+	dir := t.TempDir()
+	script := filepath.Join(dir, "script.sh")
+	if err := os.WriteFile(script, []byte(ocScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := &ocRun{out: filepath.Join(dir, "openconnect.log"), envDir: dir, done: make(chan struct{})}
+	args := append([]string{"openconnect", "--non-inter", "--passwd-on-stdin", "-u", "alice",
+		"--servercert", pin, "-i", ifname, "-s", script}, extra...)
+	args = append(args, url)
+	r.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	r.cmd.Env = append(os.Environ(), "OC_ENV_DIR="+dir)
+	r.cmd.Stdin = strings.NewReader(ocPassword + "\n")
+	f, err := os.Create(r.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Stdout, r.cmd.Stderr = f, f
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); f.Close(); close(r.done) }()
+	t.Cleanup(func() {
+		r.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-r.done:
+		case <-time.After(5 * time.Second):
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+		if t.Failed() {
+			t.Logf("openconnect log:\n%s", r.log())
+		}
+	})
+	waitFor(t, 20*time.Second, "openconnect's tunnel", func() (bool, string) {
+		select {
+		case <-r.done:
+			t.Fatalf("openconnect exited:\n%s", r.log())
+		default:
+		}
+		return r.env(t, "connect") != nil, r.log()
+	})
+	return r
+}
+
+// gatewayPin is the pin of the gateway's certificate in state.
+func gatewayPin(t *testing.T, state string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(state, "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return "pin-sha256:" + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+type tlsDevice struct {
+	User, Name, Protocol, Path string
+	Online                     bool
+	RxBytes                    uint64 `json:"rx_bytes"`
+	TxBytes                    uint64 `json:"tx_bytes"`
+	DTLSRxBytes                uint64 `json:"dtls_rx_bytes"`
+	DTLSTxBytes                uint64 `json:"dtls_tx_bytes"`
+	DropACL                    uint64 `json:"drop_acl"`
+}
+
+// tlsDevices reads `ptun gateway devices --json` for the openconnect ones.
+func tlsDevices(t *testing.T, ns, state string) map[string]tlsDevice {
+	t.Helper()
+	out := mustRun(t, ns, ptun.bin, "gateway", "devices", "--json", "--state", state)
+	var all []tlsDevice
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatalf("devices --json: %v\n%s", err, out)
+	}
+	m := map[string]tlsDevice{}
+	for _, d := range all {
+		if d.Protocol == "openconnect" {
+			m[d.User+"/"+d.Name] = d
+		}
+	}
+	return m
+}
+
+func TestOpenconnectToGateway(t *testing.T) {
+	testenv.RequireTool(t, "openconnect", "openconnect")
+	l := newLab(t)
+	lan := l.addLan(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "gw")
+	iface := "pgw" + l.id
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", state, "--interface", iface,
+		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
+		"--tls", ":443", "--pool", "100.81.0.0/16", "--route", "198.18.2.0/24", "--dns", "198.18.2.53",
+		"--search", "corp.test", "--masquerade")
+	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--group", "eng", "--state", state)
+	cmd := exec.Command("ip", "netns", "exec", l.server.ns, ptun.bin, "gateway", "user", "passwd", "alice", "--state", state)
+	cmd.Stdin = strings.NewReader(ocPassword + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("user passwd: %v\n%s", err, out)
+	}
+	startGateway(t, l.server.ns, state)
+	waitFor(t, 10*time.Second, "the TLS port", func() (bool, string) {
+		out, err := run(l.server.ns, "ss", "-Hltn", "sport = :443")
+		return err == nil && strings.Contains(out, "443"), out
+	})
+	pin := gatewayPin(t, state)
+	url := "https://" + l.server.link4.String() + "/"
+	lanAddr := netip.MustParseAddr("198.18.2.2")
+
+	t.Run("DTLS", func(t *testing.T) {
+		oc := startOC(t, l.client.ns, "oc"+l.id, url, pin)
+		env := oc.env(t, "connect")
+		addr, err := netip.ParseAddr(env["INTERNAL_IP4_ADDRESS"])
+		if err != nil || !netip.MustParsePrefix("100.81.0.0/16").Contains(addr) {
+			t.Fatalf("pushed address %q, want one of the pool 100.81.0.0/16", env["INTERNAL_IP4_ADDRESS"])
+		}
+		for k, want := range map[string]string{"INTERNAL_IP4_DNS": "198.18.2.53", "CISCO_DEF_DOMAIN": "corp.test",
+			"CISCO_SPLIT_INC": "1", "CISCO_SPLIT_INC_0_ADDR": "198.18.2.0", "CISCO_SPLIT_INC_0_MASKLEN": "24"} {
+			if env[k] != want {
+				t.Errorf("%s = %q, want %q", k, env[k], want)
+			}
+		}
+		waitFor(t, 15*time.Second, "DTLS", func() (bool, string) {
+			return strings.Contains(oc.log(), "Established DTLS connection"), oc.log()
+		})
+		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanAddr.String())
+		up := iperf3(t, l.client, lan, lanAddr, "-t", "2")
+		down := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-R")
+		udp := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-u", "-b", "100M")
+		t.Logf("over DTLS: TCP up %.0f Mbit/s, down %.0f Mbit/s; UDP at 100 Mbit/s %.0f Mbit/s received",
+			up.mbits(), down.mbits(), udp.mbits())
+		d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
+		if !d.Online || d.Path != "dtls" || d.DTLSRxBytes < 1<<20 || d.DTLSTxBytes < 1<<20 {
+			t.Errorf("devices: %+v, want alice/openconnect online on dtls with MBs both ways over DTLS", d)
+		}
+	})
+
+	t.Run("CSTP", func(t *testing.T) {
+		oc := startOC(t, l.client.ns, "oc"+l.id, url, pin, "--no-dtls")
+		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanAddr.String())
+		before := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
+		up := iperf3(t, l.client, lan, lanAddr, "-t", "2")
+		down := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-R")
+		t.Logf("over CSTP: TCP up %.0f Mbit/s, down %.0f Mbit/s (down/up %.2f)", up.mbits(), down.mbits(), down.mbits()/up.mbits())
+		d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
+		if d.Path != "cstp" || d.DTLSRxBytes != before.DTLSRxBytes || d.RxBytes < before.RxBytes+1<<20 {
+			t.Errorf("devices: %+v (before %+v), want the traffic on cstp", d, before)
+		}
+
+		// An access rule: eng may reach tcp/22 only; the ping is dropped
+		// in the engine's data path and counted.
+		out := mustRun(t, l.server.ns, ptun.bin, "gateway", "allow", "eng", "198.18.2.2", "tcp/22", "--state", state)
+		var ruleID string
+		fmt.Sscanf(out, "rule %s", &ruleID)
+		ruleID = strings.TrimSuffix(ruleID, ":")
+		waitFor(t, 5*time.Second, "the rule to refuse the ping", func() (bool, string) {
+			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
+			return err != nil, out
+		})
+		if d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]; d.DropACL == 0 {
+			t.Errorf("the refused ping is not counted as drop_acl: %+v", d)
+		}
+		mustRun(t, l.server.ns, ptun.bin, "gateway", "rules", "--remove", ruleID, "--state", state)
+		waitFor(t, 5*time.Second, "the ping to pass again", func() (bool, string) {
+			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
+			return err == nil, out
+		})
+
+		// Revocation: traffic stops within a second, and openconnect is told.
+		devs := mustRun(t, l.server.ns, ptun.bin, "gateway", "devices", "--state", state)
+		if !strings.Contains(devs, "openconnect") {
+			t.Fatalf("devices:\n%s", devs)
+		}
+		mustRun(t, l.server.ns, ptun.bin, "gateway", "revoke", "alice/openconnect", "--state", state)
+		revoked := time.Now()
+		waitFor(t, 3*time.Second, "the revoked device's traffic to stop", func() (bool, string) {
+			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
+			return err != nil, out
+		})
+		t.Logf("traffic stopped %v after the revoke", time.Since(revoked).Round(time.Millisecond))
+		select {
+		case <-oc.done:
+		case <-time.After(10 * time.Second):
+			t.Error("openconnect did not exit after the revoke")
+		}
+	})
+}
