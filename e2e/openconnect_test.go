@@ -11,10 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ptun-vpn/ptun/internal/testenv"
 )
@@ -30,7 +33,7 @@ const ocPassword = "correct horse battery staple"
 // with what the gateway pushed, routes the split includes through it, and
 // keeps the environment of each call for the test to read.
 const ocScript = `#!/bin/sh
-env > "$OC_ENV_DIR/env.$reason"
+env > "$OC_ENV_DIR/.env.$reason"
 case "$reason" in
 connect)
 	ip link set dev "$TUNDEV" up mtu "$INTERNAL_IP4_MTU"
@@ -43,6 +46,8 @@ connect)
 	done
 	;;
 esac
+# Written last: the test waits for it to know the tunnel is set up.
+mv "$OC_ENV_DIR/.env.$reason" "$OC_ENV_DIR/env.$reason"
 exit 0
 `
 
@@ -174,7 +179,7 @@ func TestOpenconnectToGateway(t *testing.T) {
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "init", "--state", state, "--interface", iface,
 		"--endpoint", l.server.link4.String()+":51820", "--api", l.server.link4.String()+":8443",
 		"--tls", ":443", "--pool", "100.81.0.0/16", "--route", "198.18.2.0/24", "--dns", "198.18.2.53",
-		"--search", "corp.test", "--masquerade")
+		"--search", "corp.test", "--masquerade", "--metrics", "127.0.0.1:9597")
 	mustRun(t, l.server.ns, ptun.bin, "gateway", "user", "add", "alice", "--group", "eng", "--state", state)
 	cmd := exec.Command("ip", "netns", "exec", l.server.ns, ptun.bin, "gateway", "user", "passwd", "alice", "--state", state)
 	cmd.Stdin = strings.NewReader(ocPassword + "\n")
@@ -216,18 +221,62 @@ func TestOpenconnectToGateway(t *testing.T) {
 		if !d.Online || d.Path != "dtls" || d.DTLSRxBytes < 1<<20 || d.DTLSTxBytes < 1<<20 {
 			t.Errorf("devices: %+v, want alice/openconnect online on dtls with MBs both ways over DTLS", d)
 		}
+		m := scrapeIn(t, l.server.ns, "127.0.0.1:9597")
+		if v := metricValue(m, "ptun_tls_sessions", "path", "dtls"); v != 1 {
+			t.Errorf("ptun_tls_sessions{path=dtls} = %v, want 1", v)
+		}
+		if v := metricValue(m, "ptun_tls_device_receive_bytes_total", "device", "openconnect"); v < 1<<20 {
+			t.Errorf("ptun_tls_device_receive_bytes_total = %v, want MBs", v)
+		}
+		if v := metricValue(m, "ptun_tls_logins_total", "result", "ok"); v < 1 {
+			t.Errorf("ptun_tls_logins_total{result=ok} = %v", v)
+		}
+
+		// The DTLS path goes silent (the gateway's host drops UDP 443 both
+		// ways; the client sees no error): traffic moves to CSTP.
+		mustRun(t, l.server.ns, "nft", "add table inet ptun_e2e_oc; "+
+			"add chain inet ptun_e2e_oc in { type filter hook input priority 0; }; add rule inet ptun_e2e_oc in udp dport 443 drop; "+
+			"add chain inet ptun_e2e_oc out { type filter hook output priority 0; }; add rule inet ptun_e2e_oc out udp sport 443 drop")
+		t.Cleanup(func() { run(l.server.ns, "nft", "delete", "table", "inet", "ptun_e2e_oc") })
+		silent := time.Now()
+		waitFor(t, 60*time.Second, "traffic on CSTP with UDP blocked", func() (bool, string) {
+			out, err := run(l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", lanAddr.String())
+			return err == nil && tlsDevices(t, l.server.ns, state)["alice/openconnect"].Path == "cstp", out
+		})
+		t.Logf("with UDP silent, traffic flowed on CSTP %v later (the gateway pushes a DTLS DPD of 5 s)", time.Since(silent).Round(100*time.Millisecond))
+		mustRun(t, l.server.ns, "nft", "delete", "table", "inet", "ptun_e2e_oc")
+
+		// The engine dies: a new one takes over, openconnect reconnects with
+		// its cookie and keeps its address (it would quit otherwise).
+		pid := tlsEnginePID(t, iface)
+		if pid <= 0 {
+			t.Fatal("no OpenConnect engine process found")
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+		killed := time.Now()
+		waitFor(t, 60*time.Second, "traffic after the engine restart", func() (bool, string) {
+			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
+			next := tlsEnginePID(t, iface)
+			return err == nil && next > 0 && next != pid, out
+		})
+		t.Logf("traffic resumed %v after the engine was killed", time.Since(killed).Round(100*time.Millisecond))
+		if env := oc.env(t, "reconnect"); env == nil {
+			t.Errorf("openconnect did not reconnect (no reconnect call of its script):\n%s", oc.log())
+		}
+		if v := metricValue(scrapeIn(t, l.server.ns, "127.0.0.1:9597"), "ptun_tls_engine_restarts_total", "", ""); v != 1 {
+			t.Errorf("ptun_tls_engine_restarts_total = %v, want 1", v)
+		}
 	})
 
 	t.Run("CSTP", func(t *testing.T) {
 		oc := startOC(t, l.client.ns, "oc"+l.id, url, pin, "--no-dtls")
 		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanAddr.String())
-		before := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
 		up := iperf3(t, l.client, lan, lanAddr, "-t", "2")
 		down := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-R")
 		t.Logf("over CSTP: TCP up %.0f Mbit/s, down %.0f Mbit/s (down/up %.2f)", up.mbits(), down.mbits(), down.mbits()/up.mbits())
 		d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
-		if d.Path != "cstp" || d.DTLSRxBytes != before.DTLSRxBytes || d.RxBytes < before.RxBytes+1<<20 {
-			t.Errorf("devices: %+v (before %+v), want the traffic on cstp", d, before)
+		if d.Path != "cstp" || d.DTLSRxBytes != 0 || d.RxBytes < 1<<20 {
+			t.Errorf("devices: %+v, want the traffic on cstp and none on DTLS", d)
 		}
 
 		// An access rule: eng may reach tcp/22 only; the ping is dropped
@@ -267,4 +316,50 @@ func TestOpenconnectToGateway(t *testing.T) {
 			t.Error("openconnect did not exit after the revoke")
 		}
 	})
+}
+
+// tlsEnginePID finds the OpenConnect engine of the gateway with tunnel
+// interface iface (it runs in namespaces of its own, so by its command line).
+func tlsEnginePID(t *testing.T, iface string) int {
+	t.Helper()
+	want := "--tls-engine-of\x00" + iface[:min(len(iface), 11)] + "-tls\x00--confined"
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), want) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// metricValue is the value of the first sample of family name whose label
+// has value (any sample with label ""), or -1.
+func metricValue(m map[string]*dto.MetricFamily, name, label, value string) float64 {
+	f := m[name]
+	if f == nil {
+		return -1
+	}
+	for _, s := range f.Metric {
+		ok := label == ""
+		for _, lp := range s.Label {
+			if lp.GetName() == label && lp.GetValue() == value {
+				ok = true
+			}
+		}
+		if !ok {
+			continue
+		}
+		switch {
+		case s.Counter != nil:
+			return s.Counter.GetValue()
+		case s.Gauge != nil:
+			return s.Gauge.GetValue()
+		}
+	}
+	return -1
 }

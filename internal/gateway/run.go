@@ -155,6 +155,11 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	if err := s.serveMetrics(tel, &api); err != nil {
 		return err
 	}
+	if tg != nil && tel != nil {
+		if err := tel.Register(newTLSCollector(tg)); err != nil {
+			return err
+		}
+	}
 	logger := slog.New(slog.NewTextHandler(logWriter{o.Logf}, nil))
 	// A new device is a peer before its offer leaves, so that its first
 	// handshake is answered.

@@ -35,7 +35,7 @@ const TLSSessionsFile = "tls-sessions.json"
 // TLS timers pushed to OpenConnect clients.
 const (
 	tlsDPD       = 30 * time.Second
-	tlsDTLSDPD   = 10 * time.Second // short: a silent UDP path moves to CSTP soon
+	tlsDTLSDPD   = 5 * time.Second // short: a silent UDP path moves to CSTP soon
 	tlsKeepalive = 20 * time.Second
 	tlsCookieTTL = 5 * time.Minute
 )
