@@ -278,6 +278,7 @@ func (ss *Session) end(typ byte, reason string) {
 		}
 		c.bc.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		c.tc.Write(AppendFrame(nil, typ, payload))
+		c.bc.end() // out now, even if the writer was in the middle of a batch
 		c.close()
 	}
 	if d != nil {

@@ -509,7 +509,7 @@ func (e *engine) sessionInfos() []SessionInfo {
 			continue
 		}
 		out = append(out, SessionInfo{
-			User: s.grant.User, Device: s.grant.Device, DeviceID: s.grant.DeviceID, Addresses: s.addrs,
+			Cookie: oc.CookieHash(), User: s.grant.User, Device: s.grant.Device, DeviceID: s.grant.DeviceID, Addresses: s.addrs,
 			Path: oc.Path(), Started: oc.Started(), LastRx: oc.LastReceived(),
 			RxBytes:     oc.CSTP.RxBytes.Load() + oc.DTLS.RxBytes.Load(),
 			TxBytes:     oc.CSTP.TxBytes.Load() + oc.DTLS.TxBytes.Load(),

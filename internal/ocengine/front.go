@@ -74,11 +74,12 @@ type Front struct {
 	udp  *net.UDPConn
 	link netlink.Link
 
-	mu      sync.Mutex
-	cur     *engineProc
-	cookies map[string]*Grant // by cookie
-	byHash  map[string]string // sha256 hex → cookie
-	closed  bool
+	mu       sync.Mutex
+	cur      *engineProc
+	cookies  map[string]*Grant    // by cookie
+	byHash   map[string]string    // sha256 hex → cookie
+	lastSeen map[string]time.Time // by cookie: made, or last seen with a session
+	closed   bool
 
 	restarts atomic.Uint64
 	stop     chan struct{}
@@ -110,7 +111,7 @@ func StartFront(cfg FrontConfig) (_ *Front, err error) {
 	if cfg.EngineCommand == nil || cfg.Login == nil {
 		return nil, errors.New("ocengine: a front needs EngineCommand and Login")
 	}
-	f := &Front{cfg: cfg, cookies: map[string]*Grant{}, byHash: map[string]string{},
+	f := &Front{cfg: cfg, cookies: map[string]*Grant{}, byHash: map[string]string{}, lastSeen: map[string]time.Time{},
 		stop: make(chan struct{}), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -430,6 +431,7 @@ func (f *Front) remember(g *Grant) error {
 	f.mu.Lock()
 	f.cookies[g.Cookie] = g
 	f.byHash[hex.EncodeToString(sum[:])] = g.Cookie
+	f.lastSeen[g.Cookie] = time.Now()
 	f.mu.Unlock()
 	for _, p := range g.Addresses {
 		if err := f.route(p.Addr(), true); err != nil {
@@ -445,6 +447,7 @@ func (f *Front) forgetCookie(cookie string) {
 	g := f.cookies[cookie]
 	delete(f.cookies, cookie)
 	delete(f.byHash, hex.EncodeToString(sum[:]))
+	delete(f.lastSeen, cookie)
 	still := false
 	if g != nil {
 		for _, o := range f.cookies {
@@ -540,7 +543,9 @@ func (f *Front) Devices() map[int64]Grant {
 	return out
 }
 
-// Sessions lists the engine's live sessions.
+// Sessions lists the engine's live sessions. It also forgets the cookies
+// that no session has used for longer than the cookie's lifetime (their
+// engine died and the client never came back).
 func (f *Front) Sessions() ([]SessionInfo, error) {
 	rep, err := f.call(&ctl.Msg{Op: OpSessions})
 	if err != nil {
@@ -549,6 +554,27 @@ func (f *Front) Sessions() ([]SessionInfo, error) {
 	var out []SessionInfo
 	if err := ctl.Decode(rep.Body, &out); err != nil {
 		return nil, err
+	}
+	now := time.Now()
+	ttl := f.cfg.CookieTTL
+	if ttl <= 0 {
+		ttl = 5 * time.Minute
+	}
+	var stale []string
+	f.mu.Lock()
+	for _, si := range out {
+		if c := f.byHash[si.Cookie]; c != "" {
+			f.lastSeen[c] = now
+		}
+	}
+	for c, at := range f.lastSeen {
+		if now.Sub(at) > ttl+time.Minute {
+			stale = append(stale, c)
+		}
+	}
+	f.mu.Unlock()
+	for _, c := range stale {
+		f.forgetCookie(c)
 	}
 	return out, nil
 }

@@ -108,6 +108,7 @@ type RulesRequest struct {
 
 // SessionInfo is one live session, for listings and metrics.
 type SessionInfo struct {
+	Cookie    string       `json:"cookie_sha256"` // hex
 	User      string       `json:"user"`
 	Device    string       `json:"device"`
 	DeviceID  int64        `json:"device_id"`
