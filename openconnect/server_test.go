@@ -76,7 +76,7 @@ func scriptTunHelper(sock string) int {
 }
 
 // testCert makes a self-signed certificate for 127.0.0.1 and its pin.
-func testCert(t *testing.T) (tls.Certificate, string) {
+func testCert(t testing.TB) (tls.Certificate, string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -167,7 +167,7 @@ type ocServer struct {
 	closeOnce sync.Once
 }
 
-func startServer(t *testing.T, withDTLS bool) *ocServer {
+func startServer(t testing.TB, withDTLS bool) *ocServer {
 	t.Helper()
 	cert, pin := testCert(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
