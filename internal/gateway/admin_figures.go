@@ -29,6 +29,8 @@ type GatewayJSON struct {
 // (absent: none ever read, all zero).
 type OverviewReply struct {
 	Gateway        string            `json:"gateway"`
+	Endpoint       string            `json:"endpoint,omitempty"` // this gateway's, as the registry has it
+	APIURL         string            `json:"api_url,omitempty"`
 	OtherGateways  []GatewayJSON     `json:"other_gateways"`
 	DevicesTotal   int               `json:"devices_total"`
 	DevicesOnline  int               `json:"devices_online"`
@@ -50,6 +52,7 @@ func (a *adminAPI) overview(w http.ResponseWriter, r *http.Request, _ caller) {
 	out := OverviewReply{Gateway: a.o.Gateway, OtherGateways: []GatewayJSON{}, Drops: map[string]uint64{}}
 	for _, g := range gws {
 		if g.Name == a.o.Gateway {
+			out.Endpoint, out.APIURL = g.Endpoint, g.API
 			continue
 		}
 		out.OtherGateways = append(out.OtherGateways, GatewayJSON{Name: g.Name, Endpoint: g.Endpoint, APIURL: g.API,

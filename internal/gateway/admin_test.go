@@ -947,8 +947,11 @@ func TestAdminOverviewHistory(t *testing.T) {
 	if ov.Live || ov.DevicesTotal != 2 || !ov.SampledAt.IsZero() || ov.Gateway != "gw1" || len(ov.OtherGateways) != 1 || ov.Drops == nil {
 		t.Errorf("overview before any read: %+v", ov)
 	}
-	if k := keysOf(m); k != "devices_online,devices_total,drops,engine_restarts,gateway,live,other_gateways,rx_bytes,tx_bytes" {
+	if k := keysOf(m); k != "api_url,devices_online,devices_total,drops,endpoint,engine_restarts,gateway,live,other_gateways,rx_bytes,tx_bytes" {
 		t.Errorf("overview fields before any read: %s", k)
+	}
+	if ov.Endpoint != "198.18.0.1:51820" || ov.APIURL != "https://198.18.0.1:8443" {
+		t.Errorf("this gateway's endpoint %q and API %q, want gw1's from the registry", ov.Endpoint, ov.APIURL)
 	}
 	if g := ov.OtherGateways[0]; g.Name != "gw2" || g.Endpoint != "198.18.0.2:51820" || g.APIURL != "https://198.18.0.2:8443" || g.Pin != "pin-sha256:x" || g.CreatedAt.IsZero() {
 		t.Errorf("the other gateway: %+v", g)
@@ -973,7 +976,7 @@ func TestAdminOverviewHistory(t *testing.T) {
 		ov.EngineRestarts != 3 || !ov.SampledAt.Equal(x.now) {
 		t.Errorf("overview: %+v", ov)
 	}
-	if k := keysOf(m); k != "devices_online,devices_total,drops,engine_restarts,gateway,live,other_gateways,rx_bytes,sampled_at,tx_bytes" {
+	if k := keysOf(m); k != "api_url,devices_online,devices_total,drops,endpoint,engine_restarts,gateway,live,other_gateways,rx_bytes,sampled_at,tx_bytes" {
 		t.Errorf("overview fields: %s", k)
 	}
 	var hist HistoryReply[TotalPointJSON]
