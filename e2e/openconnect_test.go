@@ -289,9 +289,11 @@ func TestOpenconnectToGateway(t *testing.T) {
 			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
 			return err != nil, out
 		})
-		if d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]; d.DropACL == 0 {
-			t.Errorf("the refused ping is not counted as drop_acl: %+v", d)
-		}
+		// The listing's figures are the gateway's of the last second.
+		waitFor(t, 5*time.Second, "the refused ping counted as drop_acl", func() (bool, string) {
+			d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
+			return d.DropACL > 0, fmt.Sprintf("%+v", d)
+		})
 		mustRun(t, l.server.ns, ptun.bin, "gateway", "rules", "--remove", ruleID, "--state", state)
 		waitFor(t, 5*time.Second, "the ping to pass again", func() (bool, string) {
 			out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
