@@ -69,7 +69,7 @@ func TestCheckPin(t *testing.T) {
 	for _, bad := range []string{
 		"", "AAAA", strings.Repeat("A", 43) + "=", // no prefix
 		"sha256:" + strings.Repeat("ab", 32), // openconnect's hex form
-		"pin-sha256:", "pin-sha256:AAAA", // too short
+		"pin-sha256:", "pin-sha256:AAAA",     // too short
 		"pin-sha256:" + strings.Repeat("A", 43), // unpadded
 		"pin-sha256:" + strings.Repeat("A", 42) + "!=",
 		"pin-sha256:" + strings.Repeat("A", 64) + "==", // 48 bytes
