@@ -277,8 +277,9 @@ func ptunConnect(t *testing.T, ns, password string, args ...string) (string, err
 //   - bob (a full tunnel less an excluded route) with --no-dtls, over
 //     CSTP: routes, ping and iperf3 both ways, status path cstp, occtl
 //     without DTLS, down removes the rules, routes and resolver change.
-//   - a wrong password fails ptun connect with the server's refusal and
-//     leaves nothing behind.
+//   - a wrong pin (it names the right one), no pin (a certificate of no
+//     system CA) and a wrong password fail ptun connect, saying why, and
+//     leave nothing behind.
 func TestConnectToOcserv(t *testing.T) {
 	t.Parallel()
 	l := newLab(t)
@@ -507,17 +508,38 @@ func TestConnectToOcserv(t *testing.T) {
 		})
 	})
 
-	t.Run("WrongPassword", func(t *testing.T) {
-		out, err := ptunConnect(t, l.client.ns, "not the password", url, "--user", "alice", "--servercert", oc.pin,
-			"--name", name, "--state", state)
-		if err == nil || !strings.Contains(out, "authentication failed") {
-			t.Errorf("ptun connect with a wrong password: %v\n%s", err, out)
-		}
-		if _, err := run(l.client.ns, "ip", "link", "show", ifname); err == nil {
-			t.Errorf("interface %s left after a refused login", ifname)
-		}
-		if _, err := os.Stat(filepath.Join(state, name+".json")); !os.IsNotExist(err) {
-			t.Errorf("state record left after a refused login: %v", err)
+	t.Run("Refused", func(t *testing.T) {
+		// A wrong pin, no pin (the self-signed certificate is no system
+		// CA's), a wrong password: each fails ptun connect, saying why,
+		// and leaves nothing behind.
+		otherPin := "pin-sha256:" + strings.Repeat("A", 43) + "="
+		for _, tc := range []struct {
+			what, password string
+			flags          []string
+			says           []string
+		}{
+			{"a wrong pin", ocPasswordA, []string{"--servercert", otherPin}, []string{"does not match the pin", oc.pin}},
+			{"no pin", ocPasswordA, nil, []string{"certificate"}},
+			{"a wrong password", "not the password", []string{"--servercert", oc.pin}, []string{"authentication failed"}},
+		} {
+			out, err := ptunConnect(t, l.client.ns, tc.password, append([]string{url, "--user", "alice", "--name", name, "--state", state}, tc.flags...)...)
+			if err == nil {
+				t.Errorf("ptun connect with %s succeeded:\n%s", tc.what, out)
+				run(l.client.ns, ptun.bin, "down", name, "--state", state)
+				continue
+			}
+			t.Logf("with %s: %s", tc.what, strings.TrimSpace(out))
+			for _, want := range tc.says {
+				if !strings.Contains(out, want) {
+					t.Errorf("ptun connect with %s does not say %q:\n%s", tc.what, want, out)
+				}
+			}
+			if _, err := run(l.client.ns, "ip", "link", "show", ifname); err == nil {
+				t.Errorf("interface %s left after %s", ifname, tc.what)
+			}
+			if _, err := os.Stat(filepath.Join(state, name+".json")); !os.IsNotExist(err) {
+				t.Errorf("state record left after %s: %v", tc.what, err)
+			}
 		}
 	})
 }
