@@ -1,9 +1,13 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ptun-vpn/ptun/internal/ipc"
 )
@@ -81,5 +85,66 @@ func TestReadLine(t *testing.T) {
 	}
 	if _, err := readLine(strings.NewReader(strings.Repeat("x", maxPassword+1))); err == nil {
 		t.Error("readLine of an over-long line: no error")
+	}
+}
+
+// TestPasswordPrompt: on a terminal the password is read without echo,
+// and the terminal's echo is back afterwards.
+func TestPasswordPrompt(t *testing.T) {
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer master.Close()
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slave.Close()
+	type result struct {
+		pw  string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		pw, err := readConnectPassword(slave, "alice", "https://vpn.example")
+		done <- result{pw, err}
+	}()
+	// Wait until the prompt turned echo off, then type.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tio, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+		if err == nil && tio.Lflag&unix.ECHO == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("echo still on after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	master.Write([]byte("s3cret\n"))
+	r := <-done
+	if r.err != nil || r.pw != "s3cret" {
+		t.Fatalf("readConnectPassword = %q, %v", r.pw, r.err)
+	}
+	// What the terminal echoed, if anything, is waiting on the master.
+	time.Sleep(100 * time.Millisecond)
+	mfd := int(master.Fd()) // Fd makes it blocking: once, before
+	unix.SetNonblock(mfd, true)
+	buf := make([]byte, 256)
+	k, _ := unix.Read(mfd, buf)
+	if echoed := buf[:max(k, 0)]; strings.Contains(string(echoed), "s3cret") {
+		t.Errorf("the terminal echoed the password: %q", echoed)
+	}
+	tio, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil || tio.Lflag&unix.ECHO == 0 {
+		t.Errorf("echo not restored: %v", err)
 	}
 }
