@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -281,6 +282,10 @@ type ocFront struct {
 	cookie string
 	// password is given to the first engine only, then forgotten.
 	password string
+
+	// addrs are the tunnel's addresses: a relaying flow (shm, seqpacket)
+	// writes to the TUN only packets for them (dstCheck).
+	addrs atomic.Pointer[[]netip.Addr]
 
 	// The daemon's loop's alone:
 	plan   *netconf.Plan
@@ -562,6 +567,11 @@ func (f *ocFront) sessionUp(up *occlient.UpNotice, reconnect bool) error {
 		f.o.Logf("%s: the server pushed another configuration: addresses %v, routes %v, DNS %v", f.name, plan.Addresses, plan.Routes, plan.DNS)
 	}
 	f.plan = plan
+	addrs := make([]netip.Addr, 0, len(plan.Addresses))
+	for _, a := range plan.Addresses {
+		addrs = append(addrs, a.Addr())
+	}
+	f.addrs.Store(&addrs)
 	f.st.Addresses = plan.Addresses
 	f.st.Path = up.Path
 	f.st.Connected = time.Now().UTC()
@@ -720,6 +730,9 @@ func (f *ocFront) startEngine() (_ *ocEngine, err error) {
 	if ep.link, err = ipc.NewLink(f.o.Mode, f.dev, f.o.Logf); err != nil {
 		return ep, err
 	}
+	if sc, ok := ep.link.(ipc.SourceChecker); ok {
+		sc.SetSourceCheck(f.dstCheck)
+	}
 	mtu, err := f.dev.MTU()
 	if err != nil {
 		return ep, err
@@ -752,6 +765,29 @@ func (f *ocFront) startEngine() (_ *ocEngine, err error) {
 	f.mu.Unlock()
 	ep.link.Start()
 	return ep, nil
+}
+
+// dstCheck is the check of a relaying flow on what the engine writes to the
+// TUN: packets from anywhere (the server's side is the whole network in a
+// full tunnel), but only to the addresses the server gave this host.
+func (f *ocFront) dstCheck(pkt []byte) bool {
+	p := f.addrs.Load()
+	if p == nil {
+		return false
+	}
+	var dst netip.Addr
+	switch pkt[0] >> 4 {
+	case 4:
+		dst = netip.AddrFrom4([4]byte(pkt[16:20]))
+	case 6:
+		if len(pkt) < 40 {
+			return false
+		}
+		dst = netip.AddrFrom16([16]byte(pkt[24:40]))
+	default:
+		return false
+	}
+	return slices.Contains(*p, dst)
 }
 
 func (f *ocFront) stopEngine(ep *ocEngine) {
