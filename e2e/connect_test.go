@@ -277,6 +277,7 @@ func ptunConnect(t *testing.T, ns, password string, args ...string) (string, err
 //   - bob (a full tunnel less an excluded route) with --no-dtls, over
 //     CSTP: routes, ping and iperf3 both ways, status path cstp, occtl
 //     without DTLS, down removes the rules, routes and resolver change.
+//   - with --ipc shm (packets through the front), ping.
 //   - a wrong pin (it names the right one), no pin (a certificate of no
 //     system CA) and a wrong password fail ptun connect, saying why, and
 //     leave nothing behind.
@@ -506,6 +507,19 @@ func TestConnectToOcserv(t *testing.T) {
 		waitFor(t, 10*time.Second, "ocserv to see bob log out", func() (bool, string) {
 			return oc.user(t, "bob") == nil, fmt.Sprint(oc.users(t))
 		})
+	})
+
+	t.Run("ShmFlow", func(t *testing.T) {
+		// Packets through the front (--ipc shm): it writes to the TUN only
+		// what is for the addresses the server gave.
+		t.Cleanup(func() { run(l.client.ns, ptun.bin, "down", name, "--state", state) })
+		out, err := ptunConnect(t, l.client.ns, ocPasswordA, url, "--user", "alice", "--servercert", oc.pin,
+			"--name", name, "--ipc", "shm", "--state", state, "--log", logFile)
+		if err != nil {
+			t.Fatalf("ptun connect --ipc shm: %v\n%s", err, out)
+		}
+		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanHost.String())
+		down(t)
 	})
 
 	t.Run("Refused", func(t *testing.T) {
