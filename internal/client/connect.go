@@ -30,6 +30,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/occlient"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/tun"
 )
 
@@ -891,7 +892,19 @@ func (f *ocFront) dial(r occlient.DialRequest) (*os.File, error) {
 	}
 	d := net.Dialer{Timeout: dialTimeout, Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, FwMark) }); err != nil {
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, FwMark)
+			if r.Network == "udp" {
+				// As for WireGuard's sockets: room for a bulk flow's
+				// bursts in the kernel (the engine reads one record at
+				// a time) rather than drops there. Best effort.
+				for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+					if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], udp.DefaultSocketBuffer) != nil {
+						unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], udp.DefaultSocketBuffer)
+					}
+				}
+			}
+		}); err != nil {
 			return err
 		}
 		return serr
