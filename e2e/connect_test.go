@@ -35,7 +35,9 @@ import (
 const (
 	ocPort      = 4443
 	ocPool      = "100.64.7.0/24"
+	ocPool6     = "2001:db8:7::/64"
 	ocLanRoute  = "198.18.2.0/24"
+	ocLanRoute6 = "2001:db8:2::/64"
 	ocDNS       = "198.18.2.53"
 	ocDomain    = "corp.example"
 	ocExcluded  = "198.18.7.0/24" // bob's full tunnel leaves it out
@@ -119,11 +121,14 @@ match-tls-dtls-ciphers = false
 device = vpns
 predictable-ips = true
 ipv4-network = %[3]s
+ipv6-network = %[8]s
+ipv6-subnet-prefix = 128
 dns = %[4]s
 route = %[5]s
+route = %[9]s
 default-domain = %[6]s
 config-per-user = %[7]s/
-`, dir, ocPort, ocPool, ocDNS, ocLanRoute, ocDomain, users)
+`, dir, ocPort, ocPool, ocDNS, ocLanRoute, ocDomain, users, ocPool6, ocLanRoute6)
 	confFile := filepath.Join(dir, "ocserv.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -286,7 +291,10 @@ func TestConnectToOcserv(t *testing.T) {
 	l := newLab(t)
 	lan := l.addLan(t)
 	mustRun(t, lan.ns, "ip", "route", "add", "default", "via", "198.18.2.1")
-	mustRun(t, l.server.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	mustRun(t, l.server.ns, "ip", "addr", "add", "2001:db8:2::1/64", "dev", "lan0", "nodad")
+	mustRun(t, lan.ns, "ip", "addr", "add", "2001:db8:2::2/64", "dev", "lan0", "nodad")
+	mustRun(t, lan.ns, "ip", "-6", "route", "add", "default", "via", "2001:db8:2::1")
+	mustRun(t, l.server.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	oc := startOcserv(t, l.server.ns)
 
 	nsEtc := filepath.Join("/etc/netns", l.client.ns)
@@ -302,6 +310,7 @@ func TestConnectToOcserv(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
 	url := fmt.Sprintf("https://%s:%d", l.server.link4, ocPort)
 	lanHost := netip.MustParseAddr("198.18.2.2")
+	lanHost6 := netip.MustParseAddr("2001:db8:2::2")
 	name := "oc" + l.id
 	ifname := client.Interface(name)
 	down := func(t *testing.T) {
@@ -337,6 +346,7 @@ func TestConnectToOcserv(t *testing.T) {
 	throughput := func(t *testing.T, what string) {
 		t.Helper()
 		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanHost.String())
+		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanHost6.String())
 		upR := iperf3(t, l.client, lan, lanHost, "-t", "3")
 		downR := iperf3(t, l.client, lan, lanHost, "-t", "3", "-R")
 		requireFlow(t, what+" TCP up", upR)
@@ -363,8 +373,10 @@ func TestConnectToOcserv(t *testing.T) {
 		if b, _ := os.ReadFile(resolv); !strings.Contains(string(b), "nameserver "+ocDNS+"\n") || !strings.Contains(string(b), "search "+ocDomain+"\n") {
 			t.Errorf("resolv.conf after connect:\n%s", b)
 		}
-		if r := mustRun(t, l.client.ns, "ip", "route", "get", lanHost.String()); !strings.Contains(r, "dev "+ifname) {
-			t.Errorf("the pushed route does not go into the tunnel: %s", r)
+		for _, h := range []netip.Addr{lanHost, lanHost6} {
+			if r := mustRun(t, l.client.ns, "ip", "route", "get", h.String()); !strings.Contains(r, "dev "+ifname) {
+				t.Errorf("the pushed route does not go into the tunnel: %s", r)
+			}
 		}
 		if r, _ := run(l.client.ns, "ip", "route", "get", "198.18.9.9"); strings.Contains(r, ifname) {
 			t.Errorf("a split tunnel takes a destination outside its routes: %s", r)
@@ -375,7 +387,8 @@ func TestConnectToOcserv(t *testing.T) {
 		})
 		s := status(t)
 		t.Logf("ptun status:\n%s", s)
-		if !strings.Contains(s, "up on "+ifname) || !strings.Contains(s, url) || !strings.Contains(s, "as alice") || !strings.Contains(s, "100.64.7.") {
+		if !strings.Contains(s, "up on "+ifname) || !strings.Contains(s, url) || !strings.Contains(s, "as alice") ||
+			!strings.Contains(s, "100.64.7.") || !strings.Contains(s, "2001:db8:7:") {
 			t.Errorf("status:\n%s", s)
 		}
 		u := oc.user(t, "alice")
@@ -481,8 +494,10 @@ func TestConnectToOcserv(t *testing.T) {
 			t.Fatalf("ptun connect --no-dtls: %v\n%s", err, out)
 		}
 		t.Logf("ptun connect --no-dtls: %s", strings.TrimSpace(out))
-		if r := mustRun(t, l.client.ns, "ip", "route", "get", "198.18.9.9"); !strings.Contains(r, "dev "+ifname) {
-			t.Errorf("a full tunnel does not take a destination outside every route: %s", r)
+		for _, dst := range []string{"198.18.9.9", "2001:db8:9::9"} {
+			if r := mustRun(t, l.client.ns, "ip", "route", "get", dst); !strings.Contains(r, "dev "+ifname) {
+				t.Errorf("a full tunnel does not take a destination outside every route: %s", r)
+			}
 		}
 		if r := mustRun(t, l.client.ns, "ip", "route", "get", "198.18.7.1"); !strings.Contains(r, "dev eth0") {
 			t.Errorf("the excluded route goes into the tunnel: %s", r)
