@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -251,6 +252,73 @@ func uidOf(pid int) int {
 	return -1
 }
 
+// captureUnderlay captures what the lab's client sends to the server's
+// side of the underlay; the function it returns stops it and counts the
+// packets to the OpenConnect server's port (TCP and UDP), and lists the
+// others but neighbour discovery and ARP.
+func captureUnderlay(t *testing.T, l *lab) func() (toServer int, other []string) {
+	t.Helper()
+	tcpdump := testenv.RequireTool(t, "tcpdump", "tcpdump")
+	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
+	ctx, cancel := context.WithCancel(context.Background())
+	capture := nsCommand(ctx, l.server.ns, tcpdump, "-i", "eth0", "-n", "-U", "-w", pcap,
+		"src", "host", l.client.link4.String(), "or", "src", "host", l.client.link6.String())
+	capture.Cancel = func() error { return capture.Process.Signal(syscall.SIGINT) }
+	capture.WaitDelay = 5 * time.Second
+	var capOut syncWriter
+	capture.Stderr = &capOut
+	if err := capture.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() (int, []string) {
+		if stopped {
+			return 0, nil
+		}
+		stopped = true
+		cancel()
+		capture.Wait()
+		out := mustRun(t, "", tcpdump, "-n", "-r", pcap)
+		n := 0
+		var other []string
+		server := " > " + l.server.link4.String() + "." + strconv.Itoa(ocPort) + ": "
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			switch {
+			case line == "" || strings.Contains(line, "ARP") || strings.HasPrefix(line, "reading from file") ||
+				strings.Contains(line, "ICMP6, neighbor") || strings.Contains(line, "ICMP6, router solicitation"):
+			case strings.Contains(line, server):
+				n++
+			default:
+				other = append(other, line)
+			}
+		}
+		return n, other
+	}
+	t.Cleanup(func() { stop() })
+	waitFor(t, 5*time.Second, "tcpdump to listen", func() (bool, string) {
+		return strings.Contains(capOut.String(), "listening"), capOut.String()
+	})
+	return stop
+}
+
+// syncWriter is a bytes.Buffer safe for a writer and a reader.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
 // ptunConnect runs ptun connect in the client's namespace with the
 // password on its stdin and returns its output.
 func ptunConnect(t *testing.T, ns, password string, args ...string) (string, error) {
@@ -275,7 +343,9 @@ func ptunConnect(t *testing.T, ns, password string, args ...string) (string, err
 //     switch refuses what is not for the tunnel or the server; ocserv's
 //     worker killed (the TLS connection dies), the daemon connects again
 //     with the cookie on the same interface with the kill switch on all
-//     along; the engine killed, the front starts another that connects
+//     along (a capture of the underlay sees nothing from the client but
+//     its packets to the server's port while applications try to get
+//     around the tunnel); the engine killed, the front starts another that connects
 //     with the cookie; occtl disconnect (the cookie refused): the daemon gives up
 //     and status says so; ptun down removes everything. The engine runs
 //     as its own uid, and the password is in no log and no record.
@@ -429,6 +499,27 @@ func TestConnectToOcserv(t *testing.T) {
 			t.Errorf("the kill switch let a ping to the server's host through:\n%s", out)
 		}
 
+		// From here on a capture on the server's side of the underlay
+		// sees what the client sends while its sessions break and come
+		// back, and applications keep trying to get around the tunnel.
+		stopCapture := captureUnderlay(t, l)
+		leaking := make(chan struct{})
+		leakDone := make(chan struct{})
+		go func() {
+			defer close(leakDone)
+			for {
+				select {
+				case <-leaking:
+					return
+				default:
+				}
+				run(l.client.ns, "ping", "-c", "1", "-W", "1", l.server.link4.String())
+				run(l.client.ns, "ping", "-c", "1", "-W", "1", l.server.link6.String())
+				run(l.client.ns, "sh", "-c", "echo leak >/dev/udp/"+l.server.link4.String()+"/9; echo leak >/dev/tcp/"+l.server.link4.String()+"/22")
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+
 		// The TLS connection dies (ocserv's worker is killed): the daemon
 		// connects again with the cookie, on the same interface, and the
 		// kill switch never went.
@@ -476,6 +567,16 @@ func TestConnectToOcserv(t *testing.T) {
 		t.Logf("after occtl disconnect: %s", strings.TrimSpace(status(t)))
 		if tables := mustRun(t, l.client.ns, "nft", "list", "tables"); !strings.Contains(tables, netconf.KillSwitchTable(ifname)) {
 			t.Errorf("the kill switch went when the daemon gave up:\n%s", tables)
+		}
+		close(leaking)
+		<-leakDone
+		toServer, other := stopCapture()
+		t.Logf("captured from the client across two reconnects and the give-up: %d packets to the server's port, %d others", toServer, len(other))
+		if len(other) > 0 {
+			t.Errorf("the kill switch let these reach the underlay:\n%s", strings.Join(other, "\n"))
+		}
+		if toServer == 0 {
+			t.Errorf("the capture saw nothing of the tunnel (is it capturing?)")
 		}
 		down(t)
 	})
