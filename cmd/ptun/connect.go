@@ -108,7 +108,9 @@ func runConnect(args []string) error {
 		if err != nil {
 			return err
 		}
-		code := daemonizeWithInput(append([]string{"connect"}, args...), []byte(password+"\n"))
+		// The daemon gives up after --wait itself, and undoes what it did;
+		// killing it is for one that hangs.
+		code := daemonizeWithInput(append([]string{"connect"}, args...), []byte(password+"\n"), c.o.Wait+15*time.Second)
 		if code != 0 {
 			return errReported
 		}

@@ -263,12 +263,13 @@ func readyReporter() func(error) {
 // daemonize starts this command again in the background, detached from the
 // terminal, and returns once it reports that the interface is ready: the
 // contract wg-quick expects from WG_QUICK_USERSPACE_IMPLEMENTATION.
-func daemonize(args []string) int { return daemonizeWithInput(args, nil) }
+func daemonize(args []string) int { return daemonizeWithInput(args, nil, 30*time.Second) }
 
 // daemonizeWithInput is daemonize with input (if any) on the daemon's
 // stdin, through a pipe: how ptun connect hands its daemon the password
-// without an argument, a variable or a file that others could read.
-func daemonizeWithInput(args []string, input []byte) int {
+// without an argument, a variable or a file that others could read. It
+// waits up to wait for the daemon to be ready.
+func daemonizeWithInput(args []string, input []byte, wait time.Duration) int {
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
@@ -326,10 +327,10 @@ func daemonizeWithInput(args []string, input []byte) int {
 		}
 		fmt.Fprintf(os.Stderr, "ptun: %s\n", line)
 		return 1
-	case <-time.After(30 * time.Second):
+	case <-time.After(wait):
 		cmd.Process.Kill()
 		cmd.Wait()
-		fmt.Fprintln(os.Stderr, "ptun: the daemon did not become ready within 30s")
+		fmt.Fprintf(os.Stderr, "ptun: the daemon did not become ready within %v\n", wait)
 		return 1
 	}
 }

@@ -413,6 +413,7 @@ func Connect(ctx context.Context, name string, o ConnectOptions, ready func(erro
 		os.Remove(statePath(&o.Options, name))
 	}()
 	if ep, err = f.startEngine(); err != nil {
+		ep = nil // startEngine stopped it
 		return err
 	}
 	first := time.NewTimer(o.Wait)
