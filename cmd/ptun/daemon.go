@@ -17,8 +17,8 @@ import (
 	"github.com/ptun-vpn/ptun/internal/engine"
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/gomaxprocs"
-	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
@@ -263,7 +263,13 @@ func readyReporter() func(error) {
 // daemonize starts this command again in the background, detached from the
 // terminal, and returns once it reports that the interface is ready: the
 // contract wg-quick expects from WG_QUICK_USERSPACE_IMPLEMENTATION.
-func daemonize(args []string) int {
+func daemonize(args []string) int { return daemonizeWithInput(args, nil, 30*time.Second) }
+
+// daemonizeWithInput is daemonize with input (if any) on the daemon's
+// stdin, through a pipe: how ptun connect hands its daemon the password
+// without an argument, a variable or a file that others could read. It
+// waits up to wait for the daemon to be ready.
+func daemonizeWithInput(args []string, input []byte, wait time.Duration) int {
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
@@ -278,6 +284,27 @@ func daemonize(args []string) int {
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if input != nil {
+		if len(input) > 4096 {
+			fmt.Fprintln(os.Stderr, "ptun: the daemon's input is too long")
+			return 1
+		}
+		ir, iw, err := os.Pipe()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+			return 1
+		}
+		// A pipe holds far more than this: the write does not block.
+		_, err = iw.Write(input)
+		iw.Close()
+		if err != nil {
+			ir.Close()
+			fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
+			return 1
+		}
+		cmd.Stdin = ir
+		defer ir.Close()
+	}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: starting the daemon: %v\n", err)
 		return 1
@@ -300,10 +327,10 @@ func daemonize(args []string) int {
 		}
 		fmt.Fprintf(os.Stderr, "ptun: %s\n", line)
 		return 1
-	case <-time.After(30 * time.Second):
+	case <-time.After(wait):
 		cmd.Process.Kill()
 		cmd.Wait()
-		fmt.Fprintln(os.Stderr, "ptun: the daemon did not become ready within 30s")
+		fmt.Fprintf(os.Stderr, "ptun: the daemon did not become ready within %v\n", wait)
 		return 1
 	}
 }

@@ -105,20 +105,23 @@ Examples:
 `,
 	"down": `Usage: ptun down NAME [--profiles DIR] [--state DIR]
 
-As root: take profile NAME's tunnel down and undo everything up changed
-(also what an up that died left behind).
+As root: take tunnel NAME down (a profile's, or one of ptun connect's) and
+undo everything up or connect changed (also what a daemon that died left
+behind). An OpenConnect session is logged out.
 
 Example:
   sudo ptun down work
 `,
 	"status": `Usage: ptun status NAME [--profiles DIR] [--state DIR]
 
-Show whether profile NAME's tunnel is up, its gateway, latest handshake and
-transfer.
+Show whether tunnel NAME is up: for a profile, its gateway, latest
+handshake and transfer; for ptun connect, its server, path (dtls or cstp),
+addresses, reconnections and transfer, or why it gave up.
 
 Example:
   sudo ptun status work
 `,
+	"connect": connectUsage,
 	"gateway": gatewayUsage,
 	"version": `Usage: ptun version
 
@@ -139,6 +142,41 @@ Example:
   sudo ptun bench --peer wireguard-go=$(go env GOPATH)/bin/wireguard --json out.json --svg out.svg
 `,
 }
+
+const connectUsage = `Usage: ptun connect https://HOST[:PORT] --user NAME [--servercert pin-sha256:BASE64]
+                    [--name NAME] [--kill-switch] [--no-dtls] [--foreground] [--state DIR]
+
+As root: connect to an OpenConnect (AnyConnect-compatible) server, such as
+ocserv or a ptun gateway, as user NAME. The password is read from stdin
+(one line), or asked for without echo when stdin is a terminal; it goes to
+the tunnel's engine, is never logged and never written down. Port 443 if
+the URL has none.
+
+The daemon creates the interface pt-NAME (NAME defaults to the server's
+host), logs in, and applies what the server pushes: the addresses, its
+routes (none means all traffic: a full tunnel by fwmark and policy rules,
+less its excluded routes), DNS servers and search domains, and the MTU.
+Traffic goes over DTLS (UDP) once that is up, else over the TLS
+connection (CSTP); --no-dtls keeps it on TLS. connect returns once the
+session is up, or fails (a wrong password, an untrusted certificate) and
+leaves nothing behind. When the connection dies the daemon connects again
+with the session's cookie, keeping the interface, routes and kill switch;
+if the server refuses the cookie it gives up and ptun status says so.
+With --kill-switch nothing leaves the host but through the tunnel, to the
+server, and on loopback, until ptun down NAME (which also logs out).
+
+Without --servercert the certificate must chain to the system's CAs and
+name HOST; with it, only the certificate whose public key has that pin is
+trusted (openconnect prints the pin of a certificate it rejects, and so
+does a failed ptun connect).
+
+Examples:
+  echo "$PASSWORD" | sudo ptun connect https://vpn.example.com --user alice
+  sudo ptun connect https://198.18.0.2:4443 --user alice --name work \
+       --servercert pin-sha256:o2K8…= --kill-switch      # asks for the password
+  sudo ptun status work
+  sudo ptun down work
+`
 
 // newFlagSet returns the flag set of `ptun name`. Parse it with parseFlags.
 func newFlagSet(name string) *flag.FlagSet {
@@ -217,6 +255,7 @@ var commands = map[string]func(args []string) error{
 	"bench":   runBench,
 	"join":    runJoin,
 	"up":      runUp,
+	"connect": runConnect,
 	"down":    runDown,
 	"status":  runStatus,
 	"version": runVersion,

@@ -67,9 +67,10 @@ func TestHelp(t *testing.T) {
 // TestHelpListsFlags: a command's -h lists its flags.
 func TestHelpListsFlags(t *testing.T) {
 	for name, flags := range map[string][]string{
-		"bench": {"-rounds", "-peer", "-json", "-svg", "-ptun"},
-		"demo":  {"-duration"},
-		"up":    {"-metrics"},
+		"bench":   {"-rounds", "-peer", "-json", "-svg", "-ptun"},
+		"demo":    {"-duration"},
+		"up":      {"-metrics"},
+		"connect": {"-user", "-servercert", "-name", "-kill-switch", "-no-dtls", "-foreground"},
 	} {
 		out, _ := capture(t, func() { run([]string{name, "-h"}) })
 		for _, f := range flags {

@@ -46,6 +46,11 @@ const usage = `Usage:
   ptun up NAME [--kill-switch] | ptun down NAME | ptun status NAME
         as root: bring profile NAME's tunnel up (routes, DNS, kill switch),
         take it down undoing all of it, or show it
+  ptun connect https://HOST[:PORT] --user NAME [--servercert pin-sha256:…]
+               [--name NAME] [--kill-switch] [--no-dtls] [--foreground]
+        as root: connect to an OpenConnect server (ocserv, a ptun gateway)
+        with a password read from stdin or asked for; ptun down NAME and
+        ptun status NAME as for a profile
   ptun version           ptun's version, commit and Go version
   ptun help [COMMAND]    this text, or COMMAND's (the same as ptun COMMAND -h)
 
@@ -120,6 +125,8 @@ func run(args []string) int {
 		return runEngine(args)
 	case args[0] == tlsEngineRole:
 		return runTLSEngine(args)
+	case args[0] == ocClientEngineRole:
+		return runOCClientEngine(args)
 	default:
 		return runInterface(args)
 	}

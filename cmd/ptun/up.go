@@ -127,6 +127,10 @@ func runStatus(args []string) error {
 	if err != nil {
 		return err
 	}
+	if s.State.Kind == client.KindOpenConnect {
+		printConnectStatus(name, s)
+		return nil
+	}
 	if !s.State.Revoked.IsZero() {
 		fmt.Fprintf(stdout, "%s: REVOKED by the gateway at %s: the tunnel is down and nothing is retried\n  run: ptun down %s, then ptun join with a new invite\n",
 			name, s.State.Revoked.Format(time.RFC3339), name)
@@ -145,6 +149,26 @@ func runStatus(args []string) error {
 		fmt.Fprintf(stdout, "  problem: %s (retrying)\n", s.State.Problem)
 	}
 	return nil
+}
+
+// printConnectStatus shows a ptun connect tunnel.
+func printConnectStatus(name string, s *client.Status) {
+	st := s.State
+	if !st.GaveUp.IsZero() {
+		fmt.Fprintf(stdout, "%s: GAVE UP at %s: %s; nothing is retried and the host configuration (kill switch included) stays\n  run: ptun down %s, then ptun connect again\n",
+			name, st.GaveUp.Format(time.RFC3339), st.Problem, name)
+		return
+	}
+	path := st.Path
+	if path == "" {
+		path = "none (reconnecting)"
+	}
+	fmt.Fprintf(stdout, "%s: up on %s since %s\n  OpenConnect server %s (%v) as %s, path %s, addresses %v\n  session since %s, %d reconnections, received %d B, sent %d B\n",
+		name, st.Interface, st.Since.Format(time.RFC3339), st.Server, st.Endpoint, st.User, path, st.Addresses,
+		st.Connected.Format(time.RFC3339), st.Reconnects, s.RxBytes, s.TxBytes)
+	if st.Problem != "" {
+		fmt.Fprintf(stdout, "  problem: %s (retrying)\n", st.Problem)
+	}
 }
 
 type flagSetWith struct{ *flag.FlagSet }

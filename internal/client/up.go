@@ -96,11 +96,14 @@ func (o *Options) defaults() {
 	}
 }
 
-// State is what the daemon of one profile recorded.
+// State is what the daemon of one profile (or one ptun connect tunnel)
+// recorded.
 type State struct {
 	Profile   string `json:"profile"`
 	Interface string `json:"interface"`
-	Gateway   string `json:"gateway"` // the gateway in use
+	Gateway   string `json:"gateway,omitempty"` // the gateway in use
+	// Kind is "" for a profile's tunnel (ptun up), KindOpenConnect for
+	// ptun connect's; the fields after Refreshed are the latter's.
 	// PID and Started (its start time in clock ticks after boot) name the
 	// daemon, so that a PID used again by another process is not taken
 	// for it.
@@ -115,6 +118,19 @@ type State struct {
 	Revoked time.Time `json:"revoked,omitzero"`
 	// Refreshed is when the gateway last answered the profile request.
 	Refreshed time.Time `json:"refreshed,omitzero"`
+
+	Kind      string         `json:"kind,omitempty"`
+	Server    string         `json:"server,omitempty"`    // the server's URL
+	Endpoint  netip.AddrPort `json:"endpoint,omitzero"`   // the address dialed
+	User      string         `json:"user,omitempty"`      // who logged in
+	Path      string         `json:"path,omitempty"`      // "dtls", "cstp", or "" while reconnecting
+	Addresses []netip.Prefix `json:"addresses,omitempty"` // what the server gave
+	// Connected is when the session in use came up; Reconnects counts
+	// the sessions after the first; GaveUp is when the server refused
+	// the session for good.
+	Connected  time.Time `json:"connected,omitzero"`
+	Reconnects int       `json:"reconnects,omitempty"`
+	GaveUp     time.Time `json:"gave_up,omitzero"`
 }
 
 // Interface is the tunnel interface of profile name: "pt-" and the name,
@@ -432,6 +448,9 @@ func StatusOf(name string, o Options) (*Status, error) {
 		return nil, err
 	}
 	s := &Status{State: st}
+	if st.Kind == KindOpenConnect {
+		return s, ocStatus(s)
+	}
 	if !daemonAlive(st) {
 		return s, fmt.Errorf("%s is recorded as up on %s, but its daemon is not running (did it crash?): its host configuration, kill switch included, is still in place; ptun down %s cleans up", name, st.Interface, name)
 	}

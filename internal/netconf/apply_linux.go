@@ -52,6 +52,7 @@ func Apply(p *Plan, rec *Record, o Options) (err error) {
 		func() error { return applyAddresses(p, link, rec) },
 		func() error { return netlink.LinkSetUp(link) },
 		func() error { return applyRoutes(p, idx, rec, save) },
+		func() error { return applyExcludes(p, p.Exclude, rec, save) },
 		func() error { return applyDNS(p, idx, rec, o) },
 		func() error { return applyKillSwitch(p, rec) },
 	}
@@ -155,6 +156,35 @@ func applyRoutes(p *Plan, idx int, rec *Record, save func() error) error {
 	return nil
 }
 
+// applyExcludes adds the throw routes of excl (p's excluded routes, or
+// those of them an update adds) to p's full tunnel table.
+func applyExcludes(p *Plan, excl []netip.Prefix, rec *Record, save func() error) error {
+	for _, x := range excl {
+		if err := netlink.RouteAdd(throwRoute(x, p.table())); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("netconf: excluded route %v: %w", x, err)
+		}
+		rec.Routes = append(rec.Routes, RouteRecord{Dst: x, Table: p.table(), Throw: true})
+		if err := save(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func throwRoute(dst netip.Prefix, table int) *netlink.Route {
+	return &netlink.Route{Dst: ipNet(dst), Table: table, Type: unix.RTN_THROW}
+}
+
+// routeOf is the route rr records, on interface link (if known).
+func routeOf(rr RouteRecord, linkIndex int) *netlink.Route {
+	if rr.Throw {
+		return throwRoute(rr.Dst, rr.Table)
+	}
+	// The scope it was added with: a default route of another scope
+	// does not match (ESRCH) and would stay until the link goes.
+	return &netlink.Route{LinkIndex: linkIndex, Dst: ipNet(rr.Dst), Table: rr.Table, Scope: netlink.SCOPE_LINK}
+}
+
 func family(a netip.Addr) int {
 	if a.Is4() {
 		return unix.AF_INET
@@ -252,13 +282,11 @@ func Undo(rec *Record, o Options) error {
 	link, lerr := netlink.LinkByName(rec.Interface)
 	for i := len(rec.Routes) - 1; i >= 0; i-- {
 		r := rec.Routes[i]
-		// The scope it was added with: a default route of another scope
-		// does not match (ESRCH) and would stay until the link goes.
-		route := &netlink.Route{Dst: ipNet(r.Dst), Table: r.Table, Scope: netlink.SCOPE_LINK}
+		idx := 0
 		if lerr == nil {
-			route.LinkIndex = link.Attrs().Index
+			idx = link.Attrs().Index
 		}
-		if err := netlink.RouteDel(route); err != nil && !gone(err) {
+		if err := netlink.RouteDel(routeOf(r, idx)); err != nil && !gone(err) {
 			errs = append(errs, fmt.Errorf("netconf: removing route %v: %w", r.Dst, err))
 		}
 	}

@@ -36,6 +36,11 @@ type Plan struct {
 	Routes []netip.Prefix
 	FwMark uint32 // the mark on the tunnel's own datagrams; required for a full tunnel
 	Table  int    // the routing table of a full tunnel; 0 means FwMark
+	// Exclude are destinations kept out of a full tunnel (an OpenConnect
+	// server's split excludes): "throw" routes in its table, so that they
+	// are looked up in the main table as if there were no tunnel. Each
+	// needs a full tunnel of its family.
+	Exclude []netip.Prefix
 
 	DNS    []netip.Addr // resolvers; none leaves the resolver configuration alone
 	Search []string     // search domains
@@ -89,6 +94,14 @@ func (p *Plan) Check() error {
 			return fmt.Errorf("netconf: a full tunnel (%v) needs the tunnel's firewall mark", r)
 		}
 	}
+	for _, x := range p.Exclude {
+		if !x.IsValid() || x != x.Masked() {
+			return fmt.Errorf("netconf: excluded route %v is not a network prefix", x)
+		}
+		if !p.full(family(x.Addr())) {
+			return fmt.Errorf("netconf: excluded route %v needs a full tunnel of its family", x)
+		}
+	}
 	for _, d := range p.DNS {
 		if !d.IsValid() {
 			return fmt.Errorf("netconf: invalid DNS server %v", d)
@@ -133,6 +146,16 @@ func ValidDomain(s string) bool {
 	return true
 }
 
+// full reports whether p is a full tunnel for address family fam.
+func (p *Plan) full(fam int) bool {
+	for _, r := range p.Routes {
+		if r.Bits() == 0 && family(r.Addr()) == fam {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Plan) table() int {
 	if p.Table != 0 {
 		return p.Table
@@ -157,6 +180,7 @@ type Record struct {
 type RouteRecord struct {
 	Dst   netip.Prefix `json:"dst"`
 	Table int          `json:"table,omitempty"` // 0: main
+	Throw bool         `json:"throw,omitempty"` // an excluded route: a throw route, of no interface
 }
 
 // RuleRecord is one policy rule Apply added.

@@ -91,6 +91,7 @@ func fullPlan() *Plan {
 		MTU:        1380,
 		Routes:     []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24"), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 		FwMark:     0xca6c,
+		Exclude:    []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), netip.MustParsePrefix("2001:db8:7::/48")},
 		DNS:        []netip.Addr{netip.MustParseAddr("198.18.2.53")},
 		Search:     []string{"corp.example"},
 		KillSwitch: &KillSwitch{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:51820")}},
@@ -103,6 +104,7 @@ type state struct {
 	mtu         int
 	mainRoutes  []string
 	tableRoutes []string
+	throws      []string // excluded routes: throw routes in table 0xca6c
 	rules       []string
 	srcValid    string
 	tables      []string
@@ -156,6 +158,12 @@ func (tb *testbed) stateRest(s *state) error {
 				}
 			}
 		}
+		throws, _ := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 0xca6c}, netlink.RT_FILTER_TABLE)
+		for _, r := range throws {
+			if r.Type == unix.RTN_THROW && r.Dst != nil {
+				s.throws = append(s.throws, r.Dst.String())
+			}
+		}
 		b, _ := os.ReadFile("/proc/sys/net/ipv4/conf/all/src_valid_mark")
 		s.srcValid = strings.TrimSpace(string(b))
 		c, err := nftables.New()
@@ -206,6 +214,9 @@ func TestApplyUndoFullTunnel(t *testing.T) {
 	if len(s.rules) != 4 {
 		t.Errorf("policy rules %v, want 2 per family", s.rules)
 	}
+	if !contains(s.throws, "198.18.7.0/24") || !contains(s.throws, "2001:db8:7::/48") {
+		t.Errorf("excluded routes (throw routes in table %d): %v", p.FwMark, s.throws)
+	}
 	if s.srcValid != "1" {
 		t.Errorf("src_valid_mark = %q", s.srcValid)
 	}
@@ -228,7 +239,8 @@ func TestApplyUndoFullTunnel(t *testing.T) {
 	after := tb.state(t)
 	t.Logf("before: %+v; after Undo: %+v", before, after)
 	if after.mtu != before.mtu || len(after.addrs) != len(before.addrs) || len(after.mainRoutes) != len(before.mainRoutes) ||
-		len(after.tableRoutes) != 0 || len(after.rules) != 0 || after.srcValid != before.srcValid || contains(after.tables, KillSwitchTable(tunName)) {
+		len(after.tableRoutes) != 0 || len(after.throws) != 0 || len(after.rules) != 0 || after.srcValid != before.srcValid ||
+		contains(after.tables, KillSwitchTable(tunName)) {
 		t.Errorf("left behind: before %+v, after %+v", before, after)
 	}
 	if b, _ := os.ReadFile(tb.resolv); string(b) != "nameserver 198.18.0.53\n" {

@@ -65,6 +65,10 @@ func TestPlanCheck(t *testing.T) {
 		{Interface: "wg0", Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.1/24")}},
 		{Interface: "wg0", Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}, // no fwmark
 		{Interface: "wg0", Search: []string{"corp example"}},
+		// An exclude needs a full tunnel of its family.
+		{Interface: "wg0", FwMark: 1, Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}, Exclude: []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24")}},
+		{Interface: "wg0", FwMark: 1, Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, Exclude: []netip.Prefix{netip.MustParsePrefix("2001:db8:7::/48")}},
+		{Interface: "wg0", FwMark: 1, Routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, Exclude: []netip.Prefix{netip.MustParsePrefix("198.18.7.1/24")}},
 		{Interface: "wg0", Search: []string{"evil\nnameserver 198.18.9.9"}},
 		{Interface: "wg0", KillSwitch: &KillSwitch{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("198.18.0.2:0")}}},
 	} {
@@ -81,6 +85,7 @@ func fullPlanForCheck() *Plan {
 	return &Plan{Interface: "wg0", MTU: 1380, FwMark: 1,
 		Addresses: []netip.Prefix{netip.MustParsePrefix("100.80.0.7/32")},
 		Routes:    []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("198.18.2.0/24")},
+		Exclude:   []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24")},
 		DNS:       []netip.Addr{netip.MustParseAddr("198.18.2.53")}, Search: []string{"corp.example", "example."}}
 }
 

@@ -63,19 +63,30 @@ func Update(old, p *Plan, rec *Record, o Options) error {
 	if err := applyRoutes(added, link.Attrs().Index, rec, save); err != nil {
 		return err
 	}
-	for _, r := range without(old.Routes, p.Routes) {
-		i := slices.IndexFunc(rec.Routes, func(rr RouteRecord) bool { return rr.Dst == r })
-		if i < 0 {
-			continue
+	if err := applyExcludes(p, without(p.Exclude, old.Exclude), rec, save); err != nil {
+		return err
+	}
+	remove := func(routes []netip.Prefix, throw bool) error {
+		for _, r := range routes {
+			i := slices.IndexFunc(rec.Routes, func(rr RouteRecord) bool { return rr.Dst == r && rr.Throw == throw })
+			if i < 0 {
+				continue
+			}
+			if err := netlink.RouteDel(routeOf(rec.Routes[i], link.Attrs().Index)); err != nil && !gone(err) {
+				return fmt.Errorf("netconf: removing route %v: %w", r, err)
+			}
+			rec.Routes = slices.Delete(rec.Routes, i, i+1)
+			if err := save(); err != nil {
+				return err
+			}
 		}
-		rr := rec.Routes[i]
-		if err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(rr.Dst), Table: rr.Table, Scope: netlink.SCOPE_LINK}); err != nil && !gone(err) {
-			return fmt.Errorf("netconf: removing route %v: %w", r, err)
-		}
-		rec.Routes = slices.Delete(rec.Routes, i, i+1)
-		if err := save(); err != nil {
-			return err
-		}
+		return nil
+	}
+	if err := remove(without(old.Exclude, p.Exclude), true); err != nil {
+		return err
+	}
+	if err := remove(without(old.Routes, p.Routes), false); err != nil {
+		return err
 	}
 	full := map[int]bool{}
 	for _, r := range p.Routes {

@@ -43,7 +43,7 @@ func TestUpdate(t *testing.T) {
 	tb.in(t, func() error { return Update(split, full, &rec, opts) })
 	s = tb.state(t)
 	t.Logf("full: %+v", s)
-	if len(s.rules) != 4 || len(s.tableRoutes) < 2 || !contains(s.mainRoutes, "198.18.2.0/24") || !contains(s.mainRoutes, "100.80.0.1/32") ||
+	if len(s.rules) != 4 || len(s.tableRoutes) < 2 || len(s.throws) != 2 || !contains(s.mainRoutes, "198.18.2.0/24") || !contains(s.mainRoutes, "100.80.0.1/32") ||
 		len(s.addrs) != 2 || !contains(s.tables, KillSwitchTable(tunName)) {
 		t.Errorf("after the update to a full tunnel: %+v", s)
 	}
@@ -57,7 +57,7 @@ func TestUpdate(t *testing.T) {
 
 	tb.in(t, func() error { return Update(full, split, &rec, opts) })
 	s = tb.state(t)
-	if len(s.rules) != 0 || len(s.tableRoutes) != 0 || len(s.addrs) != 1 || !contains(s.mainRoutes, "198.18.2.0/24") {
+	if len(s.rules) != 0 || len(s.tableRoutes) != 0 || len(s.throws) != 0 || len(s.addrs) != 1 || !contains(s.mainRoutes, "198.18.2.0/24") {
 		t.Errorf("back to the split tunnel: %+v", s)
 	}
 	if err := tb.send(t, "198.18.0.3:51820"); err == nil {
