@@ -268,6 +268,46 @@ func TestOpenconnectToGateway(t *testing.T) {
 		}
 	})
 
+	// ptun's own client against ptun's gateway, both paths.
+	for _, via := range []struct {
+		name  string
+		extra []string
+	}{{"PtunConnectDTLS", nil}, {"PtunConnectCSTP", []string{"--no-dtls"}}} {
+		t.Run(via.name, func(t *testing.T) {
+			name, cstate := "c"+l.id, filepath.Join(t.TempDir(), "state")
+			logFile := filepath.Join(t.TempDir(), "connect.log")
+			t.Cleanup(func() {
+				run(l.client.ns, ptun.bin, "down", name, "--state", cstate)
+				if t.Failed() {
+					b, _ := os.ReadFile(logFile)
+					t.Logf("ptun connect log:\n%s", b)
+				}
+			})
+			args := append([]string{url, "--user", "alice", "--servercert", pin, "--name", name,
+				"--state", cstate, "--log", logFile}, via.extra...)
+			if out, err := ptunConnect(t, l.client.ns, ocPassword, args...); err != nil {
+				t.Fatalf("ptun connect: %v\n%s", err, out)
+			}
+			want := "dtls"
+			if via.extra != nil {
+				want = "cstp"
+			}
+			waitFor(t, 15*time.Second, "the path "+want, func() (bool, string) {
+				out, _ := run(l.client.ns, ptun.bin, "status", name, "--state", cstate)
+				return strings.Contains(out, "path "+want), out
+			})
+			mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanAddr.String())
+			up := iperf3(t, l.client, lan, lanAddr, "-t", "2")
+			down := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-R")
+			t.Logf("ptun connect over %s: TCP up %.0f Mbit/s, down %.0f Mbit/s (down/up %.2f)", want, up.mbits(), down.mbits(), down.mbits()/up.mbits())
+			waitFor(t, 5*time.Second, "the gateway's listing", func() (bool, string) {
+				d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
+				return d.Online && d.Path == want && d.RxBytes > 1<<20, fmt.Sprintf("%+v", d)
+			})
+			mustRun(t, l.client.ns, ptun.bin, "down", name, "--state", cstate)
+		})
+	}
+
 	t.Run("CSTP", func(t *testing.T) {
 		oc := startOC(t, l.client.ns, "oc"+l.id, url, pin, "--no-dtls")
 		mustRun(t, l.client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2", lanAddr.String())
