@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -11,7 +10,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"os/exec"
 	"reflect"
 	"slices"
 	"strconv"
@@ -296,10 +294,8 @@ type ocFront struct {
 
 // ocEngine is one engine process.
 type ocEngine struct {
-	cmd    *exec.Cmd
-	conn   *ctl.Conn
-	link   ipc.Link
-	exited chan struct{}
+	*front.EngineProcess
+	link ipc.Link
 }
 
 // Connect is the daemon of a ptun connect tunnel called name (see above).
@@ -426,7 +422,7 @@ func Connect(ctx context.Context, name string, o ConnectOptions, ready func(erro
 	for {
 		var exited <-chan struct{}
 		if ep != nil {
-			exited = ep.exited
+			exited = ep.Exited
 		}
 		select {
 		case <-ctx.Done():
@@ -449,8 +445,8 @@ func Connect(ctx context.Context, name string, o ConnectOptions, ready func(erro
 			info, err := f.info(ep)
 			if err != nil && !errors.Is(err, ctl.ErrClosed) {
 				if misses++; misses >= 3 {
-					o.Logf("%s: engine %d does not answer (%v): replacing it", name, ep.cmd.Process.Pid, err)
-					ep.cmd.Process.Kill()
+					o.Logf("%s: engine %d does not answer (%v): replacing it", name, ep.Cmd.Process.Pid, err)
+					ep.Cmd.Process.Kill()
 				}
 				continue
 			}
@@ -672,63 +668,20 @@ func (f *ocFront) makePlan(t occlient.Tunnel) *netconf.Plan {
 const ocSetupTimeout = 10 * time.Second
 
 func (f *ocFront) startEngine() (_ *ocEngine, err error) {
-	a, b, err := ctl.Pair()
-	if err != nil {
-		return nil, err
-	}
 	cmd, err := f.o.EngineCommand()
 	if err != nil {
-		a.Close()
-		b.Close()
 		return nil, err
 	}
-	if len(cmd.ExtraFiles) == 0 {
-		cmd.ExtraFiles = []*os.File{b}
-	} else {
-		cmd.ExtraFiles[0] = b
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		a.Close()
-		b.Close()
+	ep := &ocEngine{}
+	if ep.EngineProcess, err = front.StartEngineProcess(cmd, "oc engine", f.o.Logf,
+		func(_ *front.EngineProcess, req *ctl.Msg) *ctl.Msg { return f.handleEngine(ep, req) }); err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		a.Close()
-		b.Close()
-		return nil, fmt.Errorf("starting the OpenConnect engine: %w", err)
-	}
-	b.Close()
-	ep := &ocEngine{cmd: cmd, exited: make(chan struct{})}
-	logged := make(chan struct{})
-	go func() {
-		defer close(logged)
-		br := bufio.NewReaderSize(stderr, 1024)
-		for {
-			line, err := br.ReadSlice('\n')
-			if len(line) > 0 {
-				f.o.Logf("oc engine %d: %s", cmd.Process.Pid, front.EscapeLine(strings.TrimSuffix(string(line), "\n")))
-			}
-			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-				return
-			}
-		}
-	}()
-	go func() {
-		<-logged
-		cmd.Wait()
-		close(ep.exited)
-	}()
 	defer func() {
 		if err != nil {
 			f.stopEngine(ep)
 		}
 	}()
-	if ep.conn, err = ctl.FromFile(a, func(req *ctl.Msg) *ctl.Msg { return f.handleEngine(ep, req) }); err != nil {
-		return ep, err
-	}
-	ep.conn.LimitRequests(64 << 10)
-	go ep.conn.Run()
 	if ep.link, err = ipc.NewLink(f.o.Mode, f.dev, f.o.Logf); err != nil {
 		return ep, err
 	}
@@ -752,7 +705,7 @@ func (f *ocFront) startEngine() (_ *ocEngine, err error) {
 	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), ocSetupTimeout)
 	defer cancel()
-	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: ep.link.Files()})
+	rep, err := ep.Conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: ep.link.Files()})
 	ep.link.HandedOver()
 	if rep != nil {
 		ipc.CloseFiles(rep.Files)
@@ -793,17 +746,17 @@ func (f *ocFront) dstCheck(pkt []byte) bool {
 }
 
 func (f *ocFront) stopEngine(ep *ocEngine) {
-	if ep.cmd == nil {
+	if ep.EngineProcess == nil {
 		return
 	}
-	if ep.conn != nil {
-		ep.conn.Close() // the engine logs out and exits
+	if ep.Conn != nil {
+		ep.Conn.Close() // the engine logs out and exits
 	}
 	select {
-	case <-ep.exited:
+	case <-ep.Exited:
 	case <-time.After(5 * time.Second):
-		ep.cmd.Process.Kill()
-		<-ep.exited
+		ep.Cmd.Process.Kill()
+		<-ep.Exited
 	}
 	if ep.link != nil {
 		ep.link.Close()
@@ -813,7 +766,7 @@ func (f *ocFront) stopEngine(ep *ocEngine) {
 func (f *ocFront) info(ep *ocEngine) (*occlient.Info, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: occlient.OpStats})
+	rep, err := ep.Conn.Call(ctx, &ctl.Msg{Op: occlient.OpStats})
 	if err != nil {
 		return nil, err
 	}
@@ -831,7 +784,7 @@ func (f *ocFront) handleEngine(ep *ocEngine, req *ctl.Msg) *ctl.Msg {
 	req.Files = nil
 	switch req.Op {
 	case ctl.OpLog:
-		f.o.Logf("oc engine %d: %s", ep.cmd.Process.Pid, front.EscapeLine(req.Text))
+		f.o.Logf("oc engine %d: %s", ep.Cmd.Process.Pid, front.EscapeLine(req.Text))
 		return nil
 	case ctl.OpMTU:
 		mtu, err := f.dev.MTU()

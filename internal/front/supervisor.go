@@ -1,14 +1,12 @@
 package front
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -269,16 +267,7 @@ func (s *supervisor) updateSourceCheck(ep *engineProc) {
 // relayStderr copies the engine's stderr into the front's log, a line at a
 // time (a long line in pieces), through engineLog.
 func (s *supervisor) relayStderr(ep *engineProc, r io.Reader) {
-	br := bufio.NewReaderSize(r, maxLogLine)
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			s.engineLog(ep, strings.TrimSuffix(string(line), "\n"))
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
+	relayLines(r, func(line string) { s.engineLog(ep, line) })
 }
 
 // watch is the watchdog of one engine: it pings it every heartbeatEvery

@@ -1,7 +1,6 @@
 package ocengine
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -87,10 +85,8 @@ type Front struct {
 }
 
 type engineProc struct {
-	cmd    *exec.Cmd
-	conn   *ctl.Conn
-	link   ipc.Link
-	exited chan struct{}
+	*front.EngineProcess
+	link ipc.Link
 }
 
 // setupTimeout bounds an engine's start.
@@ -196,63 +192,20 @@ func (f *Front) current() *engineProc {
 }
 
 func (f *Front) startEngine() (_ *engineProc, err error) {
-	a, b, err := ctl.Pair()
-	if err != nil {
-		return nil, err
-	}
 	cmd, err := f.cfg.EngineCommand()
 	if err != nil {
-		a.Close()
-		b.Close()
 		return nil, err
 	}
-	if len(cmd.ExtraFiles) == 0 {
-		cmd.ExtraFiles = []*os.File{b}
-	} else {
-		cmd.ExtraFiles[0] = b
-	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		a.Close()
-		b.Close()
+	ep := &engineProc{}
+	if ep.EngineProcess, err = front.StartEngineProcess(cmd, "tls engine", f.cfg.Logf,
+		func(_ *front.EngineProcess, req *ctl.Msg) *ctl.Msg { return f.handleEngine(ep, req) }); err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		a.Close()
-		b.Close()
-		return nil, fmt.Errorf("ocengine: starting the engine: %w", err)
-	}
-	b.Close()
-	ep := &engineProc{cmd: cmd, exited: make(chan struct{})}
-	logged := make(chan struct{})
-	go func() {
-		defer close(logged)
-		br := bufio.NewReaderSize(stderr, 1024)
-		for {
-			line, err := br.ReadSlice('\n')
-			if len(line) > 0 {
-				f.cfg.Logf("tls engine %d: %s", cmd.Process.Pid, front.EscapeLine(strings.TrimSuffix(string(line), "\n")))
-			}
-			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-				return
-			}
-		}
-	}()
-	go func() {
-		<-logged
-		cmd.Wait()
-		close(ep.exited)
-	}()
 	defer func() {
 		if err != nil {
 			f.stopEngine(ep)
 		}
 	}()
-	if ep.conn, err = ctl.FromFile(a, func(req *ctl.Msg) *ctl.Msg { return f.handleEngine(ep, req) }); err != nil {
-		return ep, err
-	}
-	ep.conn.LimitRequests(64 << 10)
-	go ep.conn.Run()
 	if ep.link, err = ipc.NewLink(f.cfg.Mode, f.dev, f.cfg.Logf); err != nil {
 		return ep, err
 	}
@@ -279,7 +232,7 @@ func (f *Front) startEngine() (_ *engineProc, err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: files})
+	rep, err := ep.Conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: files})
 	ep.link.HandedOver()
 	if rep != nil {
 		ipc.CloseFiles(rep.Files)
@@ -292,14 +245,14 @@ func (f *Front) startEngine() (_ *engineProc, err error) {
 }
 
 func (f *Front) stopEngine(ep *engineProc) {
-	if ep.conn != nil {
-		ep.conn.Close()
+	if ep.Conn != nil {
+		ep.Conn.Close()
 	}
 	select {
-	case <-ep.exited:
+	case <-ep.Exited:
 	case <-time.After(2 * time.Second):
-		ep.cmd.Process.Kill()
-		<-ep.exited
+		ep.Cmd.Process.Kill()
+		<-ep.Exited
 	}
 	if ep.link != nil {
 		ep.link.Close()
@@ -319,15 +272,15 @@ func (f *Front) loop(ep *engineProc) {
 			return
 		case <-beat.C:
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpPing})
+			_, err := ep.Conn.Call(ctx, &ctl.Msg{Op: ctl.OpPing})
 			cancel()
 			if err == nil || errors.Is(err, ctl.ErrClosed) {
 				continue
 			}
-			f.cfg.Logf("tls front: engine %d missed its heartbeat (%v): replacing it", ep.cmd.Process.Pid, err)
-			ep.cmd.Process.Kill()
-		case <-ep.exited:
-		case <-ep.conn.Done():
+			f.cfg.Logf("tls front: engine %d missed its heartbeat (%v): replacing it", ep.Cmd.Process.Pid, err)
+			ep.Cmd.Process.Kill()
+		case <-ep.Exited:
+		case <-ep.Conn.Done():
 		}
 		f.setCurrent(nil)
 		f.stopEngine(ep)
@@ -356,7 +309,7 @@ func (f *Front) handleEngine(ep *engineProc, req *ctl.Msg) *ctl.Msg {
 	req.Files = nil
 	switch req.Op {
 	case ctl.OpLog:
-		f.cfg.Logf("tls engine %d: %s", ep.cmd.Process.Pid, front.EscapeLine(req.Text))
+		f.cfg.Logf("tls engine %d: %s", ep.Cmd.Process.Pid, front.EscapeLine(req.Text))
 		return nil
 	case ctl.OpMTU:
 		return &ctl.Msg{Body: ctl.Body(int32(f.cfg.MTU))}
@@ -493,7 +446,7 @@ func (f *Front) call(m *ctl.Msg) (*ctl.Msg, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	rep, err := ep.conn.Call(ctx, m)
+	rep, err := ep.Conn.Call(ctx, m)
 	if rep != nil {
 		ipc.CloseFiles(rep.Files)
 		rep.Files = nil
