@@ -59,19 +59,19 @@ type engine struct {
 	ready  chan struct{}
 
 	reconnects atomic.Uint64
-	writeQ     chan []byte
-	stop       chan struct{} // closed to end the engine
+	writeQ     *tun.WriteQueue // set up with the device
+	stop       chan struct{}   // closed to end the engine
 	stopOnce   sync.Once
 	loopDone   chan struct{} // closed when the session loop returned
 
-	dropNoSession, dropTooBig, tunWriteErrors, tunReadErrors atomic.Uint64
+	dropNoSession, dropTooBig, tunReadErrors atomic.Uint64
 }
 
 // Run serves as the OpenConnect client engine on the control channel f
 // until the front goes away, the packet flow closes, or the server
 // refuses the session for good. Call it only confined.
 func Run(f *os.File) error {
-	e := &engine{up: make(chan struct{}), ready: make(chan struct{}), writeQ: make(chan []byte, writeQueue),
+	e := &engine{up: make(chan struct{}), ready: make(chan struct{}),
 		stop: make(chan struct{}), loopDone: make(chan struct{})}
 	conn, err := ctl.FromFile(f, e.handle)
 	if err != nil {
@@ -107,8 +107,11 @@ func Run(f *os.File) error {
 func (e *engine) shutdown() {
 	e.stopOnce.Do(func() { close(e.stop) })
 	e.mu.Lock()
-	dev := e.dev
+	dev, w := e.dev, e.writeQ
 	e.mu.Unlock()
+	if w != nil {
+		w.Stop()
+	}
 	if dev != nil {
 		dev.Close()
 	}
@@ -161,8 +164,13 @@ func (e *engine) doSetup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(err)
 	}
 	e.setup, e.dev = &s, dev
+	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue)
 	go e.readTUN(dev)
-	go e.writeTUN(dev)
+	go func() {
+		if err := e.writeQ.Run(); err != nil {
+			e.shutdown() // the device closed
+		}
+	}()
 	close(e.up)
 	e.verbosef("up: %s flow, server %v (%s)", s.Flow.Mode, s.Server, s.ServerName)
 	return nil
@@ -380,70 +388,42 @@ func (e *engine) readTUN(dev tun.Device) {
 	}
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, offset+tun.MaxSegmentSize); return &b }}
-
 // readSession queues the session's packets for the TUN device until it
 // ends.
 func (e *engine) readSession(s *openconnect.ClientSession) {
+	e.mu.Lock()
+	w := e.writeQ
+	e.mu.Unlock()
 	for {
-		bp := bufPool.Get().(*[]byte)
-		b := *bp
+		b := w.Buffer()
 		n, err := s.ReadPacket(b[offset:])
 		if err != nil {
-			bufPool.Put(bp)
+			w.Release(b)
 			if errors.Is(err, io.ErrShortBuffer) {
 				continue
 			}
 			return
 		}
-		select {
-		case e.writeQ <- b[:offset+n]:
-		case <-e.stop:
-			bufPool.Put(bp)
+		if !w.Queue(b, n) {
 			return
 		}
 	}
 }
 
-// writeTUN writes the received packets to the TUN device in batches.
-func (e *engine) writeTUN(dev tun.Device) {
-	batch := make([][]byte, 0, dev.BatchSize())
-	for {
-		var b []byte
-		select {
-		case b = <-e.writeQ:
-		case <-e.stop:
-			return
-		}
-		batch = append(batch[:0], b)
-	more:
-		for len(batch) < cap(batch) {
-			select {
-			case b := <-e.writeQ:
-				batch = append(batch, b)
-			default:
-				break more
-			}
-		}
-		if _, err := dev.Write(batch, offset); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				e.shutdown()
-				return
-			}
-			e.tunWriteErrors.Add(1)
-		}
-		for _, b := range batch {
-			b = b[:cap(b)]
-			bufPool.Put(&b)
-		}
+func (e *engine) tunWriteErrorsCount() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.writeQ == nil {
+		return 0
 	}
+	return e.writeQ.Errors()
 }
 
 func (e *engine) info() Info {
 	in := Info{Reconnects: e.reconnects.Load(), Counters: map[string]uint64{
 		"drop_no_session":  e.dropNoSession.Load(),
 		"drop_tx_too_big":  e.dropTooBig.Load(),
-		"tun_write_errors": e.tunWriteErrors.Load(),
+		"tun_write_errors": e.tunWriteErrorsCount(),
 		"tun_read_errors":  e.tunReadErrors.Load(),
 	}}
 	if s := e.current(); s != nil {

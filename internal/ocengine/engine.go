@@ -47,10 +47,10 @@ type engine struct {
 	sessions map[*session]struct{}
 	byAddr   atomic.Pointer[map[netip.Addr]*session]
 
-	writeQ chan []byte
+	writeQ *tun.WriteQueue // set up with the device
 	done   chan struct{}
 
-	dropNoSession, dropSource, dropACL, tunWriteErrors atomic.Uint64
+	dropNoSession, dropSource, dropACL atomic.Uint64
 }
 
 // session is the engine's side of one openconnect.Session: its grant and
@@ -82,8 +82,7 @@ func compile(a Access) (*compiled, error) {
 // Run serves as the OpenConnect engine on the control channel f until the
 // front goes away or the packet flow closes. Call it only confined.
 func Run(f *os.File) error {
-	e := &engine{up: make(chan struct{}), sessions: map[*session]struct{}{},
-		writeQ: make(chan []byte, writeQueue), done: make(chan struct{})}
+	e := &engine{up: make(chan struct{}), sessions: map[*session]struct{}{}, done: make(chan struct{})}
 	e.byAddr.Store(&map[netip.Addr]*session{})
 	conn, err := ctl.FromFile(f, e.handle)
 	if err != nil {
@@ -117,6 +116,9 @@ func (e *engine) shutdown() {
 	e.mu.Unlock()
 	if srv != nil {
 		srv.Close()
+	}
+	if e.writeQ != nil {
+		e.writeQ.Stop()
 	}
 	if dev != nil {
 		dev.Close()
@@ -238,9 +240,14 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(err)
 	}
 	e.srv, e.dev = srv, dev
+	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue)
 	go srv.Serve(ln)
 	go e.readTUN(dev)
-	go e.writeTUN(dev)
+	go func() {
+		if err := e.writeQ.Run(); err != nil {
+			e.closeDone()
+		}
+	}()
 	close(e.up)
 	e.verbosef("up: %s flow, TLS on %v, DTLS %v", s.Flow.Mode, ln.Addr(), s.DTLS)
 	return nil
@@ -356,8 +363,6 @@ func (e *engine) sessionsOf(id int64) []*session {
 	return out
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, offset+tun.MaxSegmentSize); return &b }}
-
 // Deliver takes a packet a client sent: its source must be the client's
 // own address and its destination one its access allows; it then waits
 // its turn for the TUN device.
@@ -377,14 +382,7 @@ func (e *engine) Deliver(oc *openconnect.Session, pkt []byte) {
 		e.dropACL.Add(1)
 		return
 	}
-	bp := bufPool.Get().(*[]byte)
-	b := (*bp)[:offset+len(pkt)]
-	copy(b[offset:], pkt)
-	select {
-	case e.writeQ <- b:
-	case <-e.done:
-		bufPool.Put(bp)
-	}
+	e.writeQ.Put(pkt)
 }
 
 func contains(as []netip.Addr, a netip.Addr) bool {
@@ -421,38 +419,6 @@ func destOf(p []byte) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
-}
-
-// writeTUN writes the clients' packets to the TUN device in batches.
-func (e *engine) writeTUN(dev tun.Device) {
-	batch := make([][]byte, 0, dev.BatchSize())
-	for {
-		b, ok := <-e.writeQ
-		if !ok {
-			return
-		}
-		batch = append(batch[:0], b)
-	more:
-		for len(batch) < cap(batch) {
-			select {
-			case b := <-e.writeQ:
-				batch = append(batch, b)
-			default:
-				break more
-			}
-		}
-		if _, err := dev.Write(batch, offset); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				e.closeDone()
-				return
-			}
-			e.tunWriteErrors.Add(1)
-		}
-		for _, b := range batch {
-			b = b[:cap(b)]
-			bufPool.Put(&b)
-		}
-	}
 }
 
 // readTUN hands the packets the TUN device gives to the sessions their
@@ -530,7 +496,7 @@ func (e *engine) stats(srv *openconnect.Server) []metrics.Counter {
 		{Name: "drop_acl", Value: e.dropACL.Load()},
 		{Name: "drop_no_session", Value: e.dropNoSession.Load()},
 		{Name: "drop_source", Value: e.dropSource.Load()},
-		{Name: "tun_write_errors", Value: e.tunWriteErrors.Load()},
+		{Name: "tun_write_errors", Value: e.writeQ.Errors()},
 	}
 	reasons := st.Reasons()
 	for _, r := range openconnect.ReasonNames() {
