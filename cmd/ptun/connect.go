@@ -245,27 +245,5 @@ const ocClientEngineRole = "--oc-client-engine-of"
 // the OpenConnect client engine, confined as the WireGuard engine is (it
 // needs no system call more: its front dials its sockets).
 func runOCClientEngine(args []string) int {
-	if len(args) < 2 || len(args) > 3 {
-		fmt.Fprintln(os.Stderr, "ptun: the OpenConnect client engine is started by ptun connect, not by hand")
-		return 2
-	}
-	if len(args) == 2 {
-		err := engine.Confine([]string{os.Args[0], ocClientEngineRole, args[1], "--confined"})
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	if err := engine.Lockdown(); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	if err := engine.CheckConfined(); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	gomaxprocs.Apply()
-	if err := occlient.Run(os.NewFile(3, "ctl")); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: OpenConnect engine for %s: %v\n", args[1], err)
-		return 1
-	}
-	return 0
+	return runConfined(args, ocClientEngineRole, "the OpenConnect client engine", nil, occlient.Run)
 }

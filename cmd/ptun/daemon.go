@@ -172,34 +172,10 @@ func serve(name string, mtu int, mode ipc.Mode, metricsAddr netip.AddrPort, logg
 // interface name (a leading "-"), so no interface can be mistaken for it.
 const engineRole = "--engine-of"
 
-// runEngine is `ptun --engine-of IFNAME [--confined]`, started by a front
-// (engine.Command) in namespaces of its own with its control channel on
-// descriptor 3. The first stage confines itself and re-executes itself as
-// the second, which locks itself down, checks it all and runs the engine.
+// runEngine is `ptun --engine-of IFNAME [--confined]`: the WireGuard
+// engine.
 func runEngine(args []string) int {
-	if len(args) < 2 || len(args) > 3 {
-		fmt.Fprintln(os.Stderr, "ptun: the engine role is started by a ptun front, not by hand")
-		return 2
-	}
-	if len(args) == 2 {
-		err := engine.Confine([]string{os.Args[0], engineRole, args[1], "--confined"})
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	if err := engine.Lockdown(); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	if err := engine.CheckConfined(); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
-		return 1
-	}
-	gomaxprocs.Apply()
-	if err := engine.Run(os.NewFile(3, "ctl")); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: engine for %s: %v\n", args[1], err)
-		return 1
-	}
-	return 0
+	return runConfined(args, engineRole, "the engine", nil, engine.Run)
 }
 
 // tlsEngineRole is the first argument of an OpenConnect engine process,
@@ -210,16 +186,25 @@ const tlsEngineRole = "--tls-engine-of"
 // OpenConnect engine, confined as the WireGuard engine is, and allowed to
 // accept connections on the listener its front hands it.
 func runTLSEngine(args []string) int {
-	if len(args) < 2 || len(args) > 3 {
-		fmt.Fprintln(os.Stderr, "ptun: the TLS engine role is started by a ptun gateway, not by hand")
+	return runConfined(args, tlsEngineRole, "the TLS engine", engine.AllowAccept, ocengine.Run)
+}
+
+// runConfined is an engine role, started by a front (engine.Command) in
+// namespaces of its own with its control channel on descriptor 3: `ptun
+// ROLE IFNAME` confines itself and re-executes itself as `ptun ROLE IFNAME
+// --confined`, which locks itself down (the allow-list plus extra), checks
+// it all, and runs run on the control channel.
+func runConfined(args []string, role, what string, extra []uintptr, run func(*os.File) error) int {
+	if len(args) < 2 || len(args) > 3 || (len(args) == 3 && args[2] != "--confined") {
+		fmt.Fprintf(os.Stderr, "ptun: %s is started by a ptun front, not by hand\n", what)
 		return 2
 	}
 	if len(args) == 2 {
-		err := engine.Confine([]string{os.Args[0], tlsEngineRole, args[1], "--confined"})
+		err := engine.Confine([]string{os.Args[0], role, args[1], "--confined"})
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
-	if err := engine.Lockdown(engine.AllowAccept...); err != nil {
+	if err := engine.Lockdown(extra...); err != nil {
 		fmt.Fprintf(os.Stderr, "ptun: %v\n", err)
 		return 1
 	}
@@ -228,8 +213,8 @@ func runTLSEngine(args []string) int {
 		return 1
 	}
 	gomaxprocs.Apply()
-	if err := ocengine.Run(os.NewFile(3, "ctl")); err != nil {
-		fmt.Fprintf(os.Stderr, "ptun: TLS engine for %s: %v\n", args[1], err)
+	if err := run(os.NewFile(3, "ctl")); err != nil {
+		fmt.Fprintf(os.Stderr, "ptun: %s for %s: %v\n", what, args[1], err)
 		return 1
 	}
 	return 0
