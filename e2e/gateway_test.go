@@ -83,6 +83,12 @@ func TestGatewayEndToEnd(t *testing.T) {
 	c2 := &host{lab: l, role: "client2", ns: "ptun-e2e-" + l.id + "-client2"}
 	mustRun(t, "", "ip", "netns", "add", c2.ns)
 	t.Cleanup(func() { c2.destroy(t) })
+	// A resolv.conf of its own: without it, bob's tunnel would write the
+	// host's (and every other test's namespaces would see it).
+	nsEtc2 := filepath.Join("/etc/netns", c2.ns)
+	os.MkdirAll(nsEtc2, 0o755)
+	t.Cleanup(func() { os.RemoveAll(nsEtc2) })
+	os.WriteFile(filepath.Join(nsEtc2, "resolv.conf"), []byte("nameserver 198.18.4.53\n"), 0o644)
 	mustRun(t, c2.ns, "ip", "link", "set", "lo", "up")
 	mustRun(t, "", "ip", "-n", l.server.ns, "link", "add", "eth2", "type", "veth", "peer", "name", "eth0", "netns", c2.ns)
 	mustRun(t, l.server.ns, "ip", "addr", "add", "198.18.4.2/24", "dev", "eth2")

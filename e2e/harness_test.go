@@ -83,9 +83,17 @@ var (
 var iperfMu sync.Mutex
 
 func TestMain(m *testing.M) {
+	// Every tunnel a test brings up writes a namespace's resolver file
+	// (/etc/netns/NS/resolv.conf), never the host's: a test whose client
+	// namespace lacks one would, and every other namespace would see it.
+	before, _ := os.Stat("/etc/resolv.conf")
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
+	}
+	if after, _ := os.Stat("/etc/resolv.conf"); before != nil && after != nil && !after.ModTime().Equal(before.ModTime()) {
+		fmt.Fprintln(os.Stderr, "e2e: the host's /etc/resolv.conf was written during the tests (a client namespace without /etc/netns/NS/resolv.conf?)")
+		code = 1
 	}
 	os.Exit(code)
 }
