@@ -320,3 +320,10 @@ func TestDescendants(t *testing.T) {
 		t.Fatalf("descendants %v of %d, want it, its child and grandchild", pids, cmd.Process.Pid)
 	}
 }
+
+func TestServerArgs(t *testing.T) {
+	got := strings.Join(serverArgs(netip.MustParseAddr("100.64.3.1")), " ")
+	if got != "-s -1 --forceflush -p 5201 -B 100.64.3.1" {
+		t.Errorf("iperf3 server args %q", got)
+	}
+}
