@@ -304,6 +304,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		} else {
 			c.res.add(RSS, rss)
 			if c.oc != nil {
+				c.res.add(RSSServer, ends[1].mib)
 				c.res.Notes = append(c.res.Notes, c.coresNotes()...)
 				c.res.Notes = append(c.res.Notes, fmt.Sprintf("peak RSS: client %.1f MiB (largest process %s %.1f), server %.1f MiB (largest %s %.1f)",
 					ends[0].mib, ends[0].largest, ends[0].largestMiB, ends[1].mib, ends[1].largest, ends[1].largestMiB))
@@ -352,10 +353,11 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		metric Metric
 		loss   Metric
 		cpu    Metric
+		cpuSrv Metric // the server end's alone, for OpenConnect candidates
 		loaded bool
 	}{
-		{name: "TCP up", t: iperfTest{duration: d}, metric: TCPUp, cpu: CPUUp},
-		{name: "TCP down", t: iperfTest{duration: d, reverse: true}, metric: TCPDown, cpu: CPUDown, loaded: true},
+		{name: "TCP up", t: iperfTest{duration: d}, metric: TCPUp, cpu: CPUUp, cpuSrv: CPUUpServer},
+		{name: "TCP down", t: iperfTest{duration: d, reverse: true}, metric: TCPDown, cpu: CPUDown, cpuSrv: CPUDownServer, loaded: true},
 		{name: fmt.Sprintf("TCP up x%d", m.opts.Streams), t: iperfTest{duration: d, streams: m.opts.Streams}, metric: TCPUpMulti},
 		{name: fmt.Sprintf("TCP down x%d", m.opts.Streams), t: iperfTest{duration: d, streams: m.opts.Streams, reverse: true}, metric: TCPDownMulti},
 		{name: "UDP up", t: iperfTest{duration: d, udp: true, rate: m.opts.UDPRate, size: m.opts.UDPSize}, metric: UDPUp, loss: UDPUpLoss},
@@ -407,16 +409,19 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		}
 		c.refreshPIDs()
 		pids := c.allPIDs()
-		cpu0 := cpuSeconds(pids)
+		cpu0, srv0 := cpuSeconds(pids), cpuSeconds(c.pids[1])
 		var ticks0 map[int]uint64
 		if c.oc != nil && t.cpu != "" {
 			ticks0 = processTicks(pids)
 		}
 		began := time.Now()
 		r, err := runIperf(ctx, m.tb.A, m.tb.B, c.server, t.t)
-		cpu := cpuSeconds(pids) - cpu0
+		cpu, srvCPU := cpuSeconds(pids)-cpu0, cpuSeconds(c.pids[1])-srv0
 		if ticks0 != nil && err == nil {
 			c.noteCores(t.name, ticks0, processTicks(pids), time.Since(began))
+		}
+		if c.oc != nil {
+			c.settle(ctx, t.name, round, settleLimit)
 		}
 		var loaded []time.Duration
 		if loadedRTTs != nil {
@@ -449,6 +454,10 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		if t.cpu != "" && !c.isRaw() && r.bytes > 0 {
 			c.res.add(t.cpu, cpu/(r.bytes/1e9))
 			m.pr.printf(", %.2f CPU s/GB", cpu/(r.bytes/1e9))
+			if c.oc != nil {
+				c.res.add(t.cpuSrv, srvCPU/(r.bytes/1e9))
+				m.pr.printf(" (server %.2f)", srvCPU/(r.bytes/1e9))
+			}
 		}
 		if t.loaded {
 			if len(loaded) > 0 {

@@ -504,6 +504,41 @@ func (c *candidate) coresNotes() []string {
 	return notes
 }
 
+// Settling: a client that queued what it could not send (openconnect
+// over CSTP, under a UDP test faster than the path) goes on sending after
+// the test; the next test must not measure that.
+const (
+	settleQuiet  = 0.05 // of a core, over settleWindow: idle
+	settleWindow = 200 * time.Millisecond
+	settleLimit  = 15 * time.Second
+)
+
+// settle waits, bounded by limit (settleLimit), until c's processes are
+// idle (use at most settleQuiet of a core over settleWindow), and notes a
+// wait of more than a second: how long the tunnel stayed busy after test.
+func (c *candidate) settle(ctx context.Context, test string, round int, limit time.Duration) {
+	start := time.Now()
+	for time.Since(start) < limit {
+		c0 := cpuSeconds(c.allPIDs())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(settleWindow):
+		}
+		if (cpuSeconds(c.allPIDs())-c0)/settleWindow.Seconds() <= settleQuiet {
+			break
+		}
+	}
+	if busy := time.Since(start) - settleWindow; busy > time.Second {
+		how := "the next test waited"
+		if busy >= limit-settleWindow {
+			how = "still busy: the next test started anyway"
+		}
+		c.res.Errors = append(c.res.Errors, fmt.Sprintf("round %d, %s: the tunnel's processes stayed busy for %.1f s after the test (%s)",
+			round, test, busy.Seconds(), how))
+	}
+}
+
 // processTicks reads the CPU ticks of each of pids that still exists.
 func processTicks(pids []int) map[int]uint64 {
 	m := make(map[int]uint64, len(pids))

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -261,5 +262,31 @@ func TestCoresNotes(t *testing.T) {
 	want := []string{"cores used during TCP up (median): " + label + " 0.70", "cores used during TCP down (median): " + label + " 0.05"}
 	if !slices.Equal(notes, want) {
 		t.Fatalf("notes %q, want %q", notes, want)
+	}
+}
+
+// TestSettle returns at once for idle processes, and notes a process that
+// stays busy.
+func TestSettle(t *testing.T) {
+	idle := exec.Command("sleep", "30")
+	busy := exec.Command("sh", "-c", "while :; do :; done")
+	for _, cmd := range []*exec.Cmd{idle, busy} {
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	c := &candidate{res: &CandidateResult{}}
+	c.pids[0] = []int{idle.Process.Pid}
+	start := time.Now()
+	c.settle(context.Background(), "UDP up", 1, 2*time.Second)
+	if took := time.Since(start); took > 2*time.Second || len(c.res.Errors) != 0 {
+		t.Fatalf("idle: took %v, errors %q", took, c.res.Errors)
+	}
+	c.pids[1] = []int{busy.Process.Pid}
+	c.settle(context.Background(), "UDP up", 2, 1500*time.Millisecond)
+	if len(c.res.Errors) != 1 || !strings.Contains(c.res.Errors[0], "round 2, UDP up: the tunnel's processes stayed busy") ||
+		!strings.Contains(c.res.Errors[0], "the next test started anyway") {
+		t.Fatalf("busy: errors %q", c.res.Errors)
 	}
 }

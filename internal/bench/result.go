@@ -29,6 +29,11 @@ const (
 	CPUUp        Metric = "cpu_s_per_gb_up"       // CPU seconds of all tunnel processes per GB carried by TCPUp
 	CPUDown      Metric = "cpu_s_per_gb_down"     //
 	RSS          Metric = "rss_mib"               // peak resident memory of the larger endpoint's processes
+	// The server end's alone, for OpenConnect candidates: their servers
+	// differ and share a client, whose figures would blur the servers'.
+	CPUUpServer   Metric = "cpu_server_s_per_gb_up"   // CPU seconds of the server's processes per GB carried by TCPUp
+	CPUDownServer Metric = "cpu_server_s_per_gb_down" //
+	RSSServer     Metric = "rss_server_mib"           // peak resident memory of the server's processes
 )
 
 // MetricInfo describes a Metric for reports.
@@ -54,6 +59,9 @@ var Metrics = []MetricInfo{
 	{CPUUp, "CPU, TCP up", "s/GB", false},
 	{CPUDown, "CPU, TCP down", "s/GB", false},
 	{RSS, "peak RSS", "MiB", false},
+	{CPUUpServer, "server CPU, TCP up", "s/GB", false},
+	{CPUDownServer, "server CPU, TCP down", "s/GB", false},
+	{RSSServer, "server peak RSS", "MiB", false},
 }
 
 // Info returns m's description.
