@@ -27,6 +27,7 @@ func runBench(args []string) error {
 	udpRate := fs.String("udp-rate", "500M", "offered UDP rate in bit/s (suffixes K, M, G)")
 	udpSize := fs.Int("udp-size", 1300, "UDP datagram payload in bytes")
 	modes := fs.String("ptun", bench.Modes[0].Name, "comma-separated ptun modes to measure, \"all\" or \"none\" (modes: "+strings.Join(bench.ModeNames(), ", ")+")")
+	ocNames := fs.String("openconnect", "", "comma-separated OpenConnect candidates to measure, or \"all\" (candidates: "+strings.Join(bench.OpenConnectNames(), ", ")+"); default none")
 	jsonPath := fs.String("json", "", "also write the full result as JSON to `FILE`")
 	svgPath := fs.String("svg", "", "also draw the result as an SVG chart in `FILE`")
 	var peers []bench.Peer
@@ -58,6 +59,13 @@ func runBench(args []string) error {
 		opts.PtunModes = []string{}
 	default:
 		opts.PtunModes = strings.Split(*modes, ",")
+	}
+	switch *ocNames {
+	case "":
+	case "all":
+		opts.OpenConnect = bench.OpenConnectNames()
+	default:
+		opts.OpenConnect = strings.Split(*ocNames, ",")
 	}
 	// Check the output files can be written before minutes of measuring.
 	for _, p := range []string{*jsonPath, *svgPath} {

@@ -133,13 +133,22 @@ Example:
 	"bench": `Usage: ptun bench [flags]
 
 As root: build a client and a server host (network namespaces joined by a
-veth link) and measure, for the raw link, each ptun mode and each --peer,
-TCP and UDP up and down, round-trip time idle and under load, CPU per GB
-and peak memory. Rounds are interleaved; the report gives medians, min-max
-and ratios. Needs iperf3.
+veth link) and measure, for the raw link, each ptun mode, each --peer and
+each --openconnect candidate, TCP and UDP up and down, round-trip time idle
+and under load, CPU per GB and peak memory. Rounds are interleaved; the
+report gives medians, min-max and ratios. Needs iperf3.
 
-Example:
+--openconnect adds OpenConnect (SSL VPN) tunnels, each set up by the bench
+in a temporary folder and removed at the end: ptun-dtls and ptun-tls run
+ptun's gateway (ptun gateway run with --tls), ocserv-dtls and ocserv-tls
+Debian's ocserv; the client of all four is Debian's openconnect (--no-dtls
+for the -tls ones), so ptun-X against ocserv-X compares the servers. They
+need the openconnect and ocserv packages.
+
+Examples:
   sudo ptun bench --peer wireguard-go=$(go env GOPATH)/bin/wireguard --json out.json --svg out.svg
+  sudo ptun bench --openconnect all
+  sudo ptun bench --ptun none --openconnect ptun-dtls,ocserv-dtls --rounds 5
 `,
 }
 

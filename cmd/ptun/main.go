@@ -34,10 +34,12 @@ const usage = `Usage:
         as root: two namespaced hosts, a real tunnel between them, ping and
         TCP throughput in both directions next to the raw link
   ptun bench [--rounds N] [--duration D] [--peer NAME=COMMAND]... [--ptun MODES]
-             [--json FILE] [--svg FILE]
+             [--openconnect all|NAMES] [--json FILE] [--svg FILE]
         as root: measure TCP and UDP up and down, RTT idle and under load, CPU
         per GB and memory, of the raw link, ptun and each peer (such as
-        --peer wireguard-go=wireguard-go), interleaved, with medians and ratios
+        --peer wireguard-go=wireguard-go), and with --openconnect of ptun's
+        gateway and ocserv over DTLS and TLS, interleaved, with medians and
+        ratios
   ptun gateway SUBCOMMAND [--state DIR]
         administer a remote-access gateway: init, user add, users, invite,
         devices, revoke (see ptun gateway -h)

@@ -1,7 +1,9 @@
 // Package bench is `ptun bench`: it builds two namespaced hosts joined by
 // a veth underlay, runs every candidate tunnel between them side by side
 // (the raw underlay, ptun in each mode asked for, and any peer
-// implementation with wireguard-go's command contract), and measures each
+// implementation with wireguard-go's command contract, and OpenConnect
+// servers and clients: ocserv and ptun's gateway with Debian's
+// openconnect), and measures each
 // in every direction with iperf3 and ping: TCP up and down with one and N
 // streams, UDP up and down at an offered rate, round-trip time idle and
 // during a download, CPU seconds per gigabyte and peak memory. Rounds are
@@ -65,6 +67,9 @@ type Options struct {
 	// PtunBinary is the ptun executable; empty means this process's own.
 	PtunBinary string
 	Peers      []Peer
+	// OpenConnect names the OpenConnect candidates to measure (see
+	// OpenConnectCandidates); none by default.
+	OpenConnect []string
 
 	// Command is recorded in the result, to say how it was produced.
 	Command string
@@ -123,6 +128,15 @@ func (o *Options) setDefaults() error {
 		}
 		names[p.Name] = true
 	}
+	for _, n := range o.OpenConnect {
+		if openConnectByName(n) == nil {
+			return fmt.Errorf("bench: unknown OpenConnect candidate %q (known: %s)", n, strings.Join(OpenConnectNames(), ", "))
+		}
+		if names[n] {
+			return fmt.Errorf("bench: candidate %q given twice", n)
+		}
+		names[n] = true
+	}
 	if len(names) > 60 {
 		return errors.New("bench: too many candidates (at most 60)")
 	}
@@ -177,6 +191,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("bench: peer %s: %w", p.Name, err)
 		}
 	}
+	for _, n := range opts.OpenConnect {
+		if err := openConnectByName(n).checkTools(); err != nil {
+			return nil, err
+		}
+	}
 
 	start := time.Now()
 	res := &Result{
@@ -199,6 +218,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.Candidates = append(res.Candidates, CandidateResult{Name: p.Name, Kind: KindPeer,
 			Command: commandString(p.Argv, nil)})
 	}
+	for _, n := range opts.OpenConnect {
+		oc := openConnectByName(n)
+		res.Candidates = append(res.Candidates, CandidateResult{Name: n, Kind: KindOpenConnect,
+			Versus: oc.Versus, Notes: []string{oc.describe()}})
+	}
 	var cands []*candidate
 	for i := range res.Candidates {
 		c := &candidate{res: &res.Candidates[i], index: i}
@@ -207,6 +231,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			c.argv, c.env = []string{opts.PtunBinary}, modeByName(c.res.Name).Env
 		case KindPeer:
 			c.argv = opts.Peers[i-1-len(opts.PtunModes)].Argv
+		case KindOpenConnect:
+			c.oc, c.ptunBinary = openConnectByName(c.res.Name), opts.PtunBinary
 		}
 		cands = append(cands, c)
 	}
@@ -232,12 +258,23 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}()
 
 	for _, c := range cands {
-		if c.argv == nil {
+		if c.isRaw() {
 			c.start(ctx, tb, "") // only picks the underlay's addresses
 			continue
 		}
-		pr.printf("starting %s: %s IFNAME in each host ... ", c.res.Name, strings.Join(c.argv, " "))
-		if err := c.start(ctx, tb, "pb"+tag); err != nil {
+		if c.oc != nil {
+			pr.printf("starting %s: %s ... ", c.res.Name, c.oc.describe())
+		} else {
+			pr.printf("starting %s: %s IFNAME in each host ... ", c.res.Name, strings.Join(c.argv, " "))
+		}
+		err := c.start(ctx, tb, "pb"+tag)
+		if c.tunnel != nil {
+			c.res.Command = c.tunnel.command()
+			if err == nil {
+				c.res.Notes = c.tunnel.notes()
+			}
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -258,13 +295,20 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 	}
 	for _, c := range cands {
-		if c.argv == nil || c.failed() != nil {
+		if c.isRaw() || c.failed() != nil {
 			continue
 		}
-		if rss, err := c.peakRSSMiB(); err != nil {
+		c.refreshPIDs()
+		if rss, ends, err := c.peakRSSMiB(); err != nil {
 			c.res.Errors = append(c.res.Errors, err.Error())
 		} else {
 			c.res.add(RSS, rss)
+			if c.oc != nil {
+				c.res.add(RSSServer, ends[1].mib)
+				c.res.Notes = append(c.res.Notes, c.coresNotes()...)
+				c.res.Notes = append(c.res.Notes, fmt.Sprintf("peak RSS: client %.1f MiB (largest process %s %.1f), server %.1f MiB (largest %s %.1f)",
+					ends[0].mib, ends[0].largest, ends[0].largestMiB, ends[1].mib, ends[1].largest, ends[1].largestMiB))
+			}
 		}
 	}
 	res.Elapsed = time.Since(start).Seconds()
@@ -309,10 +353,11 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		metric Metric
 		loss   Metric
 		cpu    Metric
+		cpuSrv Metric // the server end's alone, for OpenConnect candidates
 		loaded bool
 	}{
-		{name: "TCP up", t: iperfTest{duration: d}, metric: TCPUp, cpu: CPUUp},
-		{name: "TCP down", t: iperfTest{duration: d, reverse: true}, metric: TCPDown, cpu: CPUDown, loaded: true},
+		{name: "TCP up", t: iperfTest{duration: d}, metric: TCPUp, cpu: CPUUp, cpuSrv: CPUUpServer},
+		{name: "TCP down", t: iperfTest{duration: d, reverse: true}, metric: TCPDown, cpu: CPUDown, cpuSrv: CPUDownServer, loaded: true},
 		{name: fmt.Sprintf("TCP up x%d", m.opts.Streams), t: iperfTest{duration: d, streams: m.opts.Streams}, metric: TCPUpMulti},
 		{name: fmt.Sprintf("TCP down x%d", m.opts.Streams), t: iperfTest{duration: d, streams: m.opts.Streams, reverse: true}, metric: TCPDownMulti},
 		{name: "UDP up", t: iperfTest{duration: d, udp: true, rate: m.opts.UDPRate, size: m.opts.UDPSize}, metric: UDPUp, loss: UDPUpLoss},
@@ -325,6 +370,7 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		m.pr.skip(len(tests))
 		return ctx.Err()
 	}
+	c.checkPath(fmt.Sprintf("before round %d", round))
 	rtts, err := probe.Ping(ctx, m.tb.A, c.server, idleEchoes, echoInterval, time.Second)
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -361,9 +407,22 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 				loadedRTTs <- r
 			}()
 		}
-		cpu0 := cpuSeconds(c.allPIDs())
+		c.refreshPIDs()
+		pids := c.allPIDs()
+		cpu0, srv0 := cpuSeconds(pids), cpuSeconds(c.pids[1])
+		var ticks0 map[int]uint64
+		if c.oc != nil && t.cpu != "" {
+			ticks0 = processTicks(pids)
+		}
+		began := time.Now()
 		r, err := runIperf(ctx, m.tb.A, m.tb.B, c.server, t.t)
-		cpu := cpuSeconds(c.allPIDs()) - cpu0
+		cpu, srvCPU := cpuSeconds(pids)-cpu0, cpuSeconds(c.pids[1])-srv0
+		if ticks0 != nil && err == nil {
+			c.noteCores(t.name, ticks0, processTicks(pids), time.Since(began))
+		}
+		if c.oc != nil {
+			c.settle(ctx, t.name, round, settleLimit)
+		}
 		var loaded []time.Duration
 		if loadedRTTs != nil {
 			// An echo sent during the download may come back just
@@ -392,9 +451,13 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 			c.res.add(t.loss, r.lossPct)
 			m.pr.printf(", %.2f%% lost", r.lossPct)
 		}
-		if t.cpu != "" && c.argv != nil && r.bytes > 0 {
+		if t.cpu != "" && !c.isRaw() && r.bytes > 0 {
 			c.res.add(t.cpu, cpu/(r.bytes/1e9))
 			m.pr.printf(", %.2f CPU s/GB", cpu/(r.bytes/1e9))
+			if c.oc != nil {
+				c.res.add(t.cpuSrv, srvCPU/(r.bytes/1e9))
+				m.pr.printf(" (server %.2f)", srvCPU/(r.bytes/1e9))
+			}
 		}
 		if t.loaded {
 			if len(loaded) > 0 {
@@ -407,6 +470,7 @@ func (m *measurer) round(ctx context.Context, c *candidate, round int) error {
 		}
 		m.pr.printf("\n")
 	}
+	c.checkPath(fmt.Sprintf("round %d", round))
 	return nil
 }
 

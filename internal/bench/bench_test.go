@@ -295,3 +295,35 @@ func TestNoRatioOfLossShares(t *testing.T) {
 		t.Fatalf("loss summary has ratios: %+v", s)
 	}
 }
+
+// TestDescendants finds a process's children and grandchildren, and not
+// its parent.
+func TestDescendants(t *testing.T) {
+	// sh forks sh, which forks sleep ("; true" keeps each from exec'ing).
+	cmd := exec.Command("sh", "-c", "sh -c 'sleep 30; true'; true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var pids []int
+	for range 100 {
+		children, _, err := processTree()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pids = descendants(children, cmd.Process.Pid); len(pids) == 3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(pids) != 3 || !slices.Contains(pids, cmd.Process.Pid) || slices.Contains(pids, os.Getpid()) {
+		t.Fatalf("descendants %v of %d, want it, its child and grandchild", pids, cmd.Process.Pid)
+	}
+}
+
+func TestServerArgs(t *testing.T) {
+	got := strings.Join(serverArgs(netip.MustParseAddr("100.64.3.1")), " ")
+	if got != "-s -1 --forceflush -p 5201 -B 100.64.3.1" {
+		t.Errorf("iperf3 server args %q", got)
+	}
+}

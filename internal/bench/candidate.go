@@ -33,9 +33,18 @@ const (
 // the client and server hosts.
 type candidate struct {
 	res   *CandidateResult
-	argv  []string // the command, without the interface name; nil for raw
+	argv  []string // the command, without the interface name; nil for raw and OpenConnect
 	env   []string
 	index int // from 1 for tunnels; 0 for raw
+
+	oc         *OpenConnectCandidate // for an OpenConnect candidate, else nil
+	ptunBinary string                // what an OpenConnect candidate runs as ptun
+	tunnel     *ocTunnel             // its processes, once started
+	roots      [2]int                // their client and server pids: pids holds them and their descendants
+	// cores holds, by test and process label, each round's share of a
+	// core the process used (see noteCores); coreTests the tests in order.
+	cores     map[string]map[string][]float64
+	coreTests []string
 
 	client, server netip.Addr // what traffic is sent to in each host
 
@@ -71,21 +80,47 @@ func (c *candidate) failed() error {
 			return c.dead
 		}
 	}
-	return nil
+	if c.tunnel != nil {
+		c.dead = c.tunnel.failed()
+	}
+	return c.dead
 }
+
+// isRaw reports whether c is the underlay itself.
+func (c *candidate) isRaw() bool { return c.res.Kind == KindRaw }
 
 // allPIDs returns the processes of both endpoints.
 func (c *candidate) allPIDs() []int {
 	return append(append([]int(nil), c.pids[0]...), c.pids[1]...)
 }
 
+// refreshPIDs finds an OpenConnect candidate's processes again: ocserv
+// forks a worker per connection, so a reconnection changes them.
+func (c *candidate) refreshPIDs() {
+	if c.oc == nil {
+		return
+	}
+	children, _, err := processTree()
+	if err != nil {
+		return
+	}
+	for i, root := range c.roots {
+		if root != 0 {
+			c.pids[i] = descendants(children, root)
+		}
+	}
+}
+
 // start runs the candidate's command in both hosts, gives the interfaces
 // their addresses, makes the two ends peers over the UAPI and waits for a
 // first echo through the tunnel (the handshake).
 func (c *candidate) start(ctx context.Context, tb *demo.Testbed, ifPrefix string) error {
-	if c.argv == nil {
+	if c.isRaw() {
 		c.client, c.server = tb.UnderlayA.V4, tb.UnderlayB.V4
 		return nil
+	}
+	if c.oc != nil {
+		return c.startOpenConnect(ctx, tb, ifPrefix, c.ptunBinary)
 	}
 	hosts := [2]*netns.NS{tb.A, tb.B}
 	names := [2]string{"client", "server"}
@@ -192,30 +227,49 @@ func (c *candidate) configure(tb *demo.Testbed) error {
 }
 
 // peakRSSMiB returns the larger endpoint's peak resident memory (see
-// endpointPeak).
-func (c *candidate) peakRSSMiB() (float64, error) {
+// endpointPeak), and each endpoint's (client, server) with the name of
+// its largest process.
+func (c *candidate) peakRSSMiB() (float64, [2]endpointMemory, error) {
 	var most uint64
-	for _, pids := range c.pids {
+	var ends [2]endpointMemory
+	for i, pids := range c.pids {
 		var mems []memory
 		exes := map[string]bool{}
 		for _, pid := range pids {
 			m, err := processMemory(pid)
 			if err != nil {
-				return 0, fmt.Errorf("reading the peak RSS of pid %d: %w", pid, err)
+				return 0, ends, fmt.Errorf("reading the peak RSS of pid %d: %w", pid, err)
 			}
 			mems = append(mems, m)
 			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 			exes[exe] = true
+			if mib := float64(m.peak) / (1 << 20); mib > ends[i].largestMiB {
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+				ends[i].largest, ends[i].largestMiB = strings.TrimSpace(string(comm)), mib
+			}
 		}
-		most = max(most, endpointPeak(mems, len(exes) == 1 && !exes[""]))
+		peak := endpointPeak(mems, len(exes) == 1 && !exes[""])
+		ends[i].mib = float64(peak) / (1 << 20)
+		most = max(most, peak)
 	}
-	return float64(most) / (1 << 20), nil
+	return float64(most) / (1 << 20), ends, nil
+}
+
+// endpointMemory is one endpoint's peak resident memory, and its largest
+// process's.
+type endpointMemory struct {
+	mib        float64
+	largest    string // the process's name (comm)
+	largestMiB float64
 }
 
 // stop stops both ends' processes (and any they put in the background),
 // bounded in time, and removes their sockets.
 func (c *candidate) stop() error {
 	var errs []error
+	if c.tunnel != nil {
+		errs = append(errs, c.tunnel.stop())
+	}
 	for i, p := range c.procs {
 		if p == nil {
 			continue

@@ -48,6 +48,15 @@ func (t iperfTest) args(dst netip.Addr) []string {
 	return a
 }
 
+// serverArgs are the one-off iperf3 server's arguments. It is bound to
+// dst, the address the client sends to, so that its UDP socket answers
+// from that address whatever source the route back would pick (ptun's
+// gateway routes its OpenConnect clients through an interface without an
+// address of its own: unbound, the replies left from the underlay's).
+func serverArgs(dst netip.Addr) []string {
+	return []string{"-s", "-1", "--forceflush", "-p", strconv.Itoa(iperfPort), "-B", dst.String()}
+}
+
 // iperfResult is what one run measured at the receiving end.
 type iperfResult struct {
 	bitsPerSec float64
@@ -55,14 +64,14 @@ type iperfResult struct {
 	lossPct    float64 // UDP only
 }
 
-// runIperf starts a one-off iperf3 server in server, runs the client in
-// client against dst, and returns what the receiver measured. Both
+// runIperf starts a one-off iperf3 server in server on dst, runs the
+// client in client against dst, and returns what the receiver measured. Both
 // processes are gone when it returns, also when ctx is cancelled.
 func runIperf(ctx context.Context, client, server *netns.NS, dst netip.Addr, t iperfTest) (iperfResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.duration+30*time.Second)
 	defer cancel()
 
-	srv := exec.CommandContext(ctx, "iperf3", "-s", "-1", "--forceflush", "-p", strconv.Itoa(iperfPort))
+	srv := exec.CommandContext(ctx, "iperf3", serverArgs(dst)...)
 	srv.SysProcAttr = childProcAttr()
 	srv.WaitDelay = time.Second
 	out, err := srv.StdoutPipe()

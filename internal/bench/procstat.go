@@ -132,23 +132,12 @@ func cpuSeconds(pids []int) float64 {
 // a foreground process, one that put itself in the background (its
 // re-executed child keeps the argument), and helper processes it started.
 func tunnelProcesses(nsDev, nsIno uint64, ifname string) ([]int, error) {
-	entries, err := os.ReadDir("/proc")
+	children, pids, err := processTree()
 	if err != nil {
 		return nil, err
 	}
-	self := os.Getpid()
-	children := map[int][]int{}
 	var roots []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		st, err := readProcStat(pid)
-		if err != nil {
-			continue // gone
-		}
-		children[st.ppid] = append(children[st.ppid], pid)
+	for _, pid := range pids {
 		if !inNetNS(pid, nsDev, nsIno) {
 			continue
 		}
@@ -161,6 +150,38 @@ func tunnelProcesses(nsDev, nsIno uint64, ifname string) ([]int, error) {
 			roots = append(roots, pid)
 		}
 	}
+	return descendants(children, roots...), nil
+}
+
+// processTree reads /proc: every process's children, and every process
+// but this one.
+func processTree() (children map[int][]int, pids []int, err error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, nil, err
+	}
+	self := os.Getpid()
+	children = map[int][]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		st, err := readProcStat(pid)
+		if err != nil {
+			continue // gone
+		}
+		children[st.ppid] = append(children[st.ppid], pid)
+		pids = append(pids, pid)
+	}
+	return children, pids, nil
+}
+
+// descendants returns roots and all their descendants in children (as
+// processTree reads it), sorted. Descendants in other namespaces count:
+// a sandboxed engine is its front's child in a network namespace of its
+// own.
+func descendants(children map[int][]int, roots ...int) []int {
 	seen := map[int]bool{}
 	var out []int
 	var walk func(int)
@@ -178,5 +199,5 @@ func tunnelProcesses(nsDev, nsIno uint64, ifname string) ([]int, error) {
 		walk(r)
 	}
 	slices.Sort(out)
-	return out, nil
+	return out
 }

@@ -29,6 +29,11 @@ const (
 	CPUUp        Metric = "cpu_s_per_gb_up"       // CPU seconds of all tunnel processes per GB carried by TCPUp
 	CPUDown      Metric = "cpu_s_per_gb_down"     //
 	RSS          Metric = "rss_mib"               // peak resident memory of the larger endpoint's processes
+	// The server end's alone, for OpenConnect candidates: their servers
+	// differ and share a client, whose figures would blur the servers'.
+	CPUUpServer   Metric = "cpu_server_s_per_gb_up"   // CPU seconds of the server's processes per GB carried by TCPUp
+	CPUDownServer Metric = "cpu_server_s_per_gb_down" //
+	RSSServer     Metric = "rss_server_mib"           // peak resident memory of the server's processes
 )
 
 // MetricInfo describes a Metric for reports.
@@ -54,6 +59,9 @@ var Metrics = []MetricInfo{
 	{CPUUp, "CPU, TCP up", "s/GB", false},
 	{CPUDown, "CPU, TCP down", "s/GB", false},
 	{RSS, "peak RSS", "MiB", false},
+	{CPUUpServer, "server CPU, TCP up", "s/GB", false},
+	{CPUDownServer, "server CPU, TCP down", "s/GB", false},
+	{RSSServer, "server peak RSS", "MiB", false},
 }
 
 // Info returns m's description.
@@ -71,6 +79,9 @@ const (
 	KindRaw  = "raw"  // the underlay itself, no tunnel
 	KindPtun = "ptun" // ptun in one of its modes
 	KindPeer = "peer" // another implementation, given with --peer
+	// KindOpenConnect is an OpenConnect server in the server host and a
+	// client in the client host (see OpenConnectCandidates).
+	KindOpenConnect = "openconnect"
 )
 
 // Result is everything one bench run measured. It is what --json writes.
@@ -79,7 +90,7 @@ type Result struct {
 	Command    string            `json:"command"` // the command line that produced it
 	Machine    Machine           `json:"machine"`
 	Settings   Settings          `json:"settings"`
-	Candidates []CandidateResult `json:"candidates"` // raw first, then ptun modes, then peers, as given
+	Candidates []CandidateResult `json:"candidates"` // raw first, then ptun modes, peers and OpenConnect candidates, as given
 	Elapsed    float64           `json:"elapsed_s"`  // wall time of the whole run
 }
 
@@ -106,10 +117,17 @@ type Settings struct {
 
 // CandidateResult is one candidate's samples and their summary.
 type CandidateResult struct {
-	Name    string               `json:"name"`
-	Kind    string               `json:"kind"` // KindRaw, KindPtun or KindPeer
-	Command string               `json:"command,omitempty"`
-	Env     []string             `json:"env,omitempty"`
+	Name    string   `json:"name"`
+	Kind    string   `json:"kind"` // KindRaw, KindPtun, KindPeer or KindOpenConnect
+	Command string   `json:"command,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	// Versus names the candidates this one is meant to be compared with
+	// (an OpenConnect candidate's counterpart); Summary.Vs holds the
+	// ratios to those that were measured.
+	Versus []string `json:"versus,omitempty"`
+	// Notes say what a reader needs to know to read the figures (which
+	// client, which path, the tunnel MTU).
+	Notes   []string             `json:"notes,omitempty"`
 	Samples map[Metric][]float64 `json:"samples"` // one per round (RSS: one per run)
 	Summary map[Metric]Summary   `json:"summary"`
 	Errors  []string             `json:"errors,omitempty"` // what failed, with the round
@@ -126,6 +144,9 @@ type Summary struct {
 	// when both exist and the divisor is not zero.
 	VsRaw       *float64 `json:"vs_raw,omitempty"`
 	VsFirstPeer *float64 `json:"vs_first_peer,omitempty"`
+	// Vs is this median divided by the same metric's median of each
+	// candidate in CandidateResult.Versus, by name, where both exist.
+	Vs map[string]float64 `json:"vs,omitempty"`
 }
 
 // add records one sample of m.
@@ -165,6 +186,16 @@ func (r *Result) Summarize() {
 			}
 			if first != nil && first != c {
 				s.VsFirstPeer = ratio(s, first.Summary, m)
+			}
+			for _, name := range c.Versus {
+				if ref := r.Candidate(name); ref != nil && ref != c {
+					if v := ratio(s, ref.Summary, m); v != nil {
+						if s.Vs == nil {
+							s.Vs = map[string]float64{}
+						}
+						s.Vs[name] = *v
+					}
+				}
 			}
 			c.Summary[m] = s
 		}

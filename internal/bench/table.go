@@ -11,8 +11,8 @@ import (
 
 // WriteTable writes r as a readable terminal report: the machine and
 // settings, one row per metric with each candidate's median and min-max,
-// then the ratios of medians to the raw underlay and to the first peer,
-// then any errors.
+// then the ratios of medians to the raw underlay, to the first peer and to
+// each candidate's Versus, then the candidates' notes and any errors.
 func (r *Result) WriteTable(w io.Writer) error {
 	pw := &errWriter{w: w}
 	fmt.Fprintf(pw, "ptun bench, %s\n", r.Date.UTC().Format("2006-01-02 15:04 MST"))
@@ -55,6 +55,19 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		cols = append(cols, ratioColumn{c.Name, first.Name, func(s Summary) *float64 { return s.VsFirstPeer }, c.Summary})
 	}
+	for _, c := range r.Candidates {
+		for _, name := range c.Versus {
+			if r.Candidate(name) == nil || name == c.Name {
+				continue
+			}
+			cols = append(cols, ratioColumn{c.Name, name, func(s Summary) *float64 {
+				if v, ok := s.Vs[name]; ok {
+					return &v
+				}
+				return nil
+			}, c.Summary})
+		}
+	}
 	if len(cols) > 0 {
 		fmt.Fprintf(pw, "\n")
 		tw = tabwriter.NewWriter(pw, 2, 8, 3, ' ', 0)
@@ -83,6 +96,14 @@ func (r *Result) WriteTable(w io.Writer) error {
 		tw.Flush()
 	}
 
+	for _, c := range r.Candidates {
+		for _, n := range c.Notes {
+			fmt.Fprintf(pw, "\nnote, %s: %s", c.Name, n)
+		}
+	}
+	if r.hasNotes() {
+		fmt.Fprintf(pw, "\n")
+	}
 	for _, c := range r.Candidates {
 		for _, e := range c.Errors {
 			fmt.Fprintf(pw, "\n%s: %s", c.Name, e)
@@ -147,6 +168,15 @@ func (r *Result) hasMetric(m Metric) bool {
 func (r *Result) hasKind(kind string) bool {
 	for _, c := range r.Candidates {
 		if c.Kind == kind {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Result) hasNotes() bool {
+	for _, c := range r.Candidates {
+		if len(c.Notes) > 0 {
 			return true
 		}
 	}
