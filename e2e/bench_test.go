@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/internal/bench"
+	"github.com/ptun-vpn/ptun/internal/testenv"
 )
 
 // TestBenchSmoke runs `ptun bench` with short tests against every ptun
@@ -117,6 +118,81 @@ func TestBenchSmoke(t *testing.T) {
 	}
 }
 
+// TestBenchOpenConnect runs `ptun bench --openconnect all` with short
+// tests: the four OpenConnect candidates (ptun's gateway and ocserv, with
+// Debian's openconnect, over DTLS and CSTP) measured in every direction,
+// with the server end's figures and the notes, and nothing left behind:
+// namespaces, processes, temporary folders.
+func TestBenchOpenConnect(t *testing.T) {
+	requireLab(t)
+	testenv.RequireTool(t, "openconnect", "openconnect")
+	testenv.RequireTool(t, "ocserv", "ocserv")
+	t.Parallel()
+	iperfMu.Lock()
+	defer iperfMu.Unlock()
+
+	jsonPath := filepath.Join(t.TempDir(), "out.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ptun.bin, "bench", "--rounds", "1", "--duration", "1s", "--streams", "2",
+		"--ptun", "none", "--openconnect", "all", "--json", jsonPath)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	tag := benchTag(t, stderr.String())
+	if tag != "" {
+		defer requireBenchGone(t, tag)
+		defer func() {
+			if dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pb"+tag+"*")); len(dirs) > 0 {
+				t.Errorf("folders left behind: %v", dirs)
+			}
+		}()
+	}
+	if err != nil {
+		t.Fatalf("ptun bench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	t.Logf("ptun bench output:\n%s", stdout.String())
+	for _, want := range []string{"ptun-dtls / ocserv-dtls", "ptun-tls / ocserv-tls", "server CPU, TCP up (s/GB)",
+		"note, ptun-tls: server ptun's gateway", "client Debian's openconnect"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("the table lacks %q", want)
+		}
+	}
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range res.Candidates {
+		names = append(names, c.Name)
+	}
+	if got := strings.Join(names, " "); got != "raw ptun-dtls ptun-tls ocserv-dtls ocserv-tls" {
+		t.Fatalf("candidates %q", got)
+	}
+	for _, c := range res.Candidates[1:] {
+		for _, e := range c.Errors {
+			// A client still sending what it queued is noted, not a failure.
+			if !strings.Contains(e, "stayed busy") {
+				t.Errorf("%s: error %q", c.Name, e)
+			}
+		}
+		for _, m := range []bench.Metric{bench.TCPUp, bench.TCPDown, bench.TCPUpMulti, bench.TCPDownMulti,
+			bench.UDPUp, bench.UDPDown, bench.RTTIdle, bench.RTTLoaded, bench.CPUUp, bench.CPUDown, bench.RSS,
+			bench.CPUUpServer, bench.CPUDownServer, bench.RSSServer} {
+			if s, ok := c.Summary[m]; !ok || s.N != 1 || s.Median <= 0 {
+				t.Errorf("%s: %s = %+v, want one positive sample", c.Name, m, s)
+			}
+		}
+		if c.Kind != bench.KindOpenConnect || len(c.Notes) < 3 || c.Command == "" {
+			t.Errorf("%s: kind %q, command %q, notes %q", c.Name, c.Kind, c.Command, c.Notes)
+		}
+	}
+}
+
 // TestBenchInterrupt sends SIGINT to `ptun bench` in the middle of a
 // measurement: it must stop promptly, fail, and leave nothing behind.
 func TestBenchInterrupt(t *testing.T) {
@@ -175,6 +251,13 @@ func TestBenchInterrupt(t *testing.T) {
 func TestBenchErrors(t *testing.T) {
 	requireLab(t)
 	t.Parallel()
+	// A PATH with iperf3 and nothing else.
+	onlyIperf := t.TempDir()
+	if p, err := exec.LookPath("iperf3"); err != nil {
+		t.Fatal(err)
+	} else if err := os.Symlink(p, filepath.Join(onlyIperf, "iperf3")); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		env  []string
@@ -185,6 +268,8 @@ func TestBenchErrors(t *testing.T) {
 		{"missing peer", nil, []string{"--peer", "gone=/nonexistent/wireguard"}, "peer gone"},
 		{"bad peer flag", nil, []string{"--peer", "wireguard-go"}, "want NAME=COMMAND"},
 		{"bad mode", nil, []string{"--ptun", "turbo"}, `unknown ptun mode "turbo"`},
+		{"bad OpenConnect candidate", nil, []string{"--openconnect", "anyconnect"}, `unknown OpenConnect candidate "anyconnect"`},
+		{"no openconnect", []string{"PATH=" + onlyIperf}, []string{"--openconnect", "ocserv-tls"}, "install the openconnect package"},
 		{"bad rate", nil, []string{"--udp-rate", "fast"}, `"fast" is not a rate`},
 		{"unwritable json", nil, []string{"--json", "/nonexistent/dir/out.json"}, "cannot write /nonexistent/dir/out.json"},
 	} {
