@@ -173,6 +173,12 @@ func TestOpenconnectToGateway(t *testing.T) {
 	testenv.RequireTool(t, "openconnect", "openconnect")
 	l := newLab(t)
 	lan := l.addLan(t)
+	// The client namespace's resolver file, which ptun connect rewrites
+	// (without one it would be the host's).
+	nsEtc := filepath.Join("/etc/netns", l.client.ns)
+	os.MkdirAll(nsEtc, 0o755)
+	t.Cleanup(func() { os.RemoveAll(nsEtc) })
+	os.WriteFile(filepath.Join(nsEtc, "resolv.conf"), []byte("nameserver 198.18.0.53\n"), 0o644)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "gw")
 	iface := "pgw" + l.id

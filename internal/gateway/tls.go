@@ -69,12 +69,22 @@ func startTLS(dir string, cfg *Config, reg registry.Registry, mode ipc.Mode, cmd
 	if err != nil {
 		return nil, err
 	}
+	pools, err := reg.ListPools(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	var sources []netip.Prefix
+	for _, p := range pools {
+		// The pool's first address is the gateway's (on the WireGuard
+		// interface, as hostState.apply gives it).
+		sources = append(sources, netip.PrefixFrom(p.Prefix.Addr().Next(), p.Prefix.Bits()))
+	}
 	tg := &tlsGateway{auth: NewTLSAuth(reg, cfg, logf), cfg: cfg, file: filepath.Join(dir, TLSSessionsFile), logf: logf}
 	tg.front, err = ocengine.StartFront(ocengine.FrontConfig{
 		Interface: cfg.TLSInterface(), MTU: cfg.Site.MTU, Mode: mode, Listen: cfg.TLS, DTLS: true,
 		ServerName: cfg.Name, CertPEM: certPEM, KeyPEM: keyPEM,
 		DPD: tlsDPD, DTLSDPD: tlsDTLSDPD, Keepalive: tlsKeepalive, CookieTTL: tlsCookieTTL,
-		EngineCommand: cmd, Login: tg.login, Recheck: tg.recheck, Logf: logf, Verbosef: verbosef,
+		EngineCommand: cmd, Sources: sources, Login: tg.login, Recheck: tg.recheck, Logf: logf, Verbosef: verbosef,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("the OpenConnect listener on %v: %w", cfg.TLS, err)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ptun-vpn/ptun/internal/ctl"
 	"github.com/ptun-vpn/ptun/internal/front"
@@ -43,6 +44,12 @@ type FrontConfig struct {
 	// adds the control channel as descriptor 3 (ExtraFiles[0]).
 	EngineCommand func() (*exec.Cmd, error)
 
+	// Sources are the gateway's addresses in its pools (each with the
+	// pool's length): a session's host route takes the one of its pool as
+	// its source, so that the gateway's own services answer from it (the
+	// interface has no address of its own).
+	Sources []netip.Prefix
+
 	// Login decides a login: a Grant (its Cookie is the front's to set),
 	// or an error wrapping ErrRefused or ErrRateLimited, or another error
 	// (the gateway cannot decide now).
@@ -66,11 +73,14 @@ var (
 // starts the engine and starts it again when it dies, and keeps the
 // sessions' cookies so that a new engine can resume them.
 type Front struct {
-	cfg  FrontConfig
-	dev  tun.Device
-	ln   *net.TCPListener
-	udp  *net.UDPConn
-	link netlink.Link
+	cfg FrontConfig
+	dev tun.Device
+	// The TLS listener and the DTLS socket, kept as plain descriptors for
+	// the engines: never in the front's poller, so their traffic does not
+	// wake the front.
+	ln, udp *os.File
+	addr    netip.AddrPort
+	link    netlink.Link
 
 	mu       sync.Mutex
 	cur      *engineProc
@@ -114,13 +124,26 @@ func StartFront(cfg FrontConfig) (_ *Front, err error) {
 			f.release()
 		}
 	}()
-	if f.ln, err = net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.Listen)); err != nil {
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.Listen))
+	if err != nil {
 		return nil, fmt.Errorf("the TLS port %v: %w", cfg.Listen, err)
 	}
+	f.addr = ln.Addr().(*net.TCPAddr).AddrPort()
+	f.ln, err = unpolled(ln, "tls-listener")
+	ln.Close()
+	if err != nil {
+		return nil, err
+	}
 	if cfg.DTLS {
-		port := netip.AddrPortFrom(cfg.Listen.Addr(), uint16(f.ln.Addr().(*net.TCPAddr).Port))
-		if f.udp, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(port)); err != nil {
+		port := netip.AddrPortFrom(cfg.Listen.Addr(), f.addr.Port())
+		uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(port))
+		if err != nil {
 			return nil, fmt.Errorf("the DTLS port %v: %w", port, err)
+		}
+		f.udp, err = unpolled(uc, "dtls-socket")
+		uc.Close()
+		if err != nil {
+			return nil, err
 		}
 	}
 	if f.dev, err = tun.Create(cfg.Interface, tun.OptionsFromEnv(tun.Options{MTU: cfg.MTU, Logf: cfg.Verbosef})); err != nil {
@@ -146,8 +169,31 @@ func StartFront(cfg FrontConfig) (_ *Front, err error) {
 	return f, nil
 }
 
+// unpolled returns a descriptor of c's socket of its own, in blocking
+// mode so that the os.File is not added to the runtime's poller (net's
+// File would be): the front only keeps it to hand to engines.
+func unpolled(c syscall.Conn, name string) (*os.File, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
 // Addr is the TLS listener's address.
-func (f *Front) Addr() netip.AddrPort { return f.ln.Addr().(*net.TCPAddr).AddrPort() }
+func (f *Front) Addr() netip.AddrPort { return f.addr }
 
 // Restarts counts the engines started after the first.
 func (f *Front) Restarts() uint64 { return f.restarts.Load() }
@@ -210,19 +256,9 @@ func (f *Front) startEngine() (_ *engineProc, err error) {
 		return ep, err
 	}
 	files := append([]*os.File(nil), ep.link.Files()...)
-	lnFile, err := f.ln.File()
-	if err != nil {
-		return ep, err
-	}
-	defer lnFile.Close()
-	files = append(files, lnFile)
+	files = append(files, f.ln) // the engine gets its own copies (SCM_RIGHTS)
 	if f.udp != nil {
-		uf, err := f.udp.File()
-		if err != nil {
-			return ep, err
-		}
-		defer uf.Close()
-		files = append(files, uf)
+		files = append(files, f.udp)
 	}
 	setup := Setup{
 		Flow: ep.link.Setup(), FlowFiles: len(ep.link.Files()), DTLS: f.udp != nil, Verbose: f.cfg.Verbose,
@@ -426,6 +462,12 @@ func (f *Front) route(a netip.Addr, add bool) error {
 	}
 	p := netip.PrefixFrom(a, bits)
 	r := &netlink.Route{LinkIndex: f.link.Attrs().Index, Dst: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Scope: netlink.SCOPE_LINK}
+	for _, src := range f.cfg.Sources {
+		if src.Contains(a) {
+			r.Src = src.Addr().AsSlice()
+			break
+		}
+	}
 	if add {
 		if err := netlink.RouteReplace(r); err != nil {
 			return fmt.Errorf("the route of %v: %w", p, err)
