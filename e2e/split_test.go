@@ -190,8 +190,10 @@ func TestEngineCrashRecovery(t *testing.T) {
 				r, err := runIperf3(c.h, s.h, s.tun4, "-t", "6")
 				done <- result{r, err}
 			}()
-			// Kill once data is flowing.
-			waitFor(t, 15*time.Second, "the transfer to start", func() (bool, string) {
+			// Kill once data is flowing. runIperf3 waits its turn (one
+			// measurement at a time across the parallel tests), so the
+			// start is bounded by its own two minutes, not by a guess.
+			waitFor(t, 150*time.Second, "the transfer to start", func() (bool, string) {
 				st := c.stats(t)
 				return st["tun_read_packets"] > 1000, fmt.Sprint(st["tun_read_packets"])
 			})
