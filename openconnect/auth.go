@@ -264,6 +264,11 @@ func ClientReply(version string, form *Form, fields map[string]string, opaque *I
 		DeviceID: "linux-64", Opaque: opaque, Auth: &AuthBlock{},
 	}
 	for _, in := range form.Inputs {
+		if !xmlName(in.Name) {
+			// Nothing to answer it with (encoding/xml would name an
+			// unnamed element after the Go field).
+			continue
+		}
 		v, ok := fields[in.Name]
 		if !ok {
 			v = in.Value
@@ -271,6 +276,23 @@ func ClientReply(version string, form *Form, fields map[string]string, opaque *I
 		doc.Auth.Fields = append(doc.Auth.Fields, Field{XMLName: xml.Name{Local: in.Name}, Text: v})
 	}
 	return doc
+}
+
+// xmlName reports whether s can name an element: letters, digits, '-',
+// '_' and '.', not starting with a digit, '-' or '.'.
+func xmlName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '_':
+		case i > 0 && (r >= '0' && r <= '9' || r == '-' || r == '.'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func orDefault(s, d string) string {
