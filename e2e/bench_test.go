@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -175,10 +176,17 @@ func TestBenchOpenConnect(t *testing.T) {
 	}
 	for _, c := range res.Candidates[1:] {
 		for _, e := range c.Errors {
-			// A client still sending what it queued is noted, not a failure.
-			if !strings.Contains(e, "stayed busy") {
-				t.Errorf("%s: error %q", c.Name, e)
+			// A client still sending what it queued is noted, not a
+			// failure; nor is a test that failed and was measured again
+			// on a restarted tunnel (openconnect over CSTP can queue
+			// gigabytes on a loaded machine and stall the next test).
+			which, _, _ := strings.Cut(e, ": ") // "round 1, UDP down"
+			again := which + ": measured again after the tunnel was restarted"
+			if strings.Contains(e, "stayed busy") || slices.Contains(c.Notes, again) {
+				t.Logf("%s: %s", c.Name, e)
+				continue
 			}
+			t.Errorf("%s: error %q", c.Name, e)
 		}
 		for _, m := range []bench.Metric{bench.TCPUp, bench.TCPDown, bench.TCPUpMulti, bench.TCPDownMulti,
 			bench.UDPUp, bench.UDPDown, bench.RTTIdle, bench.RTTLoaded, bench.CPUUp, bench.CPUDown, bench.RSS,

@@ -52,8 +52,28 @@ type candidate struct {
 	procs   [2]*tunnelproc.Process
 	pids    [2][]int // the processes serving each endpoint
 
+	// keptRSS and keptEnds are the peak memory of processes that a
+	// restart stopped (see keepPeak).
+	keptRSS  float64
+	keptEnds [2]endpointMemory
+
 	mu   sync.Mutex
 	dead error // why the candidate can no longer be measured
+}
+
+// keepPeak merges a peak memory reading (of peakRSSMiB) into what c keeps
+// of processes gone, and returns the merged reading.
+func (c *candidate) keepPeak(rss float64, ends [2]endpointMemory) (float64, [2]endpointMemory) {
+	c.keptRSS = max(c.keptRSS, rss)
+	for i := range ends {
+		if ends[i].mib > c.keptEnds[i].mib {
+			c.keptEnds[i].mib = ends[i].mib
+		}
+		if ends[i].largestMiB > c.keptEnds[i].largestMiB {
+			c.keptEnds[i].largest, c.keptEnds[i].largestMiB = ends[i].largest, ends[i].largestMiB
+		}
+	}
+	return c.keptRSS, c.keptEnds
 }
 
 // setDead records why c stops being measured; the first reason wins.
