@@ -40,8 +40,8 @@ func TestMigrationTo4(t *testing.T) {
 		db.Close()
 
 		r := b.open(t, Options{})
-		if c := counts(t, r); c["schema_version"] != 4 {
-			t.Fatalf("schema_version rows %d, want 4", c["schema_version"])
+		if c := counts(t, r); c["schema_version"] != SchemaVersion() {
+			t.Fatalf("schema_version rows %d, want %d", c["schema_version"], SchemaVersion())
 		}
 		dev := must(r.DeviceByKey(bg, k))(t)
 		if dev.Protocol != ProtocolWireGuard || dev.Name != "laptop" || len(dev.Addresses) != 1 || dev.Addresses[0] != netip.MustParseAddr("100.64.0.7") {

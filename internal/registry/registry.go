@@ -178,6 +178,9 @@ type Gateway struct {
 	Endpoint  string // host:port that devices send to
 	API       string // its enrollment API's https://HOST[:PORT] ("": none known)
 	Pin       string // its API certificate's pin, pin-sha256:BASE64 ("": none known)
+	// TLS is its OpenConnect listener's https://HOST:PORT ("": none). Its
+	// certificate is the API's, pinned by Pin.
+	TLS       string
 	CreatedAt time.Time
 }
 
@@ -321,6 +324,11 @@ type Gateways interface {
 	AddGateway(ctx context.Context, g Gateway) (Gateway, error) // g.ID, g.CreatedAt ignored
 	RemoveGateway(ctx context.Context, name string) error
 	ListGateways(ctx context.Context) ([]Gateway, error) // by name
+	// SetGatewayTLS sets gateway name's OpenConnect listener URL,
+	// https://HOST[:PORT] ("": none), checked as AddGateway checks
+	// Gateway.TLS, and records the change; setting the URL it has
+	// already records nothing.
+	SetGatewayTLS(ctx context.Context, name, tls string) error
 	// NoteGatewayChange records, in the audit log and the change feed, a
 	// change made to gateway name's own configuration (the routes it
 	// offers, say), which lives outside the registry.

@@ -607,7 +607,8 @@ func TestGateways(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b *backend) {
 		r := b.open(t, Options{})
 		gwA := must(r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(1), Endpoint: "198.18.0.1:51820"}))(t)
-		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820", API: "https://[2001:db8::1]:8443", Pin: "pin-sha256:AAAA"}))(t)
+		gwB := must(r.AddGateway(bg, Gateway{Name: "gw-b", PublicKey: key(2), Endpoint: "[2001:db8::1]:51820", API: "https://[2001:db8::1]:8443", Pin: "pin-sha256:AAAA",
+			TLS: "https://[2001:db8::1]:443"}))(t)
 		must(r.AddGateway(bg, Gateway{Name: "gw-c", PublicKey: key(3), Endpoint: "vpn.example.com:443"}))(t)
 		before := counts(t, r)
 		_, err := r.AddGateway(bg, Gateway{Name: "gw-a", PublicKey: key(9), Endpoint: "198.18.0.9:51820"})
@@ -618,15 +619,54 @@ func TestGateways(t *testing.T) {
 		wantErr(t, err, ErrInvalid, "endpoint without a port")
 		_, err = r.AddGateway(bg, Gateway{Name: "gw-d", Endpoint: "198.18.0.9:1"})
 		wantErr(t, err, ErrInvalid, "zero gateway key")
-		for _, api := range []string{"http://198.18.0.9:8443", "https://", "https://198.18.0.9/x", "https://u@198.18.0.9", "198.18.0.9:8443"} {
-			_, err = r.AddGateway(bg, Gateway{Name: "gw-d", PublicKey: key(9), Endpoint: "198.18.0.9:1", API: api})
-			wantErr(t, err, ErrInvalid, "API "+api)
+		badURLs := []string{"http://198.18.0.9:8443", "https://", "https://198.18.0.9/x", "https://198.18.0.9/", "https://198.18.0.9?q",
+			"https://198.18.0.9#f", "https://u@198.18.0.9", "198.18.0.9:8443", "https:198.18.0.9", "https://198.18.0.9:x:y"}
+		for _, u := range badURLs {
+			_, err = r.AddGateway(bg, Gateway{Name: "gw-d", PublicKey: key(9), Endpoint: "198.18.0.9:1", API: u})
+			wantErr(t, err, ErrInvalid, "API "+u)
+			_, err = r.AddGateway(bg, Gateway{Name: "gw-d", PublicKey: key(9), Endpoint: "198.18.0.9:1", TLS: u})
+			wantErr(t, err, ErrInvalid, "TLS "+u)
+			wantErr(t, r.SetGatewayTLS(bg, "gw-a", u), ErrInvalid, "SetGatewayTLS "+u)
 		}
 		wantErr(t, r.RemoveGateway(bg, "gw-x"), ErrNotFound, "remove unknown gateway")
+		wantErr(t, r.SetGatewayTLS(bg, "gw-x", "https://198.18.0.9:443"), ErrNotFound, "SetGatewayTLS on an unknown gateway")
+		wantErr(t, r.SetGatewayTLS(bg, "gw x", ""), ErrInvalid, "SetGatewayTLS on a bad name")
+		if err := r.SetGatewayTLS(bg, "gw-b", gwB.TLS); err != nil { // no change: nothing written
+			t.Fatal(err)
+		}
 		unchanged(t, r, before, "refused gateways")
 		gs := must(r.ListGateways(bg))(t)
 		if len(gs) != 3 || gs[0] != gwA || gs[1] != gwB || gs[2].Endpoint != "vpn.example.com:443" {
 			t.Errorf("ListGateways = %+v", gs)
+		}
+		if gs[0].TLS != "" || gs[1].TLS != "https://[2001:db8::1]:443" || gs[2].TLS != "" {
+			t.Errorf("ListGateways TLS: %q %q %q", gs[0].TLS, gs[1].TLS, gs[2].TLS)
+		}
+		// Set, change and clear a gateway's TLS listener; each is audited.
+		ctx := WithActor(bg, "gateway:gw-a")
+		for _, want := range []string{"https://198.18.0.1:443", "https://vpn.example.com", ""} {
+			if err := r.SetGatewayTLS(ctx, "gw-a", want); err != nil {
+				t.Fatalf("SetGatewayTLS %q: %v", want, err)
+			}
+			gs := must(r.ListGateways(bg))(t)
+			if gs[0].TLS != want || gs[1].TLS != gwB.TLS {
+				t.Errorf("after SetGatewayTLS(gw-a, %q): TLS %q, gw-b's %q", want, gs[0].TLS, gs[1].TLS)
+			}
+			gs[0].TLS = ""
+			if gs[0] != gwA {
+				t.Errorf("SetGatewayTLS changed more than TLS: %+v, was %+v", gs[0], gwA)
+			}
+			detail := want
+			if want == "" {
+				detail = "none"
+			}
+			if a := must(r.Audit(bg, 0, 1000))(t); a[len(a)-1].Action != "gateway.tls" || a[len(a)-1].Target != "gw-a" ||
+				a[len(a)-1].Detail != detail || a[len(a)-1].Actor != "gateway:gw-a" {
+				t.Errorf("audit after SetGatewayTLS(%q): %+v", want, a[len(a)-1])
+			}
+		}
+		if c := counts(t, r); c["audit"] != before["audit"]+3 || c["changes"] != before["changes"]+3 {
+			t.Errorf("three TLS changes made %d audit entries and %d changes", c["audit"]-before["audit"], c["changes"]-before["changes"])
 		}
 		if err := r.NoteGatewayChange(WithActor(bg, "cli:root"), "gw-b", "gateway.route.add", "198.18.3.0/24"); err != nil {
 			t.Fatal(err)
@@ -642,6 +682,47 @@ func TestGateways(t *testing.T) {
 		}
 		if gs := must(r.ListGateways(bg))(t); len(gs) != 2 {
 			t.Errorf("after RemoveGateway: %+v", gs)
+		}
+	})
+}
+
+// TestMigrationTo5: a registry at schema 4 with a gateway (made by that
+// schema's own statements) opens as schema 5: the gateway is as it was,
+// with no TLS listener, and takes one.
+func TestMigrationTo5(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		db, d, err := b.raw()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms := must(migrations())(t)
+		if len(ms) < 5 || ms[4].name != "0005_gateway_tls.sql" {
+			t.Fatalf("migrations: want 0005_gateway_tls.sql fifth, have %d", len(ms))
+		}
+		if err := migrateTo(bg, db, d, ms[:4]); err != nil {
+			t.Fatal(err)
+		}
+		k := key(1)
+		if _, err := db.Exec(d.rebind(`INSERT INTO gateways (name, public_key, endpoint, api, pin, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
+			"gw1", k[:], "198.18.0.1:51820", "https://198.18.0.1:8443", "pin-sha256:AAAA", 1); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+
+		r := b.open(t, Options{})
+		if c := counts(t, r); c["schema_version"] != SchemaVersion() || SchemaVersion() < 5 {
+			t.Fatalf("schema_version rows %d, want %d", c["schema_version"], SchemaVersion())
+		}
+		gs := must(r.ListGateways(bg))(t)
+		if len(gs) != 1 || gs[0].Name != "gw1" || gs[0].PublicKey != k || gs[0].Endpoint != "198.18.0.1:51820" || gs[0].API != "https://198.18.0.1:8443" ||
+			gs[0].Pin != "pin-sha256:AAAA" || gs[0].TLS != "" {
+			t.Fatalf("the schema-4 gateway after the upgrade: %+v", gs)
+		}
+		if err := r.SetGatewayTLS(bg, "gw1", "https://198.18.0.1:443"); err != nil {
+			t.Fatal(err)
+		}
+		if gs := must(r.ListGateways(bg))(t); gs[0].TLS != "https://198.18.0.1:443" {
+			t.Errorf("TLS after SetGatewayTLS: %q", gs[0].TLS)
 		}
 	})
 }
@@ -683,6 +764,7 @@ func TestAuditAndChanges(t *testing.T) {
 				_, err := r.AddGateway(ctx, Gateway{Name: "gw", PublicKey: key(7), Endpoint: "198.18.0.1:51820"})
 				return err
 			}},
+			{"gateway.tls", KindGateway, func() error { return r.SetGatewayTLS(ctx, "gw", "https://198.18.0.1:443") }},
 			{"gateway.remove", KindGateway, func() error { return r.RemoveGateway(ctx, "gw") }},
 			{"device.rename", KindDevice, func() (err error) { dev, err = r.RenameDevice(ctx, dev.ID, "desk"); return err }},
 			{"device.revoke", KindDevice, func() error { return r.RevokeDevice(ctx, dev.ID) }},

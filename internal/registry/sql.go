@@ -1181,16 +1181,17 @@ func (r *sqlRegistry) AddGateway(ctx context.Context, g Gateway) (Gateway, error
 		return Gateway{}, err
 	}
 	g.Endpoint = ep
-	if g.API != "" {
-		if u, err := url.Parse(g.API); err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-			return Gateway{}, fmt.Errorf("%w: gateway %q's API %q is not an https://HOST[:PORT] URL", ErrInvalid, g.Name, g.API)
-		}
+	if err := checkGatewayURL(g.Name, "API", g.API); err != nil {
+		return Gateway{}, err
+	}
+	if err := checkGatewayURL(g.Name, "TLS listener", g.TLS); err != nil {
+		return Gateway{}, err
 	}
 	if len(g.Pin) > 100 {
 		return Gateway{}, fmt.Errorf("%w: gateway %q's pin is too long", ErrInvalid, g.Name)
 	}
 	err = r.write(ctx, func(t *txn) error {
-		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, api, pin, created_at) VALUES (?, ?, ?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, g.API, g.Pin, t.now)
+		id, err := t.insert(`INSERT INTO gateways (name, public_key, endpoint, api, pin, tls, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`, g.Name, g.PublicKey[:], g.Endpoint, g.API, g.Pin, g.TLS, t.now)
 		if err != nil {
 			return err
 		}
@@ -1202,6 +1203,49 @@ func (r *sqlRegistry) AddGateway(ctx context.Context, g Gateway) (Gateway, error
 		return Gateway{}, r.dbErr(err, fmt.Sprintf("gateway %q: its name or its public key is taken", g.Name))
 	}
 	return g, nil
+}
+
+// checkGatewayURL checks gateway name's URL what ("" allowed): an
+// https://HOST[:PORT] URL, with no path, query, fragment or user.
+func checkGatewayURL(name, what, s string) error {
+	if s == "" {
+		return nil
+	}
+	if u, err := url.Parse(s); err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%w: gateway %q's %s %q is not an https://HOST[:PORT] URL", ErrInvalid, name, what, s)
+	}
+	return nil
+}
+
+func (r *sqlRegistry) SetGatewayTLS(ctx context.Context, name, tls string) error {
+	if _, err := ParseName(name); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if err := checkGatewayURL(name, "TLS listener", tls); err != nil {
+		return err
+	}
+	return r.dbErr(r.write(ctx, func(t *txn) error {
+		var id int64
+		var was string
+		err := t.queryRow(`SELECT id, tls FROM gateways WHERE name = ?`, name).Scan(&id, &was)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: no gateway %q: list gateways", ErrNotFound, name)
+		} else if err != nil {
+			return err
+		}
+		if was == tls {
+			return nil // no change: nothing to record
+		}
+		if _, err := t.exec(`UPDATE gateways SET tls = ? WHERE id = ?`, tls, id); err != nil {
+			return err
+		}
+		detail := tls
+		if detail == "" {
+			detail = "none"
+		}
+		t.record(KindGateway, id, "gateway.tls", name, detail)
+		return nil
+	}), "")
 }
 
 func (r *sqlRegistry) RemoveGateway(ctx context.Context, name string) error {
@@ -1245,7 +1289,7 @@ func (r *sqlRegistry) NoteGatewayChange(ctx context.Context, name, action, detai
 }
 
 func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
-	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, pin, created_at FROM gateways ORDER BY name`)
+	rows, err := r.queryRows(ctx, `SELECT id, name, public_key, endpoint, api, pin, tls, created_at FROM gateways ORDER BY name`)
 	if err != nil {
 		return nil, r.dbErr(err, "")
 	}
@@ -1255,7 +1299,7 @@ func (r *sqlRegistry) ListGateways(ctx context.Context) ([]Gateway, error) {
 		var g Gateway
 		var key []byte
 		var at int64
-		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &g.API, &g.Pin, &at); err != nil {
+		if err := rows.Scan(&g.ID, &g.Name, &key, &g.Endpoint, &g.API, &g.Pin, &g.TLS, &at); err != nil {
 			return nil, r.dbErr(err, "")
 		}
 		copy(g.PublicKey[:], key)
