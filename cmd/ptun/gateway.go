@@ -299,6 +299,9 @@ func gatewayInit(args []string) error {
 	}
 	fmt.Fprintf(stdout, "gateway %s made in %s\n  WireGuard endpoint %s, enrollment API %s\n  certificate %s (%s)\n",
 		o.Name, *state, o.Endpoint, o.APIURL(), pin, whose)
+	if u := o.TLSURL(); u != "" {
+		fmt.Fprintf(stdout, "  OpenConnect listener %s, named in devices' profiles (set a user's password: ptun gateway user passwd NAME)\n", u)
+	}
 	if u := o.AdminURL(); u != "" {
 		fmt.Fprintf(stdout, "  admin API %s%s/ (add an admin: ptun gateway admin add NAME)\n", u, gateway.AdminPrefix)
 	}

@@ -36,6 +36,32 @@ func fails(t *testing.T, code int, args ...string) string {
 	return errOut
 }
 
+// TestGatewayInitTLS: init --tls records the OpenConnect listener, with
+// the endpoint's address for :PORT, in the registry (where devices'
+// offers read it) and says so; without --tls there is none.
+func TestGatewayInitTLS(t *testing.T) {
+	for _, c := range []struct{ tls, want string }{{"", ""}, {":443", "https://198.18.0.1:443"}, {"198.18.0.5:8443", "https://198.18.0.5:8443"}} {
+		state := filepath.Join(t.TempDir(), "gw")
+		args := []string{"gateway", "init", "--state", state, "--endpoint", "198.18.0.1:51820", "--api", "198.18.0.1:8443", "--pool", "100.80.0.0/16"}
+		if c.tls != "" {
+			args = append(args, "--tls", c.tls)
+		}
+		out := ok(t, args...)
+		if said := strings.Contains(out, "OpenConnect listener"); said != (c.want != "") || !strings.Contains(out, c.want) {
+			t.Errorf("--tls %q: init says\n%s", c.tls, out)
+		}
+		_, reg, err := gateway.Load(context.Background(), state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gws, err := reg.ListGateways(context.Background())
+		reg.Close()
+		if err != nil || len(gws) != 1 || gws[0].TLS != c.want {
+			t.Errorf("--tls %q: gateways %+v (%v), want TLS %q", c.tls, gws, err, c.want)
+		}
+	}
+}
+
 // TestGatewayInitCertificate: init --cert --key takes the operator's
 // certificate, and the invites carry its pin; --cert alone is refused in
 // one line and makes no state folder.

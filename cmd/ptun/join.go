@@ -53,7 +53,11 @@ func runJoin(args []string) error {
 	}
 	var gws []string
 	for _, g := range p.Offer.Gateways {
-		gws = append(gws, g.Name+" ("+g.Endpoint.String()+")")
+		if g.TLS != "" {
+			gws = append(gws, g.Name+" ("+g.Endpoint.String()+", OpenConnect "+g.TLS+")")
+		} else {
+			gws = append(gws, g.Name+" ("+g.Endpoint.String()+")")
+		}
 	}
 	fmt.Fprintf(stdout, "joined as %s/%s: addresses %s, gateways %s\nprofile %s saved in %s; bring it up with: sudo ptun up %s\n",
 		p.Offer.User, p.Offer.Device, strings.Join(addrs, ", "), strings.Join(gws, ", "), p.Name, *dir, p.Name)

@@ -15,11 +15,14 @@ import (
 // GatewayJSON is another gateway of the registry, with what the registry
 // knows of it: it keeps no liveness of gateways.
 type GatewayJSON struct {
-	Name      string    `json:"name"`
-	Endpoint  string    `json:"endpoint"`
-	APIURL    string    `json:"api_url"` // "": none known
-	PublicKey string    `json:"public_key"`
-	Pin       string    `json:"pin"` // its API certificate's pin-sha256:…; "": none known
+	Name      string `json:"name"`
+	Endpoint  string `json:"endpoint"`
+	APIURL    string `json:"api_url"` // "": none known
+	PublicKey string `json:"public_key"`
+	Pin       string `json:"pin"` // its API certificate's pin-sha256:…; "": none known
+	// TLSURL is its OpenConnect listener, https://HOST:PORT (absent:
+	// none). Its certificate is the API's.
+	TLSURL    string    `json:"tls_url,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -31,6 +34,7 @@ type OverviewReply struct {
 	Gateway        string            `json:"gateway"`
 	Endpoint       string            `json:"endpoint,omitempty"` // this gateway's, as the registry has it
 	APIURL         string            `json:"api_url,omitempty"`
+	TLSURL         string            `json:"tls_url,omitempty"` // this gateway's OpenConnect listener, as the registry has it
 	OtherGateways  []GatewayJSON     `json:"other_gateways"`
 	DevicesTotal   int               `json:"devices_total"`
 	DevicesOnline  int               `json:"devices_online"`
@@ -52,11 +56,11 @@ func (a *adminAPI) overview(w http.ResponseWriter, r *http.Request, _ caller) {
 	out := OverviewReply{Gateway: a.o.Gateway, OtherGateways: []GatewayJSON{}, Drops: map[string]uint64{}}
 	for _, g := range gws {
 		if g.Name == a.o.Gateway {
-			out.Endpoint, out.APIURL = g.Endpoint, g.API
+			out.Endpoint, out.APIURL, out.TLSURL = g.Endpoint, g.API, g.TLS
 			continue
 		}
 		out.OtherGateways = append(out.OtherGateways, GatewayJSON{Name: g.Name, Endpoint: g.Endpoint, APIURL: g.API,
-			PublicKey: base64.StdEncoding.EncodeToString(g.PublicKey[:]), Pin: g.Pin, CreatedAt: g.CreatedAt})
+			PublicKey: base64.StdEncoding.EncodeToString(g.PublicKey[:]), Pin: g.Pin, TLSURL: g.TLS, CreatedAt: g.CreatedAt})
 	}
 	var f Figures
 	if a.o.History != nil {

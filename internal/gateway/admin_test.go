@@ -917,7 +917,7 @@ func TestAdminOverviewHistory(t *testing.T) {
 	ctx := context.Background()
 	for i, name := range []string{"gw1", "gw2"} {
 		if _, err := e.reg.AddGateway(ctx, registry.Gateway{Name: name, PublicKey: registry.Key{byte(i + 1)}, Endpoint: "198.18.0." + itoa(int64(i+1)) + ":51820",
-			API: "https://198.18.0." + itoa(int64(i+1)) + ":8443", Pin: "pin-sha256:x"}); err != nil {
+			API: "https://198.18.0." + itoa(int64(i+1)) + ":8443", Pin: "pin-sha256:x", TLS: []string{"", "https://198.18.0.2:443"}[i]}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -950,13 +950,13 @@ func TestAdminOverviewHistory(t *testing.T) {
 	if k := keysOf(m); k != "api_url,devices_online,devices_total,drops,endpoint,engine_restarts,gateway,live,other_gateways,rx_bytes,tx_bytes" {
 		t.Errorf("overview fields before any read: %s", k)
 	}
-	if ov.Endpoint != "198.18.0.1:51820" || ov.APIURL != "https://198.18.0.1:8443" {
+	if ov.Endpoint != "198.18.0.1:51820" || ov.APIURL != "https://198.18.0.1:8443" || ov.TLSURL != "" {
 		t.Errorf("this gateway's endpoint %q and API %q, want gw1's from the registry", ov.Endpoint, ov.APIURL)
 	}
-	if g := ov.OtherGateways[0]; g.Name != "gw2" || g.Endpoint != "198.18.0.2:51820" || g.APIURL != "https://198.18.0.2:8443" || g.Pin != "pin-sha256:x" || g.CreatedAt.IsZero() {
+	if g := ov.OtherGateways[0]; g.Name != "gw2" || g.Endpoint != "198.18.0.2:51820" || g.APIURL != "https://198.18.0.2:8443" || g.Pin != "pin-sha256:x" || g.TLSURL != "https://198.18.0.2:443" || g.CreatedAt.IsZero() {
 		t.Errorf("the other gateway: %+v", g)
 	}
-	if k := keysOf(m["other_gateways"].([]any)[0].(map[string]any)); k != "api_url,created_at,endpoint,name,pin,public_key" {
+	if k := keysOf(m["other_gateways"].([]any)[0].(map[string]any)); k != "api_url,created_at,endpoint,name,pin,public_key,tls_url" {
 		t.Errorf("a gateway's fields: %s", k)
 	}
 	if m := get("/history", nil); m["interval_s"] != 1.0 || len(m["points"].([]any)) != 0 {
@@ -971,12 +971,18 @@ func TestAdminOverviewHistory(t *testing.T) {
 	x.src.set(1, 6000, 2500, x.now)
 	x.src.counter("drop_acl", 12)
 	x.step(time.Second)
+	if err := e.reg.SetGatewayTLS(ctx, "gw1", "https://198.18.0.1:443"); err != nil {
+		t.Fatal(err)
+	}
 	m = get("/overview", &ov)
+	if ov.TLSURL != "https://198.18.0.1:443" {
+		t.Errorf("this gateway's OpenConnect listener %q, want gw1's from the registry", ov.TLSURL)
+	}
 	if !ov.Live || ov.DevicesTotal != 2 || ov.DevicesOnline != 1 || ov.RxBytes != 6000 || ov.TxBytes != 2500 || ov.Drops["drop_acl"] != 12 ||
 		ov.EngineRestarts != 3 || !ov.SampledAt.Equal(x.now) {
 		t.Errorf("overview: %+v", ov)
 	}
-	if k := keysOf(m); k != "api_url,devices_online,devices_total,drops,endpoint,engine_restarts,gateway,live,other_gateways,rx_bytes,sampled_at,tx_bytes" {
+	if k := keysOf(m); k != "api_url,devices_online,devices_total,drops,endpoint,engine_restarts,gateway,live,other_gateways,rx_bytes,sampled_at,tls_url,tx_bytes" {
 		t.Errorf("overview fields: %s", k)
 	}
 	var hist HistoryReply[TotalPointJSON]

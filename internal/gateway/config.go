@@ -122,6 +122,22 @@ func (c *Config) DBPath(dir string) string {
 // APIURL is the enrollment API's base URL.
 func (c *Config) APIURL() string { return "https://" + c.API.String() }
 
+// TLSURL is the OpenConnect listener's URL as devices reach it,
+// https://HOST:PORT ("" when there is none): HOST is the listener's
+// address, or Endpoint's when the listener takes every address (0.0.0.0,
+// ::). A zone is dropped: it names an interface of the gateway's, not the
+// device's. Its certificate is the enrollment API's.
+func (c *Config) TLSURL() string {
+	if !c.TLS.IsValid() {
+		return ""
+	}
+	host := c.TLS.Addr()
+	if host.IsUnspecified() {
+		host = c.Endpoint.Addr()
+	}
+	return "https://" + netip.AddrPortFrom(host.WithZone(""), c.TLS.Port()).String()
+}
+
 // Check validates a configuration: one error saying what to change.
 func (c *Config) Check() error {
 	switch {
@@ -236,7 +252,7 @@ func Init(ctx context.Context, dir string, o InitOptions) (pin enroll.Pin, err e
 			return pin, fmt.Errorf("--pool %v: %w", p, err)
 		}
 	}
-	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String(), API: o.APIURL(), Pin: pin.String()}); err != nil {
+	if _, err := reg.AddGateway(ctx, registry.Gateway{Name: o.Name, PublicKey: registry.Key(priv.PublicKey()), Endpoint: o.Endpoint.String(), API: o.APIURL(), Pin: pin.String(), TLS: o.TLSURL()}); err != nil {
 		return pin, fmt.Errorf("registering gateway %s: %w", o.Name, err)
 	}
 	b, err := json.MarshalIndent(&o.Config, "", "  ")

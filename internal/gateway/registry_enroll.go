@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"net/url"
 
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/registry"
@@ -88,12 +90,25 @@ func makeOffer(gws []registry.Gateway, site Site, dev registry.Device) (*profile
 		if api == "" {
 			api = site.API
 		}
-		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: api, Pin: g.Pin})
+		o.Gateways = append(o.Gateways, profile.Gateway{Name: g.Name, PublicKey: noise.PublicKey(g.PublicKey), Endpoint: ep, API: api, Pin: g.Pin,
+			TLS: offerTLS(g.TLS)})
 	}
 	for _, a := range dev.Addresses {
 		o.Addresses = append(o.Addresses, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return o, nil
+}
+
+// offerTLS is a gateway's OpenConnect listener as an offer names it,
+// https://HOST:PORT: the registry also takes https://HOST, which is port
+// 443.
+func offerTLS(s string) string {
+	u, err := url.Parse(s)
+	if s == "" || err != nil || u.Port() != "" {
+		return s
+	}
+	u.Host = net.JoinHostPort(u.Hostname(), "443")
+	return u.String()
 }
 
 // registryDown is the error of an enrollment the registry could not serve:

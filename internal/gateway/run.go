@@ -151,6 +151,11 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	if tg != nil {
 		defer tg.close()
 	}
+	// Devices learn where the listener is from their offers: the
+	// registry's record of this gateway says so, whatever gateway.json
+	// said at init.
+	tlsURL := cfg.TLSURL()
+	advertiseTLS(ctx, reg, cfg.Name, tlsURL, o.Logf)
 	var api apiCounter
 	if err := s.serveMetrics(tel, &api); err != nil {
 		return err
@@ -251,6 +256,12 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 						tg.setConfig(nc)
 					}
 					o.Logf("gateway: configuration reloaded: routes %v, DNS %v, search %v", nc.Site.Routes, nc.Site.DNS, nc.Site.Search)
+					if u := nc.TLSURL(); u != tlsURL {
+						// The listener is the one Run started: advertising
+						// another would send devices where none listens.
+						o.Logf("gateway: the OpenConnect listener changed in gateway.json (%s, was %s): it moves, and devices are told, when the gateway restarts",
+							orNone(u), orNone(tlsURL))
+					}
 				}
 			}
 			if err := s.sync(ctx); err != nil {
@@ -264,6 +275,41 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 			}
 		}
 	}
+}
+
+// advertiseTLS makes the registry's record of gateway name say that its
+// OpenConnect listener is at u ("": none) if it says otherwise, so that
+// devices' offers name the listener this gateway runs. A failure is
+// logged: the listener works, and the next start tries again.
+func advertiseTLS(ctx context.Context, reg registry.Gateways, name, u string, logf func(string, ...any)) {
+	gws, err := reg.ListGateways(ctx)
+	if err != nil {
+		logf("gateway %s: cannot read its registry record to advertise its OpenConnect listener: %v", name, err)
+		return
+	}
+	for _, g := range gws {
+		if g.Name != name {
+			continue
+		}
+		if g.TLS == u {
+			return
+		}
+		if err := reg.SetGatewayTLS(registry.WithActor(ctx, "gateway:"+name), name, u); err != nil {
+			logf("gateway %s: cannot advertise its OpenConnect listener %s (the registry says %s): %v", name, orNone(u), orNone(g.TLS), err)
+			return
+		}
+		logf("gateway %s: advertises its OpenConnect listener to devices: %s (was %s)", name, orNone(u), orNone(g.TLS))
+		return
+	}
+	logf("gateway %s: the registry has no record of this gateway: its OpenConnect listener is not advertised", name)
+}
+
+// orNone is s, or "none" for "".
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // serveAdmin serves the admin API of the gateway in dir on cfg.Admin,

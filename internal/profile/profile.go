@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +41,9 @@ type Gateway struct {
 	// Pin is the pin of that API's certificate ("": the profile's own,
 	// the enrolling gateway's).
 	Pin string `json:"pin,omitempty"`
+	// TLS is the gateway's OpenConnect listener, https://HOST:PORT ("":
+	// none). Its certificate is the API's, pinned by the same Pin.
+	TLS string `json:"tls,omitempty"`
 }
 
 // Offer is the gateway's answer to an enrollment: everything the device
@@ -101,6 +106,9 @@ func (o *Offer) Check() error {
 		if g.Pin != "" && !strings.HasPrefix(g.Pin, "pin-sha256:") {
 			return fmt.Errorf("profile: gateway %q's pin is not pin-sha256:BASE64", g.Name)
 		}
+		if g.TLS != "" && !validTLSURL(g.TLS) {
+			return fmt.Errorf("profile: gateway %q's OpenConnect listener %q is not an https://HOST:PORT URL", g.Name, g.TLS)
+		}
 	}
 	fams := map[bool]bool{}
 	for _, a := range o.Addresses {
@@ -128,6 +136,18 @@ func (o *Offer) Check() error {
 		}
 	}
 	return nil
+}
+
+// validTLSURL accepts an OpenConnect listener's URL: https://HOST:PORT,
+// with a port from 1 to 65535 and nothing after it.
+func validTLSURL(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" || u.Path != "" || u.RawQuery != "" || u.ForceQuery ||
+		u.Fragment != "" || u.User != nil || u.Opaque != "" {
+		return false
+	}
+	port, err := strconv.ParseUint(u.Port(), 10, 16)
+	return err == nil && port != 0
 }
 
 // validName accepts the names of users, devices, gateways and profiles: 1 to

@@ -21,7 +21,7 @@ func testOffer(t testing.TB) Offer {
 	}
 	return Offer{
 		Version: Version, User: "alice", Device: "laptop",
-		Gateways:  []Gateway{{Name: "gw1", PublicKey: priv.PublicKey(), Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), API: "https://198.18.0.1:8443"}},
+		Gateways:  []Gateway{{Name: "gw1", PublicKey: priv.PublicKey(), Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), API: "https://198.18.0.1:8443", TLS: "https://198.18.0.1:443"}},
 		Addresses: []netip.Prefix{netip.MustParsePrefix("100.80.0.7/32"), netip.MustParsePrefix("2001:db8:80::7/128")},
 		MTU:       1420,
 		Routes:    []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")},
@@ -36,12 +36,30 @@ func TestOfferCheck(t *testing.T) {
 	if err := good.Check(); err != nil {
 		t.Fatal(err)
 	}
+	// An OpenConnect listener is optional, and may be a name or IPv6.
+	for _, tls := range []string{"", "https://vpn.example.com:443", "https://[2001:db8::1]:8443", "https://198.18.0.1:65535"} {
+		o := testOffer(t)
+		o.Gateways[0].TLS = tls
+		if err := o.Check(); err != nil {
+			t.Errorf("TLS %q: %v", tls, err)
+		}
+	}
+	for _, tls := range []string{"http://198.18.0.1:443", "https://198.18.0.1", "https://198.18.0.1:", "https://198.18.0.1:0",
+		"https://198.18.0.1:65536", "https://:443", "https://198.18.0.1:443/", "https://198.18.0.1:443/auth", "https://198.18.0.1:443?x",
+		"https://198.18.0.1:443?", "https://198.18.0.1:443#x", "https://u:p@198.18.0.1:443", "198.18.0.1:443", "https:198.18.0.1:443", "https://[2001:db8::1:443"} {
+		o := testOffer(t)
+		o.Gateways[0].TLS = tls
+		if err := o.Check(); err == nil || !strings.Contains(err.Error(), `gateway "gw1"`) || !strings.Contains(err.Error(), "OpenConnect") {
+			t.Errorf("TLS %q: %v, want an error naming gateway gw1's OpenConnect listener", tls, err)
+		}
+	}
 	for name, mod := range map[string]func(o *Offer){
 		"version":       func(o *Offer) { o.Version = 2 },
 		"no gateway":    func(o *Offer) { o.Gateways = nil },
 		"zero key":      func(o *Offer) { o.Gateways[0].PublicKey = noise.PublicKey{} },
 		"no endpoint":   func(o *Offer) { o.Gateways[0].Endpoint = netip.AddrPort{} },
 		"http api":      func(o *Offer) { o.Gateways[0].API = "http://198.18.0.1" },
+		"tls path":      func(o *Offer) { o.Gateways[0].TLS = "https://198.18.0.1:443/x" },
 		"mtu":           func(o *Offer) { o.MTU = 100 },
 		"two v4":        func(o *Offer) { o.Addresses = append(o.Addresses, netip.MustParsePrefix("100.80.0.8/32")) },
 		"no address":    func(o *Offer) { o.Addresses = nil },
@@ -134,6 +152,14 @@ func FuzzDecodeOffer(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte(`{"version":1,"gateways":[{}]}`))
 	f.Add([]byte(`{"version":1,"unknown":1}`))
+	// Without the OpenConnect listener (older gateways' offers), and with
+	// one that is refused.
+	o.Gateways[0].TLS = ""
+	b, _ = json.Marshal(o)
+	f.Add(b)
+	o.Gateways[0].TLS = "https://[2001:db8::1]:443/x"
+	b, _ = json.Marshal(o)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		o, err := DecodeOffer(bytes.NewReader(b))
 		if err != nil {

@@ -35,11 +35,11 @@ function gatewayRows(o) {
   if (o.gateway || o.name) {
     const state = o.live === false ? "its interface's figures could not be read" + (o.sampled_at ? ` (last at ${when(o.sampled_at)})` : "")
       : `up: this page's gateway, figures of ${when(o.sampled_at) || "now"}`;
-    rows.push({ name: o.gateway || o.name, endpoint: o.endpoint || "", api: o.api_url || o.api || "", state, self: true });
+    rows.push({ name: o.gateway || o.name, endpoint: o.endpoint || "", api: o.api_url || o.api || "", tls: o.tls_url || "", state, self: true });
   }
   for (const g of o.other_gateways || o.gateways || []) {
     const added = when(g.created_at);
-    rows.push({ name: g.name || "", endpoint: g.endpoint || "", api: g.api_url || g.api || "",
+    rows.push({ name: g.name || "", endpoint: g.endpoint || "", api: g.api_url || g.api || "", tls: g.tls_url || "",
       state: "shares the registry" + (added ? `, added ${added}` : "") + "; the registry keeps no liveness of gateways" });
   }
   return rows;
@@ -59,7 +59,7 @@ export default {
     const inOut = [{ label: "in (from devices)", cls: "rx" }, { label: "out (to devices)", cls: "tx" }];
     replace(view, heading, stats, note,
       h("section", null, h("h2", null, "Gateways"),
-        h("table", { id: "gateways" }, h("thead", null, h("tr", null, h("th", null, "Name"), h("th", null, "WireGuard endpoint"), h("th", null, "Enrollment API"), h("th", null, "State"))), gateways)),
+        h("table", { id: "gateways" }, h("thead", null, h("tr", null, h("th", null, "Name"), h("th", null, "WireGuard endpoint"), h("th", null, "Enrollment API"), h("th", null, "OpenConnect"), h("th", null, "State"))), gateways)),
       h("section", null, h("h2", null, "Throughput, last hour ", throughNow), legend(inOut), through),
       h("section", null, h("h2", null, "Drops by reason"), h("p", { class: "muted" }, "Packets the gateway refused or could not deliver since its interface started, counted by reason (acl: refused by the access rules)."), drops, dropRates));
 
@@ -108,8 +108,8 @@ export default {
       note.textContent = notes.join(" ");
 
       replace(gateways, gws.map((g) => h("tr", { dataset: { gateway: g.name }, class: g.self ? "selected" : null },
-        h("td", null, g.name || "–"), h("td", null, g.endpoint || "–"), h("td", null, g.api || "–"), h("td", null, g.state))));
-      if (!gws.length) gateways.append(h("tr", null, h("td", { colspan: 4, class: "muted" }, "Not known to this gateway.")));
+        h("td", null, g.name || "–"), h("td", null, g.endpoint || "–"), h("td", null, g.api || "–"), h("td", null, g.tls || "–"), h("td", null, g.state))));
+      if (!gws.length) gateways.append(h("tr", null, h("td", { colspan: 5, class: "muted" }, "Not known to this gateway.")));
 
       const now = Date.now();
       if (hist && Array.isArray(hist.points)) {
