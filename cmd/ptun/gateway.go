@@ -485,12 +485,6 @@ func gatewayDevices(args []string) error {
 		rows := make([]deviceRow, 0, len(devs))
 		for _, d := range devs {
 			r := deviceRow{Device: d}
-			if si, ok := tlsLive[d.ID]; ok && !d.Revoked() && d.Protocol == registry.ProtocolOpenConnect {
-				r.Online = si.Path != ""
-				r.Path, r.RxBytes, r.TxBytes = si.Path, si.RxBytes, si.TxBytes
-				r.DTLSRxBytes, r.DTLSTxBytes, r.DropACL = si.DTLSRxBytes, si.DTLSTxBytes, si.DropACL
-				r.LastHandshake = si.Started
-			}
 			// An openconnect device's key is random bytes, never a peer's.
 			if p, ok := peers[d.PublicKey]; ok && !d.Revoked() && d.Protocol == registry.ProtocolWireGuard {
 				if p.Endpoint.IsValid() {
@@ -498,6 +492,15 @@ func gatewayDevices(args []string) error {
 				}
 				r.LastHandshake, r.RxBytes, r.TxBytes = p.LastHandshake, p.RxBytes, p.TxBytes
 				r.Online = !p.LastHandshake.IsZero() && time.Since(p.LastHandshake) < onlineWithin
+			}
+			// A session over TLS (an openconnect device's, or a WireGuard
+			// device's that logged in by its key: ptun up --via tls) is
+			// the path in use: its figures.
+			if si, ok := tlsLive[d.ID]; ok && !d.Revoked() && si.Path != "" {
+				r.Online, r.Endpoint = true, ""
+				r.Path, r.RxBytes, r.TxBytes = si.Path, si.RxBytes, si.TxBytes
+				r.DTLSRxBytes, r.DTLSTxBytes, r.DropACL = si.DTLSRxBytes, si.DTLSTxBytes, si.DropACL
+				r.LastHandshake = si.Started
 			}
 			rows = append(rows, r)
 		}
@@ -515,7 +518,7 @@ func gatewayDevices(args []string) error {
 			switch {
 			case r.Revoked():
 				st = "revoked " + r.RevokedAt.Format(time.RFC3339)
-			case r.Protocol != registry.ProtocolWireGuard && r.Online:
+			case r.Path != "" && r.Online:
 				st = "online (" + r.Path + ")"
 			case r.Protocol != registry.ProtocolWireGuard:
 				st = "offline" // no session

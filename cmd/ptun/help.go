@@ -81,7 +81,7 @@ the URL; quote the URL (it holds '#' and '&').
 Example:
   sudo ptun join 'https://198.18.0.1:8443/join#v1.Kx3f9QzA.7oQm…&pin-sha256:AbC…=' --name work
 `,
-	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--foreground] [--metrics ADDR] [--profiles DIR] [--state DIR]
+	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--via udp|tls] [--foreground] [--metrics ADDR] [--profiles DIR] [--state DIR]
 
 As root: bring profile NAME's tunnel up. Starts the profile's daemon, which
 creates the interface (pt-NAME), gives it the device's key and a gateway,
@@ -96,8 +96,16 @@ tunnel, to the gateways, and on loopback, until ptun down. With
 over plain HTTP on ADDR (ADDRESS:PORT): bind it to loopback or a management
 network (docs/metrics.md); off by default.
 
+With --via tls the tunnel goes over the gateway's OpenConnect listener
+(TLS on TCP, DTLS over UDP when it passes) instead of WireGuard over UDP:
+for networks that let only TCP out. The device logs in with its own key,
+so it keeps its addresses and access rules; the gateway must have been
+given --tls, and the profile joined since. ptun status shows the path.
+(ptun up does not yet move to TLS by itself when UDP is blocked.)
+
 Examples:
   sudo ptun up work --kill-switch
+  sudo ptun up work --via tls               # over TCP, where UDP is blocked
   sudo ptun up work --gateway gw-b          # start with that gateway
   sudo ptun up work --foreground            # as a service manager runs it
   sudo ptun up work --metrics 127.0.0.1:9587

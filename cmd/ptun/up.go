@@ -29,9 +29,10 @@ func clientFlags(name string) (*flagSetWith, *client.Options) {
 	return &flagSetWith{fs}, o
 }
 
-// runUp is `ptun up NAME [--kill-switch] [--gateway G] [--foreground]`:
-// it starts the profile's daemon (client.Run) in the background and
-// returns once traffic passes; with --foreground it is that daemon, until
+// runUp is `ptun up NAME [--kill-switch] [--gateway G] [--via udp|tls]
+// [--foreground]`: it starts the profile's daemon (client.Run, or
+// client.UpTLS with --via tls) in the background and returns once traffic
+// passes; with --foreground it is that daemon, until
 // SIGTERM or SIGINT takes the tunnel down (as a systemd unit runs it).
 func runUp(args []string) error {
 	fs, o := clientFlags("up")
@@ -42,9 +43,16 @@ func runUp(args []string) error {
 	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with --foreground, else syslog)")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc")
 	metricsFlag := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587; default: off)")
+	via := fs.String("via", "udp", "how to reach the gateway: udp (WireGuard) or tls (its OpenConnect listener, over TCP: for networks that pass no UDP)")
 	name, err := oneName(fs, args)
 	if err != nil {
 		return err
+	}
+	if *via != "udp" && *via != "tls" {
+		return fmt.Errorf("--via %q: give udp or tls", *via)
+	}
+	if *via == "tls" && *metricsFlag != "" {
+		return errors.New("--metrics: not served over --via tls yet (ptun status NAME shows the tunnel's state)")
 	}
 	mode, err := ipc.ParseMode(*ipcFlag)
 	if err != nil {
@@ -64,7 +72,11 @@ func runUp(args []string) error {
 		if code := daemonize(append([]string{"up"}, args...)); code != 0 {
 			return errReported
 		}
-		fmt.Fprintf(stdout, "%s is up on %s (handshake after %v)\n", name, client.Interface(name), time.Since(start).Round(time.Millisecond))
+		how := "handshake"
+		if *via == "tls" {
+			how = "over TLS, session up"
+		}
+		fmt.Fprintf(stdout, "%s is up on %s (%s after %v)\n", name, client.Interface(name), how, time.Since(start).Round(time.Millisecond))
 		return nil
 	}
 	if err := front.DropCapabilities(); err != nil {
@@ -88,12 +100,29 @@ func runUp(args []string) error {
 	o.EngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], engineRole, ifname) }
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	err = client.Run(ctx, name, *o, func(err error) {
-		if err == nil {
-			logger.Printf("%s is up on %s (handshake after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
+	if *via == "tls" {
+		co := client.ConnectOptions{Options: *o}
+		if co.Mode == ipc.Inproc {
+			co.Mode = ipc.FD // the OpenConnect engine always runs confined
 		}
-		ready(err)
-	})
+		if co.Verbosef != nil {
+			co.Verbose = true
+		}
+		co.EngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], ocClientEngineRole, ifname) }
+		err = client.UpTLS(ctx, name, co, func(err error) {
+			if err == nil {
+				logger.Printf("%s is up on %s over TLS (after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
+			}
+			ready(err)
+		})
+	} else {
+		err = client.Run(ctx, name, *o, func(err error) {
+			if err == nil {
+				logger.Printf("%s is up on %s (handshake after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
+			}
+			ready(err)
+		})
+	}
 	if err != nil {
 		logger.Printf("%s: %v", name, err)
 		return errReported

@@ -144,7 +144,7 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 	}
 	s := &syncer{reg: reg, cfg: cfg, h: h, logf: o.Logf, peers: map[noise.PublicKey]wgcfg.PeerConfig{}}
 	// The OpenConnect listener and its engine, if the gateway has one.
-	tg, err := startTLS(dir, cfg, reg, o.Mode, o.TLSEngineCommand, o.Logf, o.Verbosef)
+	tg, err := startTLS(dir, cfg, reg, key, o.Mode, o.TLSEngineCommand, o.Logf, o.Verbosef)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/openconnect"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // The gateway's OpenConnect side: a second interface (Config.TLSInterface)
@@ -54,7 +55,7 @@ type tlsGateway struct {
 
 // startTLS starts the OpenConnect interface of cfg, or returns nil when
 // the gateway has none.
-func startTLS(dir string, cfg *Config, reg registry.Registry, mode ipc.Mode, cmd func() (*exec.Cmd, error), logf, verbosef func(string, ...any)) (*tlsGateway, error) {
+func startTLS(dir string, cfg *Config, reg registry.Registry, key noise.PrivateKey, mode ipc.Mode, cmd func() (*exec.Cmd, error), logf, verbosef func(string, ...any)) (*tlsGateway, error) {
 	if !cfg.TLS.IsValid() {
 		return nil, nil
 	}
@@ -79,7 +80,7 @@ func startTLS(dir string, cfg *Config, reg registry.Registry, mode ipc.Mode, cmd
 		// interface, as hostState.apply gives it).
 		sources = append(sources, netip.PrefixFrom(p.Prefix.Addr().Next(), p.Prefix.Bits()))
 	}
-	tg := &tlsGateway{auth: NewTLSAuth(reg, cfg, logf), cfg: cfg, file: filepath.Join(dir, TLSSessionsFile), logf: logf}
+	tg := &tlsGateway{auth: NewTLSAuth(reg, cfg, key, logf), cfg: cfg, file: filepath.Join(dir, TLSSessionsFile), logf: logf}
 	tg.front, err = ocengine.StartFront(ocengine.FrontConfig{
 		Interface: cfg.TLSInterface(), MTU: cfg.Site.MTU, Mode: mode, Listen: cfg.TLS, DTLS: true,
 		ServerName: cfg.Name, CertPEM: certPEM, KeyPEM: keyPEM,

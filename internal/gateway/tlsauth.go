@@ -11,9 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/openconnect"
 	"github.com/ptun-vpn/ptun/wg/acl"
+	"github.com/ptun-vpn/ptun/wg/noise"
 )
 
 // Password logins to the gateway's OpenConnect (TLS) engine. A user with a
@@ -21,6 +23,11 @@ import (
 // login's device is an openconnect device of the registry, made by the
 // first login of that name and found again by the next ones, so its
 // addresses stay. Its access rules are computed as a WireGuard peer's.
+//
+// An enrolled WireGuard device logs in with its key instead
+// (enroll.DeviceLogin): the session is then that device's, with its
+// addresses and rules, so that `ptun up` can carry a tunnel over TLS where
+// UDP does not pass. Each proof is taken once.
 
 // DefaultTLSDevice is the device name of a login that names none (USER
 // rather than USER/DEVICE).
@@ -82,6 +89,7 @@ type TLSAuthStats struct {
 	RateLimited    uint64 // attempts refused unchecked (ErrRateLimited)
 	Errors         uint64 // attempts the registry did not answer
 	DevicesCreated uint64 // openconnect devices made by a first login
+	DeviceLogins   uint64 // of Logins, those by a WireGuard device's key
 	AuditSkipped   uint64 // failures not written to the audit log (over the gateway-wide rate)
 }
 
@@ -90,6 +98,7 @@ type TLSAuthStats struct {
 // concurrent use.
 type TLSAuth struct {
 	reg  registry.Registry
+	key  noise.PrivateKey // the gateway's WireGuard key: device logins' proofs (zero: refused)
 	logf func(format string, args ...any)
 	cfg  atomic.Pointer[Config]
 	now  func() time.Time // the limits' clock; tests set it
@@ -99,7 +108,10 @@ type TLSAuth struct {
 	failAudit *keyLimiter[struct{}]
 	checks    chan struct{} // a slot per password check in progress
 
-	logins, failures, rateLimited, errs, created, auditSkipped atomic.Uint64
+	logins, failures, rateLimited, errs, created, auditSkipped, deviceLogins atomic.Uint64
+
+	proofMu sync.Mutex
+	proofs  map[[32]byte]time.Time // device proofs taken, until they expire
 
 	mu     sync.Mutex // guards the fields below: Active's view
 	seq    uint64
@@ -109,13 +121,14 @@ type TLSAuth struct {
 
 // NewTLSAuth is a TLSAuth over reg for the gateway of cfg (as the syncer
 // has it, with Site.Control set: its routes, default access and control
-// service make the rules). logf (nil: none) gets the logins, and the
-// failures that are audited.
-func NewTLSAuth(reg registry.Registry, cfg *Config, logf func(format string, args ...any)) *TLSAuth {
+// service make the rules); key is the gateway's WireGuard key, which
+// checks device logins (zero: they are refused). logf (nil: none) gets the
+// logins, and the failures that are audited.
+func NewTLSAuth(reg registry.Registry, cfg *Config, key noise.PrivateKey, logf func(format string, args ...any)) *TLSAuth {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	a := &TLSAuth{reg: reg, logf: logf, now: time.Now,
+	a := &TLSAuth{reg: reg, key: key, logf: logf, now: time.Now, proofs: map[[32]byte]time.Time{},
 		bySource:  newSourceLimiter(tlsSourceRate, tlsSourceBurst, maxLoginKeys),
 		byName:    newKeyLimiter[string](tlsNameRate, tlsNameBurst, maxLoginKeys),
 		failAudit: newKeyLimiter[struct{}](tlsFailAuditRate, tlsFailAuditBurst, 1),
@@ -131,7 +144,8 @@ func (a *TLSAuth) SetConfig(cfg *Config) { a.cfg.Store(cfg) }
 // Stats returns the counts so far.
 func (a *TLSAuth) Stats() TLSAuthStats {
 	return TLSAuthStats{Logins: a.logins.Load(), Failures: a.failures.Load(), RateLimited: a.rateLimited.Load(),
-		Errors: a.errs.Load(), DevicesCreated: a.created.Load(), AuditSkipped: a.auditSkipped.Load()}
+		Errors: a.errs.Load(), DevicesCreated: a.created.Load(), AuditSkipped: a.auditSkipped.Load(),
+		DeviceLogins: a.deviceLogins.Load()}
 }
 
 // ParseTLSLogin splits a TLS login name, USER or USER/DEVICE, into the
@@ -182,6 +196,8 @@ func limitKey(a netip.Addr) netip.Addr {
 //     with no free address. A revoked device is gone: the next login of
 //     its name makes a new device, with new addresses (to keep a user
 //     out, clear their password or remove them).
+//   - A device login (login starting enroll.DeviceLoginPrefix): see
+//     deviceLogin.
 //   - The registry unreachable (or ctx done while waiting for a check):
 //     an error that does not wrap ErrLoginFailed; answer 503.
 func (a *TLSAuth) Authenticate(ctx context.Context, login, password string, from netip.AddrPort) (TLSLogin, error) {
@@ -189,6 +205,9 @@ func (a *TLSAuth) Authenticate(ctx context.Context, login, password string, from
 	if !a.bySource.allow(limitKey(from.Addr()), now) {
 		a.rateLimited.Add(1)
 		return TLSLogin{}, fmt.Errorf("%w (source %v)", ErrRateLimited, from.Addr())
+	}
+	if enroll.IsDeviceLogin(login) {
+		return a.deviceLogin(ctx, login, password, from, now)
 	}
 	user, device, perr := ParseTLSLogin(login)
 	if !a.byName.allow(user, now) { // "" for every malformed login
@@ -250,6 +269,96 @@ func (a *TLSAuth) Authenticate(ctx context.Context, login, password string, from
 	a.logins.Add(1)
 	a.logf("gateway: TLS login %s/%s from %v: device %d, %v", user, device, from, d.ID, l.Addresses)
 	return l, nil
+}
+
+// deviceLogin checks a login by an enrolled WireGuard device's key, within
+// the source limit already: the name limit is the key's. A malformed
+// login, a proof that does not hold (another key, a clock more than
+// enroll.MaxStatusSkew off) or was taken already, an unknown or revoked
+// key: refused as a wrong password is (audited as tls.login_failed, target
+// the device when known). A good one is that device's session, audited as
+// tls.login with the detail "by its device key"; nothing is made.
+func (a *TLSAuth) deviceLogin(ctx context.Context, login, password string, from netip.AddrPort, now time.Time) (TLSLogin, error) {
+	p, perr := enroll.ParseDeviceLogin(login, password)
+	limitAs := ""
+	if perr == nil {
+		limitAs = login
+	}
+	if !a.byName.allow(limitAs, now) {
+		a.rateLimited.Add(1)
+		return TLSLogin{}, fmt.Errorf("%w (device %.40q)", ErrRateLimited, limitAs)
+	}
+	switch {
+	case perr != nil:
+		return TLSLogin{}, a.refuse(ctx, "", "", from, "malformed device login: "+perr.Error())
+	case a.key.IsZero():
+		return TLSLogin{}, a.refuse(ctx, "", "", from, "device logins are not enabled on this gateway")
+	}
+	if err := p.Check(a.key, now); err != nil {
+		return TLSLogin{}, a.refuse(ctx, "", "", from, fmt.Sprintf("device key %s: %v (is its clock right?)", p.PublicKey.Base64(), err))
+	}
+	d, err := a.reg.DeviceByKey(ctx, registry.Key(p.PublicKey))
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return TLSLogin{}, a.refuse(ctx, "", "", from, fmt.Sprintf("device key %s: not enrolled here", p.PublicKey.Base64()))
+	case err != nil:
+		a.errs.Add(1)
+		return TLSLogin{}, fmt.Errorf("gateway: TLS login by device key %s: the registry: %w", p.PublicKey.Base64(), err)
+	case d.Revoked():
+		return TLSLogin{}, a.refuse(ctx, d.User, d.Name, from, "the device was revoked")
+	case d.Protocol != registry.ProtocolWireGuard:
+		return TLSLogin{}, a.refuse(ctx, d.User, d.Name, from, "not a WireGuard device")
+	}
+	if !a.takeProof(p, now) {
+		return TLSLogin{}, a.refuse(ctx, d.User, d.Name, from, "its device proof was used already")
+	}
+	l, err := a.loginOf(ctx, d)
+	if errors.Is(err, registry.ErrNotFound) {
+		return TLSLogin{}, a.refuse(ctx, d.User, d.Name, from, "no such user (removed meanwhile)")
+	}
+	if err == nil {
+		err = a.reg.NoteLogin(registry.WithActor(ctx, "tls:"+d.User), "tls.login", d.User+"/"+d.Name, "from "+from.String()+", by its device key")
+	}
+	if err != nil {
+		a.errs.Add(1)
+		return TLSLogin{}, fmt.Errorf("gateway: TLS login %s/%s: the registry: %w", d.User, d.Name, err)
+	}
+	a.logins.Add(1)
+	a.deviceLogins.Add(1)
+	a.logf("gateway: TLS login of device %s/%s by its key from %v: device %d, %v", d.User, d.Name, from, d.ID, l.Addresses)
+	return l, nil
+}
+
+// maxProofs bounds the device proofs remembered: past it (a flood of good
+// proofs, which only enrolled devices can make), the oldest is dropped.
+const maxProofs = 1 << 16
+
+// takeProof records p's MAC as taken, until it can no longer be good, and
+// reports whether it was not taken before.
+func (a *TLSAuth) takeProof(p enroll.DeviceLoginProof, now time.Time) bool {
+	var k [32]byte
+	copy(k[:], p.MAC)
+	a.proofMu.Lock()
+	defer a.proofMu.Unlock()
+	if _, seen := a.proofs[k]; seen {
+		return false
+	}
+	if len(a.proofs) >= maxProofs {
+		var oldest [32]byte
+		var at time.Time
+		for mac, until := range a.proofs {
+			if !now.Before(until) {
+				delete(a.proofs, mac)
+			} else if at.IsZero() || until.Before(at) {
+				oldest, at = mac, until
+			}
+		}
+		if len(a.proofs) >= maxProofs {
+			delete(a.proofs, oldest)
+		}
+	}
+	a.proofs[k] = time.Unix(p.Time, 0).Add(enroll.MaxStatusSkew + time.Second)
+	return true
 }
 
 // loginFailure is a refusal with its reason, for the caller's log (the
@@ -361,8 +470,9 @@ func makeTLSLogin(cfg *Config, d registry.Device, groups []registry.Group, byGro
 	return l
 }
 
-// Active is every active openconnect device whose user has a password, by
-// device ID, with its current addresses and rules. The engine calls it
+// Active is every active openconnect device whose user has a password, and
+// every active WireGuard device (which may log in by its key), by device
+// ID, with its current addresses and rules. The engine calls it
 // every syncEvery and ends the sessions of devices no longer in it (the
 // device revoked, its user removed or left without a password) and gives
 // the others their rules, so that a revocation or a rule change reaches
@@ -384,7 +494,7 @@ func (a *TLSAuth) Active(ctx context.Context) (map[int64]TLSLogin, error) {
 	if len(changes) == 0 && a.active != nil && a.viewOf == cfg {
 		return a.active, nil
 	}
-	devs, err := a.reg.ListDevices(ctx, registry.DeviceFilter{Protocol: registry.ProtocolOpenConnect})
+	devs, err := a.reg.ListDevices(ctx, registry.DeviceFilter{})
 	if err != nil {
 		return nil, err
 	}
@@ -410,7 +520,7 @@ func (a *TLSAuth) Active(ctx context.Context) (map[int64]TLSLogin, error) {
 	}
 	m := make(map[int64]TLSLogin, len(devs))
 	for _, d := range devs {
-		if d.Protocol == registry.ProtocolOpenConnect && withPassword[d.User] {
+		if d.Protocol == registry.ProtocolWireGuard || d.Protocol == registry.ProtocolOpenConnect && withPassword[d.User] {
 			m[d.ID] = makeTLSLogin(cfg, d, groupsOf[d.User], byGroup, pools)
 		}
 	}

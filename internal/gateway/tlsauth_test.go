@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/openconnect"
 	"github.com/ptun-vpn/ptun/wg/acl"
@@ -64,6 +65,15 @@ var (
 	from2 = netip.MustParseAddrPort("198.18.0.8:40000")
 )
 
+// gwKey is the fixture gateway's WireGuard key, which checks device logins.
+var gwKey = func() noise.PrivateKey {
+	k, err := noise.GeneratePrivateKey()
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
 func newTLSFixture(t *testing.T) *tlsFixture {
 	t.Helper()
 	ctx := context.Background()
@@ -98,7 +108,7 @@ func newTLSFixture(t *testing.T) *tlsFixture {
 	cfg := &Config{Site: Site{Routes: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")},
 		Control: netip.AddrPortFrom(netip.MustParseAddr("100.80.0.1"), ControlPort)}}
 	clock := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
-	auth := NewTLSAuth(reg, cfg, t.Logf)
+	auth := NewTLSAuth(reg, cfg, gwKey, t.Logf)
 	auth.now = func() time.Time { return clock }
 	return &tlsFixture{reg: reg, cfg: cfg, auth: auth, clock: &clock}
 }
@@ -436,18 +446,27 @@ func TestTLSAuthActive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, _ := noise.GeneratePrivateKey() // a WireGuard device is not listed
-	if _, err := f.reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "wg", PublicKey: registry.Key(k.PublicKey())}); err != nil {
+	// A WireGuard device is listed too, whatever its user's password:
+	// it may log in by its key.
+	k, _ := noise.GeneratePrivateKey()
+	wg, err := f.reg.CreateDevice(ctx, "bob", registry.DeviceSpec{Name: "wg", PublicKey: registry.Key(k.PublicKey())})
+	if err != nil {
 		t.Fatal(err)
 	}
 	m := active()
-	if len(m) != 1 || !reflect.DeepEqual(m[l.DeviceID], l) {
-		t.Fatalf("Active after alice's login: %+v, want %+v", m, l)
+	if len(m) != 2 || !reflect.DeepEqual(m[l.DeviceID], l) || m[wg.ID].Device != "wg" || m[wg.ID].User != "bob" || len(m[wg.ID].Addresses) != 2 {
+		t.Fatalf("Active after alice's login: %+v, want %+v and bob/wg", m, l)
 	}
 	lists := f.reg.listDevices.Load()
 	again := active()
 	if reflect.ValueOf(again).UnsafePointer() != reflect.ValueOf(m).UnsafePointer() || f.reg.listDevices.Load() != lists {
 		t.Errorf("an Active with nothing changed read the devices again")
+	}
+	if err := f.reg.RevokeDevice(ctx, wg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if m = active(); len(m) != 1 || !reflect.DeepEqual(m[l.DeviceID], l) {
+		t.Fatalf("Active after bob/wg was revoked: %+v, want %+v", m, l)
 	}
 
 	// A rule change: the new rules at the next call.
@@ -591,4 +610,112 @@ func FuzzParseTLSLogin(f *testing.F) {
 			t.Fatalf("%q parsed as %q / %q", login, user, device)
 		}
 	})
+}
+
+// TestTLSAuthDeviceLogin: an enrolled WireGuard device logs in by its key
+// (enroll.DeviceLogin) as itself, with its addresses and rules, audited as
+// tls.login "by its device key", making nothing; a proof is taken once; a
+// proof for another gateway, from a wrong clock, of an unknown or revoked
+// key, or malformed is refused and audited; and the password path is not
+// open to a device login's name.
+func TestTLSAuthDeviceLogin(t *testing.T) {
+	f := newTLSFixture(t)
+	ctx := context.Background()
+	dk, _ := noise.GeneratePrivateKey()
+	dev, err := f.reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "phone", PublicKey: registry.Key(dk.PublicKey())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := f.lastAudit(t)
+	user, password, err := enroll.DeviceLogin(dk, gwKey.PublicKey(), *f.clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := f.auth.Authenticate(ctx, user, password, from1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.User != "alice" || l.Device != "phone" || l.DeviceID != dev.ID || len(l.Addresses) != 2 ||
+		l.Addresses[0].Addr() != dev.Addresses[0] || l.Addresses[0].Bits() != 16 || len(l.Rules) == 0 {
+		t.Fatalf("device login: %+v, device %+v", l, dev)
+	}
+	es, mark := f.audit(t, mark)
+	if len(es) != 1 || es[0].Action != "tls.login" || es[0].Actor != "tls:alice" || es[0].Target != "alice/phone" ||
+		es[0].Detail != "from 198.18.0.7:40000, by its device key" {
+		t.Fatalf("audit of the device login: %+v", es)
+	}
+	if devs, _ := f.reg.ListDevices(ctx, registry.DeviceFilter{User: "alice"}); len(devs) != 1 {
+		t.Errorf("a device login made a device: %+v", devs)
+	}
+	if st := f.auth.Stats(); st.Logins != 1 || st.DeviceLogins != 1 || st.DevicesCreated != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if m, err := f.auth.Active(ctx); err != nil || !reflect.DeepEqual(m[dev.ID], l) {
+		t.Errorf("Active: %+v %v, want the device's login %+v", m[dev.ID], err, l)
+	}
+
+	_, err = f.auth.Authenticate(ctx, user, password, from2)
+	wantRefused(t, err, "the same proof again", "used already")
+	*f.clock = f.clock.Add(time.Second)
+	user2, password2, _ := enroll.DeviceLogin(dk, gwKey.PublicKey(), *f.clock)
+	if l2, err := f.auth.Authenticate(ctx, user2, password2, from2); err != nil || l2.DeviceID != dev.ID {
+		t.Errorf("a new proof: %+v %v", l2, err)
+	}
+
+	other, _ := noise.GeneratePrivateKey()
+	u, p, _ := enroll.DeviceLogin(dk, other.PublicKey(), *f.clock)
+	_, err = f.auth.Authenticate(ctx, u, p, from1)
+	wantRefused(t, err, "a proof for another gateway", "does not hold")
+	u, p, _ = enroll.DeviceLogin(dk, gwKey.PublicKey(), f.clock.Add(-enroll.MaxStatusSkew-time.Minute))
+	_, err = f.auth.Authenticate(ctx, u, p, from1)
+	wantRefused(t, err, "an old proof", "clock")
+	u, p, _ = enroll.DeviceLogin(other, gwKey.PublicKey(), *f.clock)
+	_, err = f.auth.Authenticate(ctx, u, p, from1)
+	wantRefused(t, err, "an unknown key", "not enrolled here")
+	_, err = f.auth.Authenticate(ctx, enroll.DeviceLoginPrefix+"x", "1.2", from1)
+	wantRefused(t, err, "a malformed device login", "malformed device login")
+	if err := f.reg.RevokeDevice(ctx, dev.ID); err != nil {
+		t.Fatal(err)
+	}
+	*f.clock = f.clock.Add(time.Second)
+	u, p, _ = enroll.DeviceLogin(dk, gwKey.PublicKey(), *f.clock)
+	_, err = f.auth.Authenticate(ctx, u, p, from1)
+	wantRefused(t, err, "a revoked device", "revoked")
+	es, _ = f.audit(t, mark)
+	var failed int
+	for _, e := range es {
+		if e.Action == "tls.login_failed" {
+			failed++
+			if strings.Contains(e.Detail, password) || strings.Contains(e.Detail, p) {
+				t.Errorf("an audit entry holds a proof: %+v", e)
+			}
+		}
+	}
+	if failed != 6 {
+		t.Errorf("%d refusals audited, want 6: %+v", failed, es)
+	}
+
+	// A gateway without its key refuses device logins.
+	noKey := NewTLSAuth(f.reg, f.cfg, noise.PrivateKey{}, t.Logf)
+	u, p, _ = enroll.DeviceLogin(dk, gwKey.PublicKey(), time.Now())
+	_, err = noKey.Authenticate(ctx, u, p, from1)
+	wantRefused(t, err, "no gateway key", "not enabled")
+}
+
+func TestTakeProofBounded(t *testing.T) {
+	a := NewTLSAuth(nil, &Config{}, gwKey, nil)
+	now := time.Unix(1_800_000_000, 0)
+	p := enroll.DeviceLoginProof{Time: now.Unix(), MAC: make([]byte, 32)}
+	for i := range maxProofs + 10 {
+		p.MAC[0], p.MAC[1], p.MAC[2] = byte(i), byte(i>>8), byte(i>>16)
+		if !a.takeProof(p, now) {
+			t.Fatalf("proof %d refused", i)
+		}
+	}
+	if n := len(a.proofs); n != maxProofs {
+		t.Fatalf("%d proofs held, want at most %d", n, maxProofs)
+	}
+	if a.takeProof(p, now) {
+		t.Fatal("the last proof was taken twice")
+	}
 }
