@@ -76,7 +76,7 @@ type Framed interface {
 // partial checksums, and coalesces on Write (ft.GRO), counting every drop
 // by reason. Close closes f.
 func NewDevice(f Frames, ft Format, logf func(format string, args ...any)) Device {
-	d := &device{f: f, ft: ft, logf: logf}
+	d := &device{f: f, ft: ft, logf: logf, closing: make(chan struct{})}
 	d.w = batchWriter{vnet: ft.VnetHdr, sys: d.writeFrame, st: &d.st, logf: logf,
 		tcpGRO: ft.VnetHdr && ft.GRO, udpGRO: ft.VnetHdr && ft.GRO && ft.USO}
 	if fl, ok := f.(Flusher); ok {
@@ -100,6 +100,14 @@ type device struct {
 	// the batch had no room left for its segments.
 	readMu  sync.Mutex
 	pending []byte
+
+	// Hold's (hold.go): released is closed when a hold ends (nil: not
+	// held); holdEpoch counts holds and releases; closing is closed by
+	// Close.
+	holdMu    sync.Mutex
+	released  chan struct{}
+	holdEpoch atomic.Uint64
+	closing   chan struct{}
 }
 
 var (
@@ -144,6 +152,7 @@ func (d *device) Close() error {
 	if !d.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	close(d.closing)
 	return d.f.Close()
 }
 
@@ -153,11 +162,26 @@ func (d *device) Close() error {
 // into as many bufs as it has segments and ends the batch. A super-packet
 // read after plain packets that does not fit in the room left is kept, and
 // is the first packet of the next Read: nothing is dropped for want of
-// buffers.
+// buffers. While the device is held (Hold), it waits.
 func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if offset < MinOffset || len(bufs) == 0 || len(sizes) == 0 || len(bufs[0]) <= offset {
 		return 0, errBadOffset
 	}
+	for {
+		if err := d.waitHold(); err != nil {
+			return 0, err
+		}
+		epoch := d.holdEpoch.Load()
+		n, err := d.read(bufs, sizes, offset)
+		// A hold's wakeup (or the end of one racing it) is no error.
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && d.holdEpoch.Load() != epoch {
+			continue
+		}
+		return n, err
+	}
+}
+
+func (d *device) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	d.readMu.Lock()
 	defer d.readMu.Unlock()
 	vnet := d.ft.VnetHdr

@@ -81,7 +81,7 @@ the URL; quote the URL (it holds '#' and '&').
 Example:
   sudo ptun join 'https://198.18.0.1:8443/join#v1.Kx3f9QzA.7oQm…&pin-sha256:AbC…=' --name work
 `,
-	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--via udp|tls] [--foreground] [--metrics ADDR] [--profiles DIR] [--state DIR]
+	"up": `Usage: ptun up NAME [--kill-switch] [--gateway G] [--via auto|udp|tls] [--foreground] [--metrics ADDR] [--profiles DIR] [--state DIR]
 
 As root: bring profile NAME's tunnel up. Starts the profile's daemon, which
 creates the interface (pt-NAME), gives it the device's key and a gateway,
@@ -96,16 +96,20 @@ tunnel, to the gateways, and on loopback, until ptun down. With
 over plain HTTP on ADDR (ADDRESS:PORT): bind it to loopback or a management
 network (docs/metrics.md); off by default.
 
-With --via tls the tunnel goes over the gateway's OpenConnect listener
-(TLS on TCP, DTLS over UDP when it passes) instead of WireGuard over UDP:
-for networks that let only TCP out. The device logs in with its own key,
-so it keeps its addresses and access rules; the gateway must have been
-given --tls, and the profile joined since. ptun status shows the path.
-(ptun up does not yet move to TLS by itself when UDP is blocked.)
+When the profile's gateway has a TLS listener (ptun gateway init --tls,
+the profile joined since), the tunnel falls back to it by itself when
+WireGuard gets no handshake over UDP: 2 s after the start, or when the
+gateway stops answering later. The interface, its addresses, routes, DNS
+and kill switch stay; the device logs in with its own key, so it keeps its
+addresses and access rules; applications see a pause. WireGuard tries UDP
+again every 10 s and the tunnel moves back once a handshake completes.
+ptun status says which path is in use. --via udp never falls back; --via
+tls takes only the TLS listener (TLS on TCP, DTLS over UDP when it
+passes).
 
 Examples:
   sudo ptun up work --kill-switch
-  sudo ptun up work --via tls               # over TCP, where UDP is blocked
+  sudo ptun up work --via tls               # only over TLS (TCP, or DTLS)
   sudo ptun up work --gateway gw-b          # start with that gateway
   sudo ptun up work --foreground            # as a service manager runs it
   sudo ptun up work --metrics 127.0.0.1:9587

@@ -43,13 +43,13 @@ func runUp(args []string) error {
 	logFile := fs.String("log", "", "append the daemon's log to FILE (default: stderr with --foreground, else syslog)")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm, seqpacket or inproc")
 	metricsFlag := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587; default: off)")
-	via := fs.String("via", "udp", "how to reach the gateway: udp (WireGuard) or tls (its OpenConnect listener, over TCP: for networks that pass no UDP)")
+	via := fs.String("via", "auto", "how to reach the gateway: auto (WireGuard over UDP, falling back to the gateway's TLS listener when UDP gets no handshake), udp (never TLS) or tls (only its TLS listener)")
 	name, err := oneName(fs, args)
 	if err != nil {
 		return err
 	}
-	if *via != "udp" && *via != "tls" {
-		return fmt.Errorf("--via %q: give udp or tls", *via)
+	if *via != "auto" && *via != "udp" && *via != "tls" {
+		return fmt.Errorf("--via %q: give auto, udp or tls", *via)
 	}
 	if *via == "tls" && *metricsFlag != "" {
 		return errors.New("--metrics: not served over --via tls yet (ptun status NAME shows the tunnel's state)")
@@ -75,6 +75,8 @@ func runUp(args []string) error {
 		how := "handshake"
 		if *via == "tls" {
 			how = "over TLS, session up"
+		} else if s, err := client.StatusOf(name, *o); err == nil && s.State.Via == client.ViaTLS {
+			how = "no handshake over UDP: over TLS, session up"
 		}
 		fmt.Fprintf(stdout, "%s is up on %s (%s after %v)\n", name, client.Interface(name), how, time.Since(start).Round(time.Millisecond))
 		return nil
@@ -98,6 +100,11 @@ func runUp(args []string) error {
 	o.Mode = mode
 	ifname := client.Interface(name)
 	o.EngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], engineRole, ifname) }
+	// The engine of the TLS path, for a fallback (and --via tls).
+	o.TLSEngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], ocClientEngineRole, ifname) }
+	if *via == "udp" {
+		o.TLSEngineCommand = nil // no fallback
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if *via == "tls" {
@@ -108,7 +115,7 @@ func runUp(args []string) error {
 		if co.Verbosef != nil {
 			co.Verbose = true
 		}
-		co.EngineCommand = func() (*exec.Cmd, error) { return engine.Command(ifname, os.Args[0], ocClientEngineRole, ifname) }
+		co.EngineCommand = o.TLSEngineCommand
 		err = client.UpTLS(ctx, name, co, func(err error) {
 			if err == nil {
 				logger.Printf("%s is up on %s over TLS (after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
@@ -118,7 +125,7 @@ func runUp(args []string) error {
 	} else {
 		err = client.Run(ctx, name, *o, func(err error) {
 			if err == nil {
-				logger.Printf("%s is up on %s (handshake after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
+				logger.Printf("%s is up on %s (after %v)", name, ifname, time.Since(start).Round(time.Millisecond))
 			}
 			ready(err)
 		})
@@ -171,6 +178,13 @@ func runStatus(args []string) error {
 	}
 	fmt.Fprintf(stdout, "%s: up on %s since %s\n  gateway %s at %s, latest handshake %s, received %d B, sent %d B\n",
 		name, s.State.Interface, s.State.Since.Format(time.RFC3339), s.State.Gateway, s.Endpoint, hs, s.RxBytes, s.TxBytes)
+	if s.State.Via == client.ViaTLS {
+		path := s.State.Path
+		if path == "" {
+			path = "connecting"
+		}
+		fmt.Fprintf(stdout, "  over TLS (UDP gets no handshake): path %s; WireGuard tries UDP again every 10 s\n", path)
+	}
 	if !s.State.Refreshed.IsZero() {
 		fmt.Fprintf(stdout, "  profile refreshed %s ago\n", time.Since(s.State.Refreshed).Round(time.Second))
 	}

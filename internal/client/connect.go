@@ -277,6 +277,11 @@ type ocFront struct {
 	events chan ocEvent
 	stop   chan struct{}
 
+	// hosted: the interface, the host configuration and the state file
+	// are the caller's (ptun up's TLS path, fallback.go): a session's
+	// push is recorded in st, never applied, and st never saved.
+	hosted bool
+
 	mu     sync.Mutex // guards cookie, password
 	cookie string
 	// password is given to the first engine only, then forgotten.
@@ -532,6 +537,9 @@ func (f *ocFront) onEvent(ev ocEvent, report func(error)) error {
 }
 
 func (f *ocFront) save() {
+	if f.hosted {
+		return
+	}
 	if err := saveState(&f.o.Options, f.st); err != nil {
 		f.o.Logf("recording the state: %v", err)
 	}
@@ -551,6 +559,20 @@ func (f *ocFront) sessionUp(up *occlient.UpNotice, reconnect bool) error {
 	f.mu.Lock()
 	f.cookie = up.Cookie
 	f.mu.Unlock()
+	if f.hosted {
+		var addrs []netip.Addr
+		for _, p := range []netip.Prefix{up.Tunnel.Address4, up.Tunnel.Address6} {
+			if p.IsValid() {
+				addrs = append(addrs, p.Addr())
+			}
+		}
+		f.addrs.Store(&addrs)
+		f.st.Path, f.st.Connected, f.st.Problem = up.Path, time.Now().UTC(), ""
+		if reconnect {
+			f.st.Reconnects++
+		}
+		return nil
+	}
 	plan := f.makePlan(up.Tunnel)
 	opts := netconf.Options{Save: f.saveRecord, ResolvConf: f.o.ResolvConf}
 	switch {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"syscall"
 	"time"
 
@@ -50,6 +51,8 @@ type supervisor struct {
 	cur        int // the gateway in use, in p.Offer.Gateways
 	killSwitch bool
 
+	fb *fallback // the TLS path, nil: none
+
 	etag   string
 	fails  int // missed answers in a row
 	round  int // gateways moved to since the last answer
@@ -81,6 +84,10 @@ func (s *supervisor) makePlan() *netconf.Plan {
 		for _, g := range o.Gateways {
 			plan.KillSwitch.Endpoints = append(plan.KillSwitch.Endpoints, g.Endpoint)
 			if a := apiAddr(g.API); a.IsValid() {
+				plan.KillSwitch.Endpoints = append(plan.KillSwitch.Endpoints, a)
+			}
+			// The TLS path's TCP and UDP (DTLS) port.
+			if a := apiAddr(g.TLS); a.IsValid() && s.fb != nil && !slices.Contains(plan.KillSwitch.Endpoints, a) {
 				plan.KillSwitch.Endpoints = append(plan.KillSwitch.Endpoints, a)
 			}
 		}
@@ -121,15 +128,41 @@ func (s *supervisor) loop(ctx context.Context, frontDone chan error) error {
 	t := time.NewTicker(s.o.Probe)
 	defer t.Stop()
 	for {
+		var events <-chan ocEvent
+		var exited <-chan struct{}
+		var retry <-chan time.Time
+		if s.fb.onTLS() {
+			events, retry = s.fb.f.events, s.fb.retry
+			if s.fb.ep != nil {
+				exited = s.fb.ep.Exited
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-frontDone:
 			frontDone <- err
 			return fmt.Errorf("the interface stopped: %v", err)
+		case ev := <-events:
+			s.fb.onEvent(ev)
+			continue
+		case <-exited:
+			s.fb.exited()
+			continue
+		case <-retry:
+			s.fb.restart()
+			continue
 		case <-t.C:
 		}
-		if !s.st.Revoked.IsZero() || !s.p.Offer.Control.IsValid() {
+		if !s.st.Revoked.IsZero() {
+			continue
+		}
+		if s.fb.onTLS() && s.fb.udpWorks() {
+			s.fb.leave("a handshake over UDP completed")
+			s.fails = 0
+			continue
+		}
+		if !s.p.Offer.Control.IsValid() {
 			continue
 		}
 		if err := s.poll(ctx); err == nil {
@@ -148,19 +181,46 @@ func (s *supervisor) loop(ctx context.Context, frontDone chan error) error {
 			s.setProblem(fmt.Sprintf("gateway %s does not answer (%v)", s.st.Gateway, err))
 		}
 		s.fails = 0
+		switch {
+		case s.fb.onTLS():
+			// Over TLS too: its engine reconnects by itself; the
+			// gateways may say the device was revoked.
+			if at, ok := s.revoked(ctx); ok {
+				s.fb.leave("revoked")
+				s.revoke(at)
+			}
+			continue
+		case s.fb != nil:
+			if err := s.fb.enter(ctx, fmt.Sprintf("gateway %s does not answer over UDP", s.st.Gateway)); err == nil {
+				continue
+			} else {
+				s.o.Logf("%s: no fallback to TLS: %v", s.name, err)
+			}
+		}
 		s.round++
 		if s.round >= len(s.p.Offer.Gateways) {
 			s.round = 0
 			if at, ok := s.revoked(ctx); ok {
-				s.o.Logf("the gateways say this device was revoked at %s: the tunnel stays down, nothing is retried; run ptun down %s, and ptun join with a new invite",
-					at.Format(time.RFC3339), s.name)
-				s.st.Revoked = at
-				s.setProblem("this device was revoked")
-				s.h.Set(&wgcfg.DeviceConfig{ReplacePeers: true})
+				s.revoke(at)
 				continue
 			}
 		}
 		s.moveTo((s.cur + 1) % len(s.p.Offer.Gateways))
+	}
+}
+
+// revoke stops the tunnel of a device the gateways say was revoked at at.
+func (s *supervisor) revoke(at time.Time) {
+	s.o.Logf("the gateways say this device was revoked at %s: the tunnel stays down, nothing is retried; run ptun down %s, and ptun join with a new invite",
+		at.Format(time.RFC3339), s.name)
+	s.st.Revoked = at
+	s.setProblem("this device was revoked")
+	s.h.Set(&wgcfg.DeviceConfig{ReplacePeers: true})
+}
+
+func (s *supervisor) save() {
+	if err := saveState(s.o, s.st); err != nil {
+		s.o.Logf("recording the state: %v", err)
 	}
 }
 

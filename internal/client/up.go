@@ -22,6 +22,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/profile"
 	"github.com/ptun-vpn/ptun/internal/telemetry"
+	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/uapi"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -70,6 +71,12 @@ type Options struct {
 	// none). It has no authentication: loopback or a management network
 	// only.
 	Metrics netip.AddrPort
+	// TLSEngineCommand runs an OpenConnect client engine: with it (and
+	// the fd flow), Run falls back to the gateway's TLS listener when
+	// UDP gets no handshake (fallback.go), FallbackAfter (default 2 s)
+	// after the start at the latest.
+	TLSEngineCommand func() (*exec.Cmd, error)
+	FallbackAfter    time.Duration
 }
 
 func (o *Options) defaults() {
@@ -93,6 +100,9 @@ func (o *Options) defaults() {
 	}
 	if o.FailAfter == 0 {
 		o.FailAfter = 2
+	}
+	if o.FallbackAfter == 0 {
+		o.FallbackAfter = defaultFallbackAfter
 	}
 }
 
@@ -118,6 +128,10 @@ type State struct {
 	Revoked time.Time `json:"revoked,omitzero"`
 	// Refreshed is when the gateway last answered the profile request.
 	Refreshed time.Time `json:"refreshed,omitzero"`
+	// Via is ViaTLS while a profile's tunnel falls back to its gateway's
+	// TLS listener ("": WireGuard over UDP); Path is then that session's
+	// path ("dtls", "cstp", "" while it connects).
+	Via string `json:"via,omitempty"`
 
 	Kind      string         `json:"kind,omitempty"`
 	Server    string         `json:"server,omitempty"`    // the server's URL
@@ -269,6 +283,7 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 
 	// The interface: a front in this process, its engine confined.
 	handlers := make(chan uapi.Handler, 1)
+	tunDevs := make(chan tun.Device, 1)
 	upErr := make(chan error, 1)
 	stop := make(chan struct{})
 	frontDone := make(chan error, 1)
@@ -277,6 +292,7 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 			Name: ifname, MTU: p.Offer.MTU, Mode: o.Mode, Logf: o.Logf, Verbosef: o.Verbosef,
 			EngineCommand: o.EngineCommand,
 			OnUp:          func(h uapi.Handler) { handlers <- h },
+			OnTUN:         func(d tun.Device) { tunDevs <- d },
 		}, stop, func(e error) { upErr <- e })
 	}()
 	keep := false // the interface died under a running tunnel
@@ -310,6 +326,7 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 		return err
 	}
 	sv := &supervisor{name: name, o: &o, p: p, key: key, h: h, st: st, cur: first, killSwitch: o.KillSwitch}
+	sv.fb = newFallback(sv, <-tunDevs, &o)
 	mark := uint32(FwMark)
 	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, FwMark: &mark, ReplacePeers: true,
 		Peers: []wgcfg.PeerConfig{sv.peer(first)}}); err != nil {
@@ -319,11 +336,17 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 	if err := netconf.Apply(sv.plan, &st.Netconf, netconf.Options{Save: sv.saveRecord, ResolvConf: o.ResolvConf}); err != nil {
 		return err
 	}
-	if err := sv.waitHandshake(ctx, o.Wait); err != nil {
+	if sv.fb != nil {
+		err = sv.waitFirst(ctx, o.Wait)
+	} else {
+		err = sv.waitHandshake(ctx, o.Wait)
+	}
+	if err != nil {
 		return err
 	}
 	report(nil)
 	err = sv.loop(ctx, frontDone)
+	sv.fb.leave("stopping")
 	keep = err != nil
 	return err
 }

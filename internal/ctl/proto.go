@@ -34,6 +34,9 @@ const (
 	OpSetMark   = "setmark"
 	OpMTU       = "mtu"
 	OpLog       = "log"
+	// OpHold (front → engine, a bool body): stop reading the packet
+	// flow (true) or read it again (false); see tun.Hold.
+	OpHold = "hold"
 )
 
 // Setup is the body of a setup request: the packet flow whose descriptors
@@ -45,6 +48,9 @@ type Setup struct {
 	// Verbose asks the engine for its detailed log lines too: the front
 	// decides, so the engine reads nothing from its environment for it.
 	Verbose bool `json:"verbose,omitempty"`
+	// Held: start with the packet flow held (OpHold true), as the engine
+	// this one replaces had it.
+	Held bool `json:"held,omitempty"`
 }
 
 // EndpointsRequest is the body of an endpoints request: the generation of

@@ -26,6 +26,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/memtrim"
 	"github.com/ptun-vpn/ptun/transport/udp"
+	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/wg"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -39,8 +40,9 @@ type engine struct {
 
 	pushedMTU atomic.Int32 // the MTU the front last pushed; 0: ask it
 
-	mu  sync.Mutex // guards dev
-	dev *wg.Device
+	mu   sync.Mutex // guards dev and tdev
+	dev  *wg.Device
+	tdev tun.Device // the packet flow dev reads
 	up  chan struct{} // closed once dev is set
 }
 
@@ -102,6 +104,21 @@ func (e *engine) handle(req *ctl.Msg) *ctl.Msg {
 		e.pushedMTU.Store(m)
 		if d := e.device(); d != nil {
 			d.RefreshMTU()
+		}
+		return nil
+	case ctl.OpHold:
+		var on bool
+		if err := ctl.Decode(req.Body, &on); err != nil {
+			return ctl.Fail(fmt.Errorf("engine: hold: %w", err))
+		}
+		e.mu.Lock()
+		tdev := e.tdev
+		e.mu.Unlock()
+		if tdev == nil {
+			return ctl.Fail(fmt.Errorf("engine: hold before setup: %w", syscall.EAGAIN))
+		}
+		if err := tun.Hold(tdev, on); err != nil {
+			return ctl.Fail(fmt.Errorf("engine: hold: %v: %w", err, syscall.EOPNOTSUPP))
 		}
 		return nil
 	}
@@ -174,6 +191,12 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 	if err != nil {
 		return ctl.Fail(err)
 	}
+	if setup.Held {
+		if err := tun.Hold(dev, true); err != nil {
+			dev.Close()
+			return ctl.Fail(fmt.Errorf("engine: setup: held: %v: %w", err, syscall.EOPNOTSUPP))
+		}
+	}
 	timers, err := wg.TimersFromEnv(wg.DefaultTimers())
 	if err != nil {
 		dev.Close()
@@ -185,7 +208,7 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 		dev.Close()
 		return ctl.Fail(fmt.Errorf("engine: starting the WireGuard device: %w", err))
 	}
-	e.dev = d
+	e.dev, e.tdev = d, dev
 	close(e.up)
 	e.verbosef("up: %s flow on %s, listen port %d", s.Mode, s.Format.Name, setup.ListenPort)
 	return nil

@@ -37,6 +37,11 @@ type Config struct {
 	// interface through it directly, access rules included (which the
 	// UAPI's text cannot carry). It must not keep the handler past Run.
 	OnUp func(h uapi.Handler)
+	// OnTUN, if set, is called once with the TUN device before OnUp: in
+	// the fd flow a caller may hand the same file to another engine
+	// (ipc.NewLink) while this one is held (TUNHolder). It must not read
+	// or write it, nor keep it past Run.
+	OnTUN func(dev tun.Device)
 	// Verbose says that Verbosef logs: the engine is told to send its
 	// detailed lines too.
 	Verbose bool
@@ -53,6 +58,14 @@ func (c *Config) defaults() {
 		c.Verbosef = func(string, ...any) {}
 	}
 }
+
+// TUNHolder is implemented by the handler Run gives OnUp when the engine
+// runs in a process of its own: see supervisor.HoldTUN.
+type TUNHolder interface {
+	HoldTUN(on bool) error
+}
+
+var _ TUNHolder = (*supervisor)(nil)
 
 // Run creates interface cfg.Name and serves it until stop is closed or the
 // interface is deleted. It calls ready once: with nil when the interface,
@@ -129,6 +142,9 @@ func Run(cfg Config, stop <-chan struct{}, ready func(error)) (err error) {
 	go func() { served <- uapi.Serve(ln, handler, cfg.Verbosef) }()
 	go watchMTU(cfg.Name, cfg.MTU, watchStop, mtuChanged, cfg.Verbosef)
 	cfg.Verbosef("interface %s is up (UAPI %s, IPC %s)", cfg.Name, sock, cfg.Mode)
+	if cfg.OnTUN != nil {
+		cfg.OnTUN(dev)
+	}
 	if cfg.OnUp != nil {
 		cfg.OnUp(handler)
 	}

@@ -97,6 +97,10 @@ type supervisor struct {
 	linkExists  func(name string) bool
 	roamedEvery time.Duration
 
+	// tunHeld: the engine holds its packet flow (HoldTUN), and a new
+	// engine starts so.
+	tunHeld atomic.Bool
+
 	restarts        atomic.Uint64
 	startFailures   atomic.Uint64
 	lastRestartUs   atomic.Uint64
@@ -218,7 +222,7 @@ func (s *supervisor) startEngine() (_ *engineProc, err error) {
 	s.cfgMu.Lock()
 	port := s.listenPort()
 	s.cfgMu.Unlock()
-	setup := ctl.Setup{Flow: ep.link.Setup(), ListenPort: port, Verbose: s.cfg.Verbose}
+	setup := ctl.Setup{Flow: ep.link.Setup(), ListenPort: port, Verbose: s.cfg.Verbose, Held: s.tunHeld.Load()}
 	rep, err := ep.conn.Call(ctx, &ctl.Msg{Op: ctl.OpSetup, Body: ctl.Body(setup), Files: ep.link.Files()})
 	ep.link.HandedOver()
 	if rep != nil {
@@ -416,6 +420,21 @@ func (s *supervisor) loop(ep *engineProc) {
 		s.cfg.Logf("front: engine exited (%s) after %v; engine %d took over in %v (restart %d)",
 			why, life.Round(time.Millisecond), ep.cmd.Process.Pid, took.Round(time.Microsecond), n)
 	}
+}
+
+// HoldTUN makes the engine stop reading the TUN device (on) or read it
+// again (off), and a new engine start the same way, so that another
+// process holding the same TUN file (ptun up's OpenConnect engine, while
+// the tunnel goes over TLS) gets its packets. The engine goes on sending
+// and receiving over UDP (handshakes, keepalives). Only the fd flow can be
+// held: the front reads the device itself in the others.
+func (s *supervisor) HoldTUN(on bool) error {
+	if s.cfg.Mode != ipc.FD {
+		return fmt.Errorf("front: holding the TUN device needs the fd flow, not %s", s.cfg.Mode)
+	}
+	s.tunHeld.Store(on)
+	_, err := s.call(&ctl.Msg{Op: ctl.OpHold, Body: ctl.Body(on)})
+	return err
 }
 
 // current waits (bounded) for an engine to be up and returns it.
