@@ -224,6 +224,7 @@ func (c *client) close() {
 // httpConn is one TLS connection and the reader of its responses.
 type httpConn struct {
 	raw net.Conn
+	bc  *batchConn // between raw and tc
 	tc  *tls.Conn
 	br  *bufio.Reader
 }
@@ -248,12 +249,15 @@ func (c *client) dial(ctx context.Context) (*httpConn, error) {
 	// Small packets (DPD, keepalives, interactive traffic) must not wait
 	// for Nagle, and the unsent queue stays small (TCP-over-TCP).
 	tuneCSTP(raw)
-	tc := tls.Client(raw, c.tls)
+	// Under the TLS connection: a burst of frames (ClientSession's
+	// BeginBatch) goes out in one write.
+	bc := newBatchConn(raw)
+	tc := tls.Client(bc, c.tls)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("openconnect: TLS handshake with %s: %w", c.cfg.Server, err)
 	}
-	return &httpConn{raw: raw, tc: tc, br: NewReader(tc)}, nil
+	return &httpConn{raw: raw, bc: bc, tc: tc, br: NewReader(tc)}, nil
 }
 
 // roundTrip sends one request on the open connection (dialing one if
@@ -689,6 +693,7 @@ func (c *client) connect(ctx context.Context, cookie string) (*ClientSession, er
 	conn := c.conn
 	c.conn = nil // the session's now
 	s := newClientSession(c.cfg, conn.raw, conn.tc, conn.br, t, cookie)
+	s.batch = conn.bc
 	if t.DTLS != nil {
 		psk, err := ExportPSK(conn.tc.ConnectionState())
 		if err == nil {

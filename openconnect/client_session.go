@@ -118,6 +118,9 @@ type ClientSession struct {
 	// record, per frame.
 	cstpMu  sync.Mutex
 	cstpBuf []byte
+	// batch is under the TLS connection (nil: no batching): see
+	// BeginBatch.
+	batch *batchConn
 
 	dtls     atomic.Pointer[dtlsPath] // nil while DTLS is not up
 	kick     chan struct{}            // wakes the timers when DTLS comes up (capacity 1)
@@ -352,6 +355,35 @@ func (s *ClientSession) WritePacket(p []byte) error {
 	}
 	s.count(cCSTPTxPackets, 1)
 	s.count(cCSTPTxBytes, uint64(len(p)))
+	return nil
+}
+
+// BeginBatch starts a burst: the CSTP frames written until EndBatch (by
+// any goroutine) go out in one write to the connection, each still in a
+// TLS record of its own, rather than one write per packet. An engine that
+// read a batch of packets from its TUN device brackets their WritePacket
+// calls with it.
+func (s *ClientSession) BeginBatch() {
+	if s.batch != nil {
+		s.batch.begin()
+	}
+}
+
+// EndBatch sends what the burst collected. A failed write ends the
+// session (its error is returned).
+func (s *ClientSession) EndBatch() error {
+	if s.batch == nil {
+		return nil
+	}
+	if err := s.batch.end(); err != nil {
+		select {
+		case <-s.done:
+			return s.err
+		default:
+		}
+		s.end(fmt.Errorf("openconnect: CSTP send: %w", err), true)
+		return s.Err()
+	}
 	return nil
 }
 

@@ -376,6 +376,8 @@ func (e *engine) readTUN(dev tun.Device) {
 		if s == nil {
 			return
 		}
+		// The burst in one write to the TLS connection (CSTP).
+		s.BeginBatch()
 		for i := range k {
 			switch err := s.WritePacket(bufs[i][offset : offset+sizes[i]]); {
 			case err == nil:
@@ -385,6 +387,7 @@ func (e *engine) readTUN(dev tun.Device) {
 				e.dropNoSession.Add(1) // the session ended under it
 			}
 		}
+		s.EndBatch() // a failure ended the session: the next one takes over
 	}
 }
 
