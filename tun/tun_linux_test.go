@@ -810,3 +810,101 @@ func TestReassert(t *testing.T) {
 		t.Fatalf("Create recorded offload %d", k.offload)
 	}
 }
+
+// TestHoldKernelTUN: two descriptors of one TUN file, as ptun up's
+// WireGuard and OpenConnect engines hold them; while the first is held,
+// its Read (waiting in the kernel when the hold began) takes nothing and
+// the other gets the packets; released, it reads again.
+func TestHoldKernelTUN(t *testing.T) {
+	ns := newTestNetns(t)
+	dev := upTUN(t, ns, Options{})
+	if err := Park(dev); err != nil {
+		t.Fatal(err)
+	}
+	handed := func() Device {
+		fd, err := DupFD(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := FromFD(fd, dev.Format(), func() (int, error) { return DefaultMTU, nil }, t.Logf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	a, b := handed(), handed()
+	marks := make(chan string, 64)
+	go func() {
+		bufs, sizes := readBufs(a.BatchSize(), testOffset)
+		for {
+			n, err := a.Read(bufs, sizes, testOffset)
+			if err != nil {
+				return
+			}
+			for i := range n {
+				if p := bufs[i][testOffset : testOffset+sizes[i]]; bytes.Contains(p, []byte("mark ")) {
+					marks <- string(p[bytes.Index(p, []byte("mark ")):])
+				}
+			}
+		}
+	}()
+	c := listenUDP(t, ns, "198.18.77.1:0")
+	send := func(s string) {
+		t.Helper()
+		if err := ns.Do(func() error {
+			_, err := c.WriteToUDPAddrPort([]byte(s), netip.AddrPortFrom(peerAddr, 9))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMark := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case m := <-marks:
+				if m == want {
+					return
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("the first descriptor did not read %q", want)
+			}
+		}
+	}
+	send("mark before")
+	waitMark("mark before")
+	time.Sleep(20 * time.Millisecond) // its Read waits in the kernel again
+	if err := Hold(a, true); err != nil {
+		t.Fatal(err)
+	}
+	send("mark held")
+	b.(*device).f.(*kernelFrames).file.SetReadDeadline(time.Now().Add(5 * time.Second))
+	bufs, sizes := readBufs(b.BatchSize(), testOffset)
+	found := false
+	for range 20 {
+		n, err := b.Read(bufs, sizes, testOffset)
+		if err != nil {
+			t.Fatalf("Read on the other descriptor: %v", err)
+		}
+		for i := range n {
+			found = found || bytes.Contains(bufs[i][testOffset:testOffset+sizes[i]], []byte("mark held"))
+		}
+		if found {
+			break
+		}
+	}
+	if !found {
+		t.Fatal("the packet sent while the first descriptor was held did not come out of the other")
+	}
+	select {
+	case m := <-marks:
+		t.Fatalf("the held descriptor read %q", m)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := Hold(a, false); err != nil {
+		t.Fatal(err)
+	}
+	send("mark after")
+	waitMark("mark after")
+}
