@@ -42,8 +42,8 @@ type engine struct {
 
 	mu   sync.Mutex // guards dev and tdev
 	dev  *wg.Device
-	tdev tun.Device // the packet flow dev reads
-	up  chan struct{} // closed once dev is set
+	tdev tun.Device    // the packet flow dev reads
+	up   chan struct{} // closed once dev is set
 }
 
 // Run serves as the engine on the control channel f, until the front goes
