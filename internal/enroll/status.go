@@ -54,42 +54,65 @@ type StatusAnswer struct {
 // does not hold.
 var ErrBadProof = errors.New("enroll: the status request's proof does not hold")
 
-// statusMAC is the proof of a request at time t by key pub, keyed by the
-// X25519 secret ss.
-func statusMAC(ss []byte, pub noise.PublicKey, t int64) []byte {
+// Labels of the key proofs: a status request's, and a TLS login's
+// (tlslogin.go), so that neither is taken for the other.
+const (
+	statusLabel   = "ptun device status v1\n"
+	tlsLoginLabel = "ptun tls login v1\n"
+)
+
+// keyProof is the proof labelled label of key pub at time t, keyed by the
+// X25519 secret ss of the device's key and the gateway's.
+func keyProof(label string, ss []byte, pub noise.PublicKey, t int64) []byte {
 	m := hmac.New(sha256.New, ss)
-	m.Write([]byte("ptun device status v1\n"))
+	m.Write([]byte(label))
 	m.Write(pub[:])
 	m.Write([]byte("\n" + strconv.FormatInt(t, 10)))
 	return m.Sum(nil)
 }
 
-// NewStatusRequest is the request of the device holding dev to the gateway
-// whose key is gw, at time now.
-func NewStatusRequest(dev noise.PrivateKey, gw noise.PublicKey, now time.Time) (*StatusRequest, error) {
+// newKeyProof is the proof labelled label of the device holding dev to
+// the gateway whose key is gw, at time t.
+func newKeyProof(label string, dev noise.PrivateKey, gw noise.PublicKey, t int64) ([]byte, error) {
 	ss, err := curve25519.X25519(dev[:], gw[:])
 	if err != nil {
 		return nil, fmt.Errorf("enroll: the gateway's key: %w", err)
 	}
-	pub := dev.PublicKey()
+	return keyProof(label, ss, dev.PublicKey(), t), nil
+}
+
+// checkKeyProof verifies mac, the proof labelled label of key pub at time
+// t, for the gateway holding gw at time now: an error wrapping ErrBadProof
+// if t is more than MaxStatusSkew from now or the proof does not hold.
+func checkKeyProof(label string, gw noise.PrivateKey, pub noise.PublicKey, t int64, mac []byte, now time.Time) error {
+	d := now.Sub(time.Unix(t, 0))
+	if d > MaxStatusSkew || d < -MaxStatusSkew {
+		return fmt.Errorf("%w: its time is %v from the gateway's clock", ErrBadProof, d.Round(time.Second))
+	}
+	ss, err := curve25519.X25519(gw[:], pub[:])
+	if err != nil {
+		return fmt.Errorf("%w: the key is of low order", ErrBadProof)
+	}
+	if !hmac.Equal(mac, keyProof(label, ss, pub, t)) {
+		return ErrBadProof
+	}
+	return nil
+}
+
+// NewStatusRequest is the request of the device holding dev to the gateway
+// whose key is gw, at time now.
+func NewStatusRequest(dev noise.PrivateKey, gw noise.PublicKey, now time.Time) (*StatusRequest, error) {
 	t := now.Unix()
-	return &StatusRequest{PublicKey: pub, Time: t, Proof: statusMAC(ss, pub, t)}, nil
+	proof, err := newKeyProof(statusLabel, dev, gw, t)
+	if err != nil {
+		return nil, err
+	}
+	return &StatusRequest{PublicKey: dev.PublicKey(), Time: t, Proof: proof}, nil
 }
 
 // CheckStatus verifies r for the gateway holding gw at time now.
 func CheckStatus(r *StatusRequest, gw noise.PrivateKey, now time.Time) error {
-	d := now.Sub(time.Unix(r.Time, 0))
-	if d > MaxStatusSkew || d < -MaxStatusSkew {
-		return fmt.Errorf("%w: its time is %v from the gateway's clock", ErrBadProof, d.Round(time.Second))
-	}
-	ss, err := curve25519.X25519(gw[:], r.PublicKey[:])
-	if err != nil {
-		return fmt.Errorf("%w: the key is of low order", ErrBadProof)
-	}
-	if !hmac.Equal(r.Proof, statusMAC(ss, r.PublicKey, r.Time)) {
-		return ErrBadProof
-	}
-	return nil
+	return checkKeyProof(statusLabel, gw, r.PublicKey, r.Time, r.Proof, now)
 }
 
 // DecodeStatusRequest reads one request of at most 1 KiB.

@@ -1,7 +1,6 @@
 package enroll
 
 import (
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -9,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/crypto/curve25519"
 
 	"github.com/ptun-vpn/ptun/wg/noise"
 )
@@ -39,26 +36,15 @@ const DeviceLoginPrefix = "ptun-device:"
 // IsDeviceLogin reports whether user is a device-key login's user name.
 func IsDeviceLogin(user string) bool { return strings.HasPrefix(user, DeviceLoginPrefix) }
 
-// deviceLoginMAC is the proof of a login at time t by key pub, keyed by the
-// X25519 secret ss.
-func deviceLoginMAC(ss []byte, pub noise.PublicKey, t int64) []byte {
-	m := hmac.New(sha256.New, ss)
-	m.Write([]byte("ptun tls login v1\n"))
-	m.Write(pub[:])
-	m.Write([]byte("\n" + strconv.FormatInt(t, 10)))
-	return m.Sum(nil)
-}
-
 // DeviceLogin is the user name and password with which the device holding
 // dev logs in, at time now, to the gateway whose key is gw.
 func DeviceLogin(dev noise.PrivateKey, gw noise.PublicKey, now time.Time) (user, password string, err error) {
-	ss, err := curve25519.X25519(dev[:], gw[:])
-	if err != nil {
-		return "", "", fmt.Errorf("enroll: the gateway's key: %w", err)
-	}
-	pub := dev.PublicKey()
 	t := now.Unix()
-	return DeviceLoginPrefix + pub.Base64(), strconv.FormatInt(t, 10) + "." + base64.StdEncoding.EncodeToString(deviceLoginMAC(ss, pub, t)), nil
+	mac, err := newKeyProof(tlsLoginLabel, dev, gw, t)
+	if err != nil {
+		return "", "", err
+	}
+	return DeviceLoginPrefix + dev.PublicKey().Base64(), strconv.FormatInt(t, 10) + "." + base64.StdEncoding.EncodeToString(mac), nil
 }
 
 // ErrMalformedLogin is returned by ParseDeviceLogin for a device login
@@ -102,16 +88,5 @@ func ParseDeviceLogin(user, password string) (DeviceLoginProof, error) {
 // wrapping ErrBadProof if its time is more than MaxStatusSkew from now or
 // its MAC does not hold.
 func (p DeviceLoginProof) Check(gw noise.PrivateKey, now time.Time) error {
-	d := now.Sub(time.Unix(p.Time, 0))
-	if d > MaxStatusSkew || d < -MaxStatusSkew {
-		return fmt.Errorf("%w: its time is %v from the gateway's clock", ErrBadProof, d.Round(time.Second))
-	}
-	ss, err := curve25519.X25519(gw[:], p.PublicKey[:])
-	if err != nil {
-		return fmt.Errorf("%w: the key is of low order", ErrBadProof)
-	}
-	if !hmac.Equal(p.MAC, deviceLoginMAC(ss, p.PublicKey, p.Time)) {
-		return ErrBadProof
-	}
-	return nil
+	return checkKeyProof(tlsLoginLabel, gw, p.PublicKey, p.Time, p.MAC, now)
 }
