@@ -162,6 +162,9 @@ func TestAdminPage(t *testing.T) {
 	// them again by itself).
 	laptop := `#devices tr[data-name="alice/laptop"]`
 	b.page("devices", laptop+`[data-state="online"]`)
+	if got := evalJS[string](b, `document.querySelector('`+laptop+` td.protocol').textContent`); got != "WireGuard" {
+		t.Errorf("the laptop's protocol cell: %q, want WireGuard", got)
+	}
 	rx0 := b.rxOf(laptop)
 	pinging := startPing(l.client.ns, lanHost, 12*time.Second)
 	b.waitJS("the laptop's bytes to rise on the page", fmt.Sprintf(`Number(document.querySelector('%s td[data-rx]').dataset.rx) > %d`, laptop, rx0))

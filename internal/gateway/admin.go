@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -64,6 +65,9 @@ type AdminOptions struct {
 	// Peers returns the interface's peers with their live figures (nil:
 	// none, as when the gateway is not running).
 	Peers func() ([]wgcfg.PeerState, error)
+	// TLSSessions returns the OpenConnect sessions of the gateway's TLS
+	// listener, as of the last second (nil: none).
+	TLSSessions func() []ocengine.SessionInfo
 	// Health is served at AdminHealthPath without authentication (nil:
 	// not served).
 	Health http.Handler
@@ -837,6 +841,11 @@ type DeviceJSON struct {
 	RxBytes       uint64       `json:"rx_bytes"`
 	TxBytes       uint64       `json:"tx_bytes"`
 	Online        bool         `json:"online"`
+	// Path is the path of the device's session over the TLS listener
+	// ("dtls" or "cstp"; "": none, or WireGuard): an openconnect
+	// device's, or a WireGuard device's on its fallback. Its figures are
+	// then the session's.
+	Path string `json:"path,omitempty"`
 }
 
 // OnlineWithin is how recent a device's last handshake is when it counts
@@ -859,10 +868,11 @@ func (a *adminAPI) listDevices(w http.ResponseWriter, r *http.Request, _ caller)
 		return
 	}
 	peers, live := a.livePeers()
+	sessions := a.tlsSessions()
 	now := a.o.Now()
 	out := DevicesReply{Live: live, Devices: make([]DeviceJSON, 0, len(devs))}
 	for _, d := range devs {
-		out.Devices = append(out.Devices, deviceJSON(d, peers, now))
+		out.Devices = append(out.Devices, deviceJSON(d, peers, sessions, now))
 	}
 	reply(w, http.StatusOK, out)
 }
@@ -884,8 +894,24 @@ func (a *adminAPI) livePeers() (peers map[registry.Key]wgcfg.PeerState, live boo
 	return peers, true
 }
 
-// deviceJSON is d with its peer's live figures from peers (nil: none).
-func deviceJSON(d registry.Device, peers map[registry.Key]wgcfg.PeerState, now time.Time) DeviceJSON {
+// tlsSessions are the TLS listener's sessions with a path, by device.
+func (a *adminAPI) tlsSessions() map[int64]ocengine.SessionInfo {
+	if a.o.TLSSessions == nil {
+		return nil
+	}
+	ss := a.o.TLSSessions()
+	m := make(map[int64]ocengine.SessionInfo, len(ss))
+	for _, s := range ss {
+		if s.Path != "" {
+			m[s.DeviceID] = s
+		}
+	}
+	return m
+}
+
+// deviceJSON is d with its live figures: its peer's from peers, or its
+// TLS session's from sessions (either nil: none).
+func deviceJSON(d registry.Device, peers map[registry.Key]wgcfg.PeerState, sessions map[int64]ocengine.SessionInfo, now time.Time) DeviceJSON {
 	j := DeviceJSON{ID: d.ID, User: d.User, Name: d.Name, Protocol: d.Protocol, PublicKey: base64.StdEncoding.EncodeToString(d.PublicKey[:]),
 		Addresses: d.Addresses, CreatedAt: d.CreatedAt, LastSeenAt: d.LastSeenAt, RevokedAt: d.RevokedAt}
 	if j.Addresses == nil {
@@ -897,6 +923,10 @@ func deviceJSON(d registry.Device, peers map[registry.Key]wgcfg.PeerState, now t
 		}
 		j.LastHandshake, j.RxBytes, j.TxBytes = p.LastHandshake, p.RxBytes, p.TxBytes
 		j.Online = !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < OnlineWithin
+	}
+	if s, ok := sessions[d.ID]; ok && !d.Revoked() {
+		j.Endpoint, j.Online, j.Path = "", true, s.Path
+		j.LastHandshake, j.RxBytes, j.TxBytes = s.Started, s.RxBytes, s.TxBytes
 	}
 	return j
 }
@@ -918,7 +948,7 @@ func (a *adminAPI) renameDevice(w http.ResponseWriter, r *http.Request, _ caller
 		return
 	}
 	peers, _ := a.livePeers()
-	reply(w, http.StatusOK, deviceJSON(d, peers, a.o.Now()))
+	reply(w, http.StatusOK, deviceJSON(d, peers, a.tlsSessions(), a.o.Now()))
 }
 
 func (a *adminAPI) revokeDevice(w http.ResponseWriter, r *http.Request, _ caller) {

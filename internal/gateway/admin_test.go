@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ptun-vpn/ptun/internal/enroll"
+	"github.com/ptun-vpn/ptun/internal/ocengine"
 	"github.com/ptun-vpn/ptun/internal/registry"
 	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/wg/noise"
@@ -837,7 +838,7 @@ func TestServeAdmin(t *testing.T) {
 	roots.AppendCertsFromPEM(pemBytes)
 	for _, plain := range []bool{false, true} {
 		cfg.Admin, cfg.AdminPlain = netip.MustParseAddrPort("127.0.0.1:0"), plain
-		srv, addr, err := serveAdmin(dir, cfg, reg, cert, &health, peers, nil, nil)
+		srv, addr, err := serveAdmin(dir, cfg, reg, cert, &health, peers, nil, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1037,5 +1038,57 @@ func TestAdminOverviewHistory(t *testing.T) {
 	want(t, w, http.StatusOK, nil)
 	if got := strings.TrimSpace(w.Body.String()); got != `{"interval_s":5,"points":[]}` {
 		t.Errorf("history without a History: %s", got)
+	}
+}
+
+// TestAdminDevicesTLSSessions: a device with a session on the TLS listener
+// (an openconnect device, or a WireGuard device on its fallback) is
+// online with the session's path and figures; a session without a path
+// (its client away) or of a revoked device changes nothing.
+func TestAdminDevicesTLSSessions(t *testing.T) {
+	var sessions []ocengine.SessionInfo
+	e := newAdminEnv(t, func(o *AdminOptions) {
+		o.TLSSessions = func() []ocengine.SessionInfo { return sessions }
+	})
+	tok := bearer(e.token(t))
+	ctx := context.Background()
+	if _, err := e.reg.AddUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	wgDev, err := e.reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "laptop", PublicKey: registry.Key{7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ocDev, err := e.reg.CreateDevice(ctx, "alice", registry.DeviceSpec{Name: "openconnect", PublicKey: registry.Key{9},
+		Protocol: registry.ProtocolOpenConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	sessions = []ocengine.SessionInfo{
+		{DeviceID: wgDev.ID, Path: "cstp", Started: started, RxBytes: 1000, TxBytes: 2000},
+		{DeviceID: ocDev.ID, Path: ""},
+	}
+	var devs DevicesReply
+	want(t, e.do(t, "GET", AdminPrefix+"/devices", "", tok), http.StatusOK, &devs)
+	byName := map[string]DeviceJSON{}
+	for _, d := range devs.Devices {
+		byName[d.Name] = d
+	}
+	if d := byName["laptop"]; !d.Online || d.Path != "cstp" || d.RxBytes != 1000 || d.TxBytes != 2000 || !d.LastHandshake.Equal(started) || d.Protocol != "wireguard" {
+		t.Errorf("the WireGuard device on TLS: %+v", d)
+	}
+	if d := byName["openconnect"]; d.Online || d.Path != "" {
+		t.Errorf("the openconnect device whose client is away: %+v", d)
+	}
+	if err := e.reg.RevokeDevice(ctx, wgDev.ID); err != nil {
+		t.Fatal(err)
+	}
+	var after DevicesReply
+	want(t, e.do(t, "GET", AdminPrefix+"/devices?all=1", "", tok), http.StatusOK, &after)
+	for _, d := range after.Devices {
+		if d.Name == "laptop" && (d.Online || d.Path != "") {
+			t.Errorf("a revoked device with a session: %+v", d)
+		}
 	}
 }

@@ -201,7 +201,7 @@ func Run(ctx context.Context, dir string, o RunOptions) (err error) {
 				<-histDone
 			}()
 		}
-		asrv, _, err := serveAdmin(dir, cfg, reg, cert, health, h, hist, logger)
+		asrv, _, err := serveAdmin(dir, cfg, reg, cert, health, h, tg, hist, logger)
 		if err != nil {
 			return err
 		}
@@ -317,7 +317,7 @@ func orNone(s string) string {
 // live figures of h's peers (nil: none) and hist's overview and history
 // (nil: none), until the server is closed. It returns the listener's
 // address.
-func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certificate, health *telemetry.Health, h uapi.Handler, hist *History, logger *slog.Logger) (*http.Server, net.Addr, error) {
+func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certificate, health *telemetry.Health, h uapi.Handler, tg *tlsGateway, hist *History, logger *slog.Logger) (*http.Server, net.Addr, error) {
 	pin, err := Pin(dir)
 	if err != nil {
 		return nil, nil, err
@@ -332,6 +332,9 @@ func serveAdmin(dir string, cfg *Config, reg registry.Registry, cert tls.Certifi
 			}
 			return st.Peers, nil
 		}
+	}
+	if tg != nil {
+		o.TLSSessions = tg.lastSessions
 	}
 	ln, err := net.Listen("tcp", cfg.Admin.String())
 	if err != nil {

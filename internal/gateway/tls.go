@@ -93,6 +93,14 @@ func startTLS(dir string, cfg *Config, reg registry.Registry, key noise.PrivateK
 	return tg, nil
 }
 
+// lastSessions are the sessions as of the last sync's reading (about a
+// second old at most).
+func (tg *tlsGateway) lastSessions() []ocengine.SessionInfo {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return tg.sessions
+}
+
 // setConfig takes a reloaded gateway.json (its routes, DNS, search
 // domains reach the next logins and resumes).
 func (tg *tlsGateway) setConfig(cfg *Config) {

@@ -1,5 +1,5 @@
-// Devices: every device with its addresses, endpoint, last handshake,
-// bytes, state and a small throughput chart; rename, revoke.
+// Devices: every device with its protocol, addresses, endpoint, last
+// handshake, bytes, state and a small throughput chart; rename, revoke.
 
 import * as api from "./api.js";
 import { sparkline } from "./charts.js";
@@ -39,12 +39,22 @@ function spark(rx, tx) {
   return sparkline([{ cls: "rx", values: rx }, { cls: "tx", values: tx }], title);
 }
 
+// protocol is how a device is connected: WireGuard, or OpenConnect (an
+// openconnect login's device, or a WireGuard device on its fallback),
+// with its session's path.
+export function protocol(d) {
+  const name = d.protocol === "openconnect" ? "OpenConnect" : "WireGuard";
+  if (!d.path) return name;
+  return d.protocol === "openconnect" ? `${name} (${d.path})` : `${name}, over TLS (${d.path})`;
+}
+
 // deviceRow is a device's row; actions (may be null) = {rename, revoke}.
 export function deviceRow(d, actions, sparkCell) {
   const state = deviceState(d);
   const label = `${d.user}/${d.name}`;
   return h("tr", { dataset: { device: String(d.id), name: label, state } },
     h("td", null, h("strong", null, label)),
+    h("td", { class: "protocol" }, protocol(d)),
     h("td", { class: "addrs" }, (d.addresses || []).map((a) => h("div", null, a))),
     h("td", null, d.endpoint || ""),
     timeCell(d.last_handshake),
@@ -60,7 +70,7 @@ export function deviceRow(d, actions, sparkCell) {
 }
 
 export const deviceHeader = () => h("thead", null, h("tr", null,
-  ["Device", "Addresses", "Endpoint", "Last handshake", "Received", "Sent", "State", "Throughput", ""].map((t) => h("th", null, t))));
+  ["Device", "Protocol", "Addresses", "Endpoint", "Last handshake", "Received", "Sent", "State", "Throughput", ""].map((t) => h("th", null, t))));
 
 export default {
   title: "Devices",
