@@ -35,10 +35,16 @@ import (
 // It needs the fd flow (the front reads the device itself in the others)
 // and an engine in a process of its own.
 
-// Defaults of the fallback.
+// Defaults of the fallback. A TLS path whose session the gateway refused,
+// or that had no session for tlsNoSession, is left (the UDP side's
+// failover to the profile's other gateways goes on) and not taken again
+// for tlsPause, so that a gateway refusing it is not asked every few
+// seconds.
 const (
 	defaultFallbackAfter = 2 * time.Second
 	udpRetry             = 10 * time.Second
+	tlsNoSession         = 20 * time.Second
+	tlsPause             = time.Minute
 )
 
 // fallback is a running tunnel's TLS path: what it takes, and its engine
@@ -48,12 +54,15 @@ type fallback struct {
 	dev  tun.Device
 	hold front.TUNHolder
 	cmd  func() (*exec.Cmd, error)
+	// notBefore: the TLS path is not taken again before then (tlsPause).
+	notBefore time.Time
 
 	// While on the TLS path (f != nil):
 	f       *ocFront
 	ep      *ocEngine
 	entered time.Time // when the TLS path was taken
 	poked   time.Time // when the WireGuard peer was last renewed
+	down    time.Time // since when it has had no session (zero: it has one)
 	retry   <-chan time.Time
 	backoff time.Duration
 }
@@ -130,7 +139,8 @@ func (fb *fallback) enter(ctx context.Context, reason string) error {
 		}
 		return fmt.Errorf("starting the OpenConnect engine: %w", err)
 	}
-	fb.f, fb.ep, fb.entered, fb.poked, fb.retry, fb.backoff = f, ep, time.Now(), time.Now(), nil, 0
+	now := time.Now()
+	fb.f, fb.ep, fb.entered, fb.poked, fb.down, fb.retry, fb.backoff = f, ep, now, now, now, nil, 0
 	s.st.Via, s.st.Path = ViaTLS, ""
 	s.o.Logf("%s: %s: moving to TLS, gateway %s at %s (logging in with the device's key)", s.name, reason, g.Name, srv)
 	s.save()
@@ -166,6 +176,7 @@ func (fb *fallback) onEvent(ev ocEvent) {
 		first := !f.isUp
 		f.sessionUp(ev.up, f.isUp) // hosted: records, applies nothing
 		f.isUp = true
+		fb.down = time.Time{}
 		s.st.Path = f.st.Path
 		if first {
 			s.o.Logf("%s: traffic goes over TLS (%s) %v after the move", s.name, f.st.Path, time.Since(fb.entered).Round(time.Millisecond))
@@ -175,6 +186,9 @@ func (fb *fallback) onEvent(ev ocEvent) {
 	}
 	d := ev.down
 	s.st.Path = ""
+	if fb.down.IsZero() {
+		fb.down = time.Now()
+	}
 	if d.Final {
 		f.gaveUp = true
 		s.o.Logf("%s: the gateway refused the TLS session (%s)", s.name, d.Reason)
@@ -216,6 +230,26 @@ func (fb *fallback) restart() {
 	}
 	fb.ep, fb.backoff = ep, 0
 	fb.s.o.Logf("%s: OpenConnect engine restarted; it connects with the session's cookie", fb.s.name)
+}
+
+// canEnter reports whether the TLS path may be taken at now.
+func (fb *fallback) canEnter(now time.Time) bool { return fb != nil && !now.Before(fb.notBefore) }
+
+// failing reports whether, at now, the TLS path is to be left as not
+// working: the gateway refused its session, or it has had none for
+// tlsNoSession.
+func (fb *fallback) failing(now time.Time) bool {
+	return fb.onTLS() && (fb.f.gaveUp || !fb.down.IsZero() && now.Sub(fb.down) >= tlsNoSession)
+}
+
+// abandon leaves a failing TLS path and keeps it closed for tlsPause.
+func (fb *fallback) abandon(now time.Time) {
+	why := fmt.Sprintf("no session over TLS for %v", now.Sub(fb.down).Round(time.Second))
+	if fb.f.gaveUp {
+		why = "the gateway refused the TLS session"
+	}
+	fb.leave(why + fmt.Sprintf(" (not tried again for %v)", tlsPause))
+	fb.notBefore = now.Add(tlsPause)
 }
 
 // udpWorks reports whether, on the TLS path, WireGuard completed a

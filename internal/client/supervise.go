@@ -162,6 +162,11 @@ func (s *supervisor) loop(ctx context.Context, frontDone chan error) error {
 			s.fails = 0
 			continue
 		}
+		if now := time.Now(); s.fb.failing(now) {
+			s.fb.abandon(now)
+			s.fails = 0
+			continue
+		}
 		if !s.p.Offer.Control.IsValid() {
 			continue
 		}
@@ -190,7 +195,7 @@ func (s *supervisor) loop(ctx context.Context, frontDone chan error) error {
 				s.revoke(at)
 			}
 			continue
-		case s.fb != nil:
+		case s.fb.canEnter(time.Now()):
 			if err := s.fb.enter(ctx, fmt.Sprintf("gateway %s does not answer over UDP", s.st.Gateway)); err == nil {
 				continue
 			} else {
