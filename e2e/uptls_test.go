@@ -290,6 +290,12 @@ func TestUpFallsBackToTLS(t *testing.T) {
 	if !strings.Contains(addrs, x.devAddr.String()+"/") {
 		t.Errorf("pt-%s has %q, want the profile's address %v", x.name, addrs, x.devAddr)
 	}
+	// Full-size segments pass: the interface takes the TLS session's
+	// smaller MTU while on it, and WireGuard's again after.
+	wgMTU := linkMTU(t, l.client.ns, "pt-"+x.name)
+	upTLS := iperf3(t, l.client, x.lan, lanAddr, "-t", "2")
+	downTLS := iperf3(t, l.client, x.lan, lanAddr, "-t", "2", "-R")
+	t.Logf("on the fallback (CSTP): TCP up %.0f Mbit/s, down %.0f Mbit/s; MTU %d", upTLS.mbits(), downTLS.mbits(), wgMTU)
 
 	// Back to UDP under a transfer: iperf3 at 50 Mbit/s for 14 s, UDP
 	// unblocked 3 s into it.
@@ -311,6 +317,9 @@ func TestUpFallsBackToTLS(t *testing.T) {
 	back := time.Since(unblocked)
 	if err := <-transfer; err != nil {
 		t.Fatalf("the transfer across the switch: %v", err)
+	}
+	if got := linkMTU(t, l.client.ns, "pt-"+x.name); got != 1420 {
+		t.Errorf("back on WireGuard, pt-%s has MTU %d, want the profile's 1420", x.name, got)
 	}
 	if moved.End.SumReceived.Bytes < 10<<20 {
 		t.Errorf("the transfer across the switch moved %d bytes, want at least 10 MiB", moved.End.SumReceived.Bytes)
@@ -346,4 +355,15 @@ func TestUpFallsBackToTLS(t *testing.T) {
 	if out, _ := run(l.client.ns, "nft", "list", "tables"); strings.Contains(out, "ptun") && !strings.Contains(out, "ptun_e2e_noudp") {
 		t.Errorf("nftables tables left after ptun down:\n%s", out)
 	}
+}
+
+// linkMTU is interface name's MTU in ns.
+func linkMTU(t *testing.T, ns, name string) int {
+	t.Helper()
+	out := mustRun(t, ns, "cat", "/sys/class/net/"+name+"/mtu")
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("the MTU of %s: %q", name, out)
+	}
+	return n
 }

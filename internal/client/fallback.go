@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/ipc"
@@ -63,6 +65,7 @@ type fallback struct {
 	entered time.Time // when the TLS path was taken
 	poked   time.Time // when the WireGuard peer was last renewed
 	down    time.Time // since when it has had no session (zero: it has one)
+	mtu     int       // the interface's MTU before a session's smaller one (0: unchanged)
 	retry   <-chan time.Time
 	backoff time.Duration
 }
@@ -159,6 +162,12 @@ func (fb *fallback) leave(reason string) {
 		fb.f.stopEngine(fb.ep)
 	}
 	close(fb.f.stop)
+	if fb.mtu != 0 {
+		if err := setLinkMTU(s.st.Interface, fb.mtu); err != nil {
+			s.o.Logf("%s: the MTU back to %d: %v", s.name, fb.mtu, err)
+		}
+		fb.mtu = 0
+	}
 	if err := fb.hold.HoldTUN(false); err != nil {
 		s.o.Logf("%s: letting the WireGuard engine read again: %v", s.name, err)
 	}
@@ -177,6 +186,7 @@ func (fb *fallback) onEvent(ev ocEvent) {
 		f.sessionUp(ev.up, f.isUp) // hosted: records, applies nothing
 		f.isUp = true
 		fb.down = time.Time{}
+		fb.fitMTU(ev.up.Tunnel.MTU)
 		s.st.Path = f.st.Path
 		if first {
 			s.o.Logf("%s: traffic goes over TLS (%s) %v after the move", s.name, f.st.Path, time.Since(fb.entered).Round(time.Millisecond))
@@ -197,6 +207,26 @@ func (fb *fallback) onEvent(ev ocEvent) {
 	}
 	s.o.Logf("%s: the TLS session ended (%s): reconnecting with its cookie", s.name, d.Reason)
 	s.save()
+}
+
+// fitMTU lowers the interface's MTU to a session's, if smaller (the TLS
+// path carries less than WireGuard: the session drops what does not fit,
+// and the host's TCP sizes its segments to the interface); leave puts
+// it back.
+func (fb *fallback) fitMTU(mtu int) {
+	s := fb.s
+	cur, err := linkMTU(s.st.Interface)
+	if err != nil || mtu < 576 || mtu >= cur {
+		return
+	}
+	if err := setLinkMTU(s.st.Interface, mtu); err != nil {
+		s.o.Logf("%s: the TLS session's MTU %d: %v", s.name, mtu, err)
+		return
+	}
+	if fb.mtu == 0 {
+		fb.mtu = cur
+	}
+	s.o.Verbosef("%s: MTU %d while over TLS (was %d)", s.name, mtu, fb.mtu)
 }
 
 // exited handles the OpenConnect engine's exit: a new one, with the
@@ -328,3 +358,19 @@ func (s *supervisor) waitFirst(ctx context.Context, wait time.Duration) error {
 
 // Via values of State.
 const ViaTLS = "tls"
+
+func linkMTU(name string) (int, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, err
+	}
+	return l.Attrs().MTU, nil
+}
+
+func setLinkMTU(name string, mtu int) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetMTU(l, mtu)
+}

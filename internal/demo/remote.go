@@ -89,9 +89,10 @@ func remote(ctx context.Context, p *printer, tb *Testbed, bin string, d time.Dur
 	}
 	endpoint := netip.AddrPortFrom(tb.UnderlayB.V4, gatewayPort)
 	api := netip.AddrPortFrom(tb.UnderlayB.V4, apiPort)
-	if _, err := step(fmt.Sprintf("ptun gateway init (b): endpoint %s, API %s, pool 100.80.0.0/16, route %s, masquerade", endpoint, api, lanGateway.Masked()),
+	tlsAddr := netip.AddrPortFrom(tb.UnderlayB.V4, 443)
+	if _, err := step(fmt.Sprintf("ptun gateway init (b): endpoint %s, API %s, TLS %s, pool 100.80.0.0/16, route %s, masquerade", endpoint, api, tlsAddr, lanGateway.Masked()),
 		tb.B, "gateway", "init", "--state", state, "--interface", iface, "--endpoint", endpoint.String(), "--api", api.String(),
-		"--pool", "100.80.0.0/16", "--pool", "2001:db8:80::/64", "--route", lanGateway.Masked().String(), "--masquerade"); err != nil {
+		"--tls", tlsAddr.String(), "--pool", "100.80.0.0/16", "--pool", "2001:db8:80::/64", "--route", lanGateway.Masked().String(), "--masquerade"); err != nil {
 		return err
 	}
 	if _, err := step("ptun gateway user add alice --group eng (b)", tb.B, "gateway", "user", "add", "alice", "--group", "eng", "--state", state); err != nil {
@@ -182,6 +183,13 @@ func remote(ctx context.Context, p *printer, tb *Testbed, bin string, d time.Dur
 		p.printf("%s (%s of the raw link b -> a)\n", fmtRate(down), fmtRatio(down/rawDown))
 	}
 
+	if err := fallback(ctx, p, tb, lan, dst, d, func() string {
+		out, _ := cmd(tb.A, "status", profile, "--profiles", profiles, "--state", cstate)
+		return out
+	}); err != nil {
+		return err
+	}
+
 	p.printf("\n  ptun gateway revoke alice/laptop (b) ... ")
 	revoked := time.Now()
 	if _, err := cmd(tb.B, "gateway", "revoke", "alice/laptop", "--state", state); err != nil {
@@ -208,6 +216,63 @@ func remote(ctx context.Context, p *printer, tb *Testbed, bin string, d time.Dur
 		return err
 	}
 	p.printf("done\n")
+	return nil
+}
+
+// fallback shows ptun up where UDP is blocked: a's network drops UDP to
+// the gateway, the tunnel moves to the gateway's TLS listener by itself
+// (status says so), traffic goes on; unblocked, it comes back to UDP.
+func fallback(ctx context.Context, p *printer, tb *Testbed, lan *netns.NS, dst netip.Addr, d time.Duration, status func() string) error {
+	wait := func(what string, limit time.Duration, ok func(string) bool) (time.Duration, error) {
+		start := time.Now()
+		for time.Since(start) < limit {
+			if ok(status()) {
+				return time.Since(start), nil
+			}
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		return 0, fmt.Errorf("the tunnel did not move %s within %v:\n%s", what, limit, status())
+	}
+	p.printf("\n  a's network drops UDP to the gateway (nftables): the tunnel falls back to TLS by itself ... ")
+	if err := blockUDP(tb.A, tb.UnderlayB.V4); err != nil {
+		p.printf("failed\n")
+		return err
+	}
+	defer unblockUDP(tb.A)
+	took, err := wait("to TLS", 30*time.Second, func(s string) bool { return strings.Contains(s, "path cstp") })
+	if err != nil {
+		p.printf("failed\n")
+		return err
+	}
+	p.printf("over TLS (CSTP) after %s, same interface and address\n", fmtDur(took))
+	p.printf("  ping a -> lan over TLS, min / median / max: ")
+	rtts, err := probe.Ping(ctx, tb.A, dst, 5, 200*time.Millisecond, 2*time.Second)
+	if len(rtts) == 0 {
+		p.printf("no replies\n")
+		return fmt.Errorf("no reply from the lan host over TLS: %v", err)
+	}
+	p.printf("%s / %s / %s\n", fmtDur(slices.Min(rtts)), fmtDur(median(rtts)), fmtDur(slices.Max(rtts)))
+	p.printf("  TCP a -> lan over TLS ... ")
+	if r, err := tcpThroughput(ctx, tb.A, lan, dst, d); err != nil {
+		p.printf("failed (%v)\n", err)
+	} else {
+		p.printf("%s\n", fmtRate(r))
+	}
+	p.printf("  UDP passes again: back to WireGuard ... ")
+	if err := unblockUDP(tb.A); err != nil {
+		p.printf("failed\n")
+		return err
+	}
+	took, err = wait("back to UDP", 30*time.Second, func(s string) bool { return !strings.Contains(s, "over TLS") })
+	if err != nil {
+		p.printf("failed\n")
+		return err
+	}
+	p.printf("after %s (a handshake over UDP completed)\n", fmtDur(took))
 	return nil
 }
 
