@@ -16,6 +16,10 @@ type Reporter interface {
 	Stats() []Counter
 }
 
+// QueuePrefix starts the name of a Counter that is a queue's depth at the
+// moment of the snapshot (a gauge, not a count): "queue_handshakes".
+const QueuePrefix = "queue_"
+
 // Prefixed renames cs in place to prefix+name and returns it: for a
 // component that reports the counters of its parts under its own names.
 func Prefixed(prefix string, cs []Counter) []Counter {

@@ -264,10 +264,14 @@ func (d *Device) isClosed() bool {
 	}
 }
 
-// Stats returns the device's counters followed by the TUN's and the
-// transport's, when they count.
+// Stats returns the device's counters and its queues' depths now
+// (queue_*), followed by the TUN's and the transport's, when they count.
 func (d *Device) Stats() []metrics.Counter {
 	out := d.counters.snapshot()
+	out = append(out,
+		metrics.Counter{Name: "queue_staged_packets", Value: uint64(max(0, d.stagedTotal.Load()))},
+		metrics.Counter{Name: "queue_handshakes", Value: uint64(len(d.handshakes))},
+		metrics.Counter{Name: "queue_control", Value: uint64(len(d.control))})
 	if r, ok := d.tun.(metrics.Reporter); ok {
 		out = append(out, r.Stats()...)
 	}

@@ -387,11 +387,17 @@ func TestStagedTotalIsBounded(t *testing.T) {
 	if got := counter(a.dev, "drop_staged_queue_full"); got != 0 {
 		t.Fatalf("drop_staged_queue_full = %d, want 0 (the per-peer bound is larger)", got)
 	}
+	if got := counter(a.dev, "queue_staged_packets"); got != 10 {
+		t.Fatalf("queue_staged_packets = %d with the bound's 10 staged", got)
+	}
 	if err := a.dev.Set(removePeerConfig(b)); err != nil {
 		t.Fatal(err)
 	}
 	if n := a.dev.stagedTotal.Load(); n != 0 {
 		t.Fatalf("%d packets counted as staged after their peer left", n)
+	}
+	if got := counter(a.dev, "queue_staged_packets"); got != 0 {
+		t.Fatalf("queue_staged_packets = %d after their peer left", got)
 	}
 }
 

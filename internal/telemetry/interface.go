@@ -49,10 +49,10 @@ type mapped struct {
 type interfaceCollector struct {
 	in Interface
 
-	peerRx, peerTx, peerHandshake *prometheus.Desc
-	peers, engineUp               *prometheus.Desc
-	drops, other, scrapeErrors    *prometheus.Desc
-	byName                        map[string]mapped
+	peerRx, peerTx, peerHandshake      *prometheus.Desc
+	peers, engineUp                    *prometheus.Desc
+	drops, other, queues, scrapeErrors *prometheus.Desc
+	byName                             map[string]mapped
 
 	scrapeFailures atomic.Uint64 // Get failed (engine restarting, not answering)
 }
@@ -75,6 +75,7 @@ func newInterfaceCollector(in Interface) *interfaceCollector {
 		engineUp:      d("ptun_engine_up", "1 while the interface's engine runs, 0 while it is being restarted (the check engine of /healthz)."),
 		drops:         d("ptun_drops_total", "Packets dropped, by the stage that dropped them and why: each drop_* counter of ptun show.", "stage", "reason"),
 		other:         d("ptun_counter", "Every other counter of ptun show, by its name there: event counts, and 0/1 flags such as tun_gro_disabled.", "name"),
+		queues:        d("ptun_queue_depth", "Items waiting in one of the engine's queues at the scrape: staged_packets (packets waiting for a handshake, all peers), handshakes (handshake messages waiting for the handshake worker), control (timer and control work).", "queue"),
 		scrapeErrors:  d("ptun_scrape_errors_total", "Scrapes that could not read the interface's peers (its engine restarting or not answering)."),
 	}
 	c.byName = map[string]mapped{
@@ -92,7 +93,7 @@ func newInterfaceCollector(in Interface) *interfaceCollector {
 // Describe implements prometheus.Collector: every metric the collector can
 // send (ptun_drops_total and ptun_counter vary only in their labels).
 func (c *interfaceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.peerRx, c.peerTx, c.peerHandshake, c.peers, c.engineUp, c.drops, c.other, c.scrapeErrors} {
+	for _, d := range []*prometheus.Desc{c.peerRx, c.peerTx, c.peerHandshake, c.peers, c.engineUp, c.drops, c.other, c.queues, c.scrapeErrors} {
 		ch <- d
 	}
 	for _, m := range c.byName {
@@ -143,9 +144,12 @@ func (c *interfaceCollector) collectCounters(ch chan<- prometheus.Metric, cs []m
 	mappedSum := map[string]uint64{}
 	drops := map[dropKey]uint64{}
 	others := map[string]uint64{}
+	queues := map[string]uint64{}
 	for _, ct := range cs {
 		if _, ok := c.byName[ct.Name]; ok {
 			mappedSum[ct.Name] += ct.Value
+		} else if q, ok := strings.CutPrefix(ct.Name, metrics.QueuePrefix); ok {
+			queues[q] += ct.Value
 		} else if stage, reason, ok := DropLabels(ct.Name); ok {
 			drops[dropKey{stage, reason}] += ct.Value
 		} else {
@@ -162,6 +166,9 @@ func (c *interfaceCollector) collectCounters(ch chan<- prometheus.Metric, cs []m
 	}
 	for name, v := range others {
 		ch <- prometheus.MustNewConstMetric(c.other, prometheus.UntypedValue, float64(v), name)
+	}
+	for name, v := range queues {
+		ch <- prometheus.MustNewConstMetric(c.queues, prometheus.GaugeValue, float64(v), name)
 	}
 }
 

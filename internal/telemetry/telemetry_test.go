@@ -286,8 +286,11 @@ func TestScrapeReadsWhatShowReads(t *testing.T) {
 	type dropKey struct{ stage, reason string }
 	wantDrops := map[dropKey]float64{}
 	wantOther := map[string]float64{}
+	wantQueues := map[string]float64{}
 	for _, c := range stats {
-		if name, ok := dedicated[c.Name]; ok {
+		if q, ok := strings.CutPrefix(c.Name, metrics.QueuePrefix); ok {
+			wantQueues[q] += float64(c.Value)
+		} else if name, ok := dedicated[c.Name]; ok {
 			if v := one(t, fams, name, dto.MetricType_COUNTER, map[string]string{"interface": "tm0"}); v != float64(c.Value) {
 				t.Errorf("%s %v, the socket says %s %d", name, v, c.Name, c.Value)
 			}
@@ -317,6 +320,13 @@ func TestScrapeReadsWhatShowReads(t *testing.T) {
 	}
 	if !reflect.DeepEqual(gotOther, wantOther) {
 		t.Errorf("ptun_counter:\n got %v\nwant %v (from the socket's stats)", gotOther, wantOther)
+	}
+	gotQueues := map[string]float64{}
+	for _, m := range family(t, fams, "ptun_queue_depth", dto.MetricType_GAUGE).GetMetric() {
+		gotQueues[labels(m)["queue"]] = value(m)
+	}
+	if !reflect.DeepEqual(gotQueues, wantQueues) || len(gotQueues) < 3 {
+		t.Errorf("ptun_queue_depth:\n got %v\nwant %v (from the socket's stats: staged_packets, handshakes, control)", gotQueues, wantQueues)
 	}
 	if gotOther["tun_read_packets"] < packets {
 		t.Errorf("ptun_counter{name=tun_read_packets} %v, want at least %d", gotOther["tun_read_packets"], packets)
