@@ -5,20 +5,36 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/dtls/v3"
+
+	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/transport/udp"
 )
 
-// DTLS on the server: one UDP socket for every client. A datagram from a
-// source with no DTLS session yet must be a ClientHello whose session_id
-// is the App-ID a CONNECT answer gave out; it picks the session, and so
-// the key (PSK-NEGOTIATE: the session's TLS exporter). Anything else
-// from an unknown source is dropped and counted. pion/dtls does the
-// handshake and the records, over a per-source PacketConn this file
-// feeds.
+// DTLS on the server: one UDP socket for every client, read in batches by
+// one goroutine that tells the clients apart by source. A datagram from a
+// source with no DTLS conversation yet must be a ClientHello whose
+// session_id is the App-ID a CONNECT answer gave out; it picks the
+// session, and so the key (PSK-NEGOTIATE: the session's TLS exporter).
+// Anything else from an unknown source is dropped and counted.
+//
+// pion/dtls does the handshake, over a per-source PacketConn this file
+// feeds. Once it completes, ptun's own record layer (dtls_record.go) takes
+// epoch 1 over (dtls_fast.go): application data is opened in place by
+// the socket's reader and delivered from there, and the session's writer
+// seals bursts of records and sends each burst with one sendmmsg. pion
+// never reads application data: records that arrive before the takeover
+// wait for it. What pion still reads (handshake retransmissions, alerts)
+// and writes (a retransmitted last flight, alerts) goes on through it, and
+// what it writes at epoch 1 is sealed again with the record layer's
+// sequence numbers, so that no two records share a nonce.
 
 // dtlsHandshakeTimeout bounds a DTLS handshake.
 const dtlsHandshakeTimeout = 10 * time.Second
@@ -26,69 +42,89 @@ const dtlsHandshakeTimeout = 10 * time.Second
 // maxDTLSPeers bounds the sources with a DTLS conversation at once.
 const maxDTLSPeers = 8192
 
+// maxHeldRecords bounds a peer's application data records that arrived
+// before the takeover (beyond it they are dropped, as the wire may).
+const maxHeldRecords = 32
+
 // dtlsSuites are the PSK suites pion offers a GnuTLS client that asks for
-// PSK-NEGOTIATE.
+// PSK-NEGOTIATE; the record layer knows both.
 var dtlsSuites = []dtls.CipherSuiteID{
 	dtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
 	dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 type dtlsServer struct {
-	srv *Server
-	pc  net.PacketConn
+	srv  *Server
+	pc   net.PacketConn
+	sock dtlsSocket
 
 	mu     sync.Mutex
-	peers  map[string]*dtlsPeer
+	peers  map[netip.AddrPort]*dtlsPeer
 	closed bool
 }
 
 func newDTLSServer(srv *Server, pc net.PacketConn) *dtlsServer {
-	return &dtlsServer{srv: srv, pc: pc, peers: map[string]*dtlsPeer{}}
+	return &dtlsServer{srv: srv, pc: pc, sock: newDTLSSocket(pc, srv.cfg.Logf), peers: map[netip.AddrPort]*dtlsPeer{}}
 }
 
 func (ds *dtlsServer) close() {
 	ds.mu.Lock()
 	ds.closed = true
 	peers := ds.peers
-	ds.peers = map[string]*dtlsPeer{}
+	ds.peers = map[netip.AddrPort]*dtlsPeer{}
 	ds.mu.Unlock()
-	ds.pc.Close()
+	ds.sock.Close()
 	for _, p := range peers {
 		p.Close()
 	}
 }
 
+// run reads the socket until it closes.
 func (ds *dtlsServer) run() {
-	buf := make([]byte, 65536)
+	bufs := make([][]byte, udp.BatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, transport.MaxDatagramSize)
+	}
+	sizes := make([]int, udp.BatchSize)
+	eps := make([]transport.Endpoint, udp.BatchSize)
 	for {
-		n, addr, err := ds.pc.ReadFrom(buf)
+		n, err := ds.sock.Receive(bufs, sizes, eps)
 		if err != nil {
 			if ds.srv.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(10 * time.Millisecond) // no spinning on a persistent error
 			continue
 		}
-		key := addr.String()
-		ds.mu.Lock()
-		p := ds.peers[key]
-		ds.mu.Unlock()
-		if p != nil {
-			p.push(buf[:n])
-			continue
+		now := time.Now().UnixNano()
+		for i := range n {
+			ds.datagram(bufs[i][:sizes[i]], eps[i], now)
 		}
-		ss := ds.sessionFor(buf[:n])
-		if ss == nil {
-			ds.srv.stats.count(ReasonDTLSUnknown)
-			continue
-		}
-		p = ds.newPeer(key, addr)
-		if p == nil {
-			ds.srv.stats.count(ReasonDTLSUnknown)
-			continue
-		}
-		p.push(buf[:n])
-		ds.srv.wg.Go(func() { ds.handshake(p, ss) })
 	}
+}
+
+// datagram handles one datagram. d is the reader's buffer: it may be
+// changed (decrypted in place) but not kept.
+func (ds *dtlsServer) datagram(d []byte, ep transport.Endpoint, now int64) {
+	ds.mu.Lock()
+	p := ds.peers[ep.Remote]
+	ds.mu.Unlock()
+	if p != nil {
+		p.receive(d, now)
+		return
+	}
+	ss := ds.sessionFor(d)
+	if ss == nil {
+		ds.srv.stats.count(ReasonDTLSUnknown)
+		return
+	}
+	p = ds.newPeer(ep)
+	if p == nil {
+		ds.srv.stats.count(ReasonDTLSUnknown)
+		return
+	}
+	p.push(d)
+	ds.srv.wg.Go(func() { ds.handshake(p, ss) })
 }
 
 // sessionFor finds the session a first datagram's ClientHello names.
@@ -125,24 +161,30 @@ func ClientHelloSessionID(d []byte) ([]byte, bool) {
 	return d[idOffset+1 : idOffset+1+n], true
 }
 
-func (ds *dtlsServer) newPeer(key string, addr net.Addr) *dtlsPeer {
+func (ds *dtlsServer) newPeer(ep transport.Endpoint) *dtlsPeer {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	if ds.closed || len(ds.peers) >= maxDTLSPeers {
 		return nil
 	}
-	p := &dtlsPeer{ds: ds, key: key, addr: addr, in: make(chan []byte, 256), closed: make(chan struct{})}
-	ds.peers[key] = p
+	p := &dtlsPeer{
+		ds: ds, ep: ep, addr: net.UDPAddrFromAddrPort(ep.Remote),
+		in: make(chan []byte, 256), closed: make(chan struct{}),
+	}
+	ds.peers[ep.Remote] = p
 	return p
 }
 
 func (ds *dtlsServer) removePeer(p *dtlsPeer) {
 	ds.mu.Lock()
-	if ds.peers[p.key] == p {
-		delete(ds.peers, p.key)
+	if ds.peers[p.ep.Remote] == p {
+		delete(ds.peers, p.ep.Remote)
 	}
 	ds.mu.Unlock()
 }
+
+// stats are the socket's counters.
+func (ds *dtlsServer) stats() []metrics.Counter { return ds.sock.Stats() }
 
 func (ds *dtlsServer) handshake(p *dtlsPeer, ss *Session) {
 	ss.mu.Lock()
@@ -168,12 +210,20 @@ func (ds *dtlsServer) handshake(p *dtlsPeer, ss *Session) {
 		p.Close()
 		return
 	}
-	dc := &dtlsConn{c: c, peer: p, wbuf: make([]byte, 0, smallBuf+1)}
+	dc := &dtlsConn{c: c, peer: p}
+	f, err := p.takeOverSend(c, ss, dc)
+	if err != nil {
+		ds.srv.cfg.Logf("openconnect: DTLS with %v: %v", p.ep.Remote, err)
+		ds.srv.stats.count(ReasonDTLSHandshake)
+		dc.close()
+		return
+	}
 	if !ss.attachDTLS(dc, appID) {
 		dc.close()
 		return
 	}
-	ss.readDTLS(dc)
+	p.takeOverReceive(f)
+	ss.watchDTLS(dc)
 }
 
 // attachDTLS makes dc the session's DTLS path if the session still has
@@ -203,79 +253,74 @@ func (ss *Session) detachDTLS(dc *dtlsConn) {
 	dc.close()
 }
 
-// readDTLS reads the client's DTLS records until the path dies.
-func (ss *Session) readDTLS(dc *dtlsConn) {
+// watchDTLS reads what pion still reads (it returns only alerts, as
+// errors, once the record layer took application data over) and declares
+// the path dead when nothing came over it for twice its DPD interval.
+func (ss *Session) watchDTLS(dc *dtlsConn) {
 	defer ss.detachDTLS(dc)
 	cfg := &ss.srv.cfg
+	dead := 2*cfg.DTLSDPD + 2*time.Second
 	buf := make([]byte, 1+MaxPayload)
 	for {
-		dc.c.SetReadDeadline(time.Now().Add(2*cfg.DTLSDPD + 2*time.Second))
-		n, err := dc.c.Read(buf)
-		if err != nil {
-			if isTimeout(err) {
-				ss.srv.stats.count(ReasonDeadPeer)
-			}
+		deadline := time.Unix(0, dc.fast.lastRx.Load()).Add(dead)
+		if !time.Now().Before(deadline) {
+			ss.srv.stats.count(ReasonDeadPeer)
 			return
 		}
-		if n == 0 {
-			ss.srv.stats.count(ReasonDTLSBadRecord)
-			continue
-		}
-		ss.lastRx.Store(time.Now().UnixNano())
-		switch buf[0] {
-		case TypeData:
-			ss.dtlsActive.Store(true)
-			ss.DTLS.RxPackets.Add(1)
-			ss.DTLS.RxBytes.Add(uint64(n - 1))
-			cfg.Handler.Deliver(ss, buf[1:n])
-		case TypeDPDRequest:
-			// The client probes the path's MTU with these: the answer
-			// must be the same size, byte for byte.
-			ss.dtlsActive.Store(true)
-			buf[0] = TypeDPDReply
-			if _, err := dc.c.Write(buf[:n]); err != nil {
+		dc.c.SetReadDeadline(deadline)
+		n, err := dc.c.Read(buf)
+		switch {
+		case err == nil:
+			// Not expected (pion is given no application data), but a
+			// frame is a frame.
+			if dc.fast.frame(buf[:n], time.Now().UnixNano()) {
 				return
 			}
-		case TypeDPDReply, TypeKeepalive:
-			ss.dtlsActive.Store(true)
-		case TypeDisconnect:
-			if n > 1 && buf[1] == DisconnectLogout {
-				ss.end(TypeDisconnect, "logged out")
-			}
-			return
+		case isTimeout(err):
 		default:
-			ss.srv.stats.count(ReasonDTLSBadRecord)
+			return
 		}
 	}
 }
 
+// dtlsConn is a session's DTLS path: pion's connection, its source, and
+// the record layer that took it over.
 type dtlsConn struct {
 	c    *dtls.Conn
 	peer *dtlsPeer
-	wbuf []byte // the writer goroutine's
+	fast *dtlsFast
 	once sync.Once
-}
-
-func (d *dtlsConn) writeData(b []byte) error {
-	d.wbuf = append(append(d.wbuf[:0], TypeData), b...)
-	_, err := d.c.Write(d.wbuf)
-	return err
 }
 
 func (d *dtlsConn) close() {
 	d.once.Do(func() {
-		d.c.Close()
+		if d.fast != nil {
+			d.fast.closed.Store(true)
+		}
+		d.c.Close() // its close_notify goes out sealed by the record layer
 		d.peer.Close()
 	})
 }
 
-// dtlsPeer is the PacketConn of one source: the datagrams the server's
-// socket read from it, and writes to it.
+// dtlsPeer is one source: pion's PacketConn (the datagrams the socket's
+// reader gave it, and its writes), and, once the record layer took the
+// connection over, the way to it.
 type dtlsPeer struct {
 	ds   *dtlsServer
-	key  string
-	addr net.Addr
+	ep   transport.Endpoint // the source, and the local address it wrote to
+	addr net.Addr           // ep.Remote, for pion
 	in   chan []byte
+
+	// fast is set once the record layer takes received application data
+	// over; mu guards held and the moment fast is set.
+	fast atomic.Pointer[dtlsFast]
+	mu   sync.Mutex
+	held [][]byte // application data records that came before fast
+
+	// wmu serializes pion's writes; tx, set under it, is the record layer
+	// that seals them again once it took over.
+	wmu sync.Mutex
+	tx  *dtlsFast
 
 	once   sync.Once
 	closed chan struct{}
@@ -284,13 +329,110 @@ type dtlsPeer struct {
 	deadline time.Time
 }
 
-func (p *dtlsPeer) push(d []byte) {
-	b := make([]byte, len(d))
-	copy(b, d)
+// takeOverSend derives the record layer from pion's state and, from now
+// on, seals pion's epoch-1 writes again with its sequence numbers. pion's
+// writes wait meanwhile, so the sequence numbers it took before are all
+// below the snapshot's and any it takes after go out sealed again.
+func (p *dtlsPeer) takeOverSend(c *dtls.Conn, ss *Session, dc *dtlsConn) (*dtlsFast, error) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	ps, err := pionStateOf(c)
+	if err != nil {
+		return nil, err
+	}
+	rl, err := newRecordLayer(ps)
+	if err != nil {
+		return nil, err
+	}
+	f := newDTLSFast(p, ss, dc, rl)
+	dc.fast = f
+	p.tx = f
+	return f, nil
+}
+
+// takeOverReceive hands received application data to f, first the
+// records that waited for it.
+func (p *dtlsPeer) takeOverReceive(f *dtlsFast) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now().UnixNano()
+	for _, rec := range p.held {
+		f.record(rec, now)
+	}
+	p.held = nil
+	p.fast.Store(f)
+}
+
+// receive handles a datagram from the peer.
+func (p *dtlsPeer) receive(d []byte, now int64) {
+	if f := p.fast.Load(); f != nil {
+		f.receive(d, now)
+		return
+	}
+	p.mu.Lock()
+	if f := p.fast.Load(); f != nil {
+		p.mu.Unlock()
+		f.receive(d, now)
+		return
+	}
+	defer p.mu.Unlock()
+	// Before the takeover: application data waits for it, pion gets the
+	// rest.
+	if !hasApplicationData(d) {
+		p.push(d)
+		return
+	}
+	var rest []byte
+	for len(d) > 0 {
+		rec, r, ok := nextRecord(d)
+		if !ok {
+			p.ds.srv.stats.count(ReasonDTLSBadRecord)
+			break
+		}
+		d = r
+		if !isApplicationData(rec) {
+			rest = append(rest, rec...)
+			continue
+		}
+		if len(p.held) >= maxHeldRecords {
+			p.ds.srv.stats.count(ReasonQueueFull)
+			continue
+		}
+		p.held = append(p.held, append([]byte(nil), rec...))
+	}
+	if len(rest) > 0 {
+		p.pushOwned(rest)
+	}
+}
+
+// isApplicationData reports whether rec is an epoch-1 application data
+// record: the record layer's.
+func isApplicationData(rec []byte) bool {
+	return rec[0] == recordApplicationData && recordEpoch(rec) == 1
+}
+
+func hasApplicationData(d []byte) bool {
+	for len(d) > 0 {
+		rec, r, ok := nextRecord(d)
+		if !ok {
+			return false
+		}
+		if isApplicationData(rec) {
+			return true
+		}
+		d = r
+	}
+	return false
+}
+
+// push queues a copy of d for pion.
+func (p *dtlsPeer) push(d []byte) { p.pushOwned(append([]byte(nil), d...)) }
+
+func (p *dtlsPeer) pushOwned(b []byte) {
 	select {
 	case p.in <- b:
 	default:
-		// The peer's reader is behind: a datagram lost, as on the wire.
+		// pion is behind: a datagram lost, as on the wire.
 		p.ds.srv.stats.count(ReasonQueueFull)
 	}
 }
@@ -325,7 +467,12 @@ func (p *dtlsPeer) WriteTo(b []byte, _ net.Addr) (int, error) {
 		return 0, net.ErrClosed
 	default:
 	}
-	return p.ds.pc.WriteTo(b, p.addr)
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if p.tx != nil {
+		return len(b), p.tx.sendPion(b)
+	}
+	return len(b), p.ds.sock.Send([][]byte{b}, p.ep)
 }
 
 func (p *dtlsPeer) Close() error {

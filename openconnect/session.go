@@ -377,34 +377,6 @@ func (ss *Session) writer() {
 	}
 }
 
-// sendDTLS sends b and whatever else is queued on DTLS.
-func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
-	for {
-		if err := d.writeData(b); err != nil {
-			// The DTLS path failed: this packet and the next go on CSTP.
-			ss.dtlsActive.Store(false)
-			ss.mu.Lock()
-			c := ss.cstp
-			ss.mu.Unlock()
-			if c != nil {
-				ss.sendCSTP(c, b)
-				return
-			}
-			ss.Drops.Add(1)
-			ss.srv.stats.count(ReasonWriteFailed)
-		} else {
-			ss.DTLS.TxPackets.Add(1)
-			ss.DTLS.TxBytes.Add(uint64(len(b)))
-		}
-		putBuf(b)
-		select {
-		case b = <-ss.queue:
-		default:
-			return
-		}
-	}
-}
-
 // sendCSTP sends b and whatever else is queued on CSTP, one frame per
 // TLS record, the records of a burst in one write.
 func (ss *Session) sendCSTP(c *cstpConn, b []byte) {

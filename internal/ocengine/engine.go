@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -501,6 +502,14 @@ func (e *engine) stats(srv *openconnect.Server) []metrics.Counter {
 	reasons := st.Reasons()
 	for _, r := range openconnect.ReasonNames() {
 		cs = append(cs, metrics.Counter{Name: "oc_" + r, Value: reasons[r]})
+	}
+	// The DTLS socket's: its drops as they are named (drop_udp_*), the
+	// rest (datagrams, syscalls, offloads) as dtls_udp_*.
+	for _, c := range srv.DTLSSocketStats() {
+		if !strings.HasPrefix(c.Name, "drop_") {
+			c.Name = "dtls_" + c.Name
+		}
+		cs = append(cs, c)
 	}
 	return cs
 }

@@ -1,0 +1,156 @@
+package openconnect
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingConn keeps a copy of every datagram the client writes.
+type recordingConn struct {
+	net.Conn
+	mu   sync.Mutex
+	sent [][]byte
+}
+
+func (c *recordingConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	c.sent = append(c.sent, bytes.Clone(b))
+	c.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+func (c *recordingConn) last(size int) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.sent) - 1; i >= 0; i-- {
+		if len(c.sent[i]) == size {
+			return c.sent[i]
+		}
+	}
+	return nil
+}
+
+// dtlsClient logs in to s with ptun's client and waits for DTLS on both
+// ends; rc records the client's datagrams.
+func dtlsClient(t *testing.T, s *ocServer) (*ClientSession, *Session, *recordingConn) {
+	t.Helper()
+	var rc *recordingConn
+	var d net.Dialer
+	cfg := ClientConfig{Server: s.url[len("https://") : len(s.url)-1], Pin: s.pin,
+		Username: "alice", Password: "correct horse battery",
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, address)
+			if err != nil || network != "udp" {
+				return c, err
+			}
+			rc = &recordingConn{Conn: c}
+			return rc, nil
+		}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cs, err := LoginAndConnect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	ss := waitSession(t, s)
+	deadline := time.Now().Add(10 * time.Second)
+	for cs.Path() != PathDTLS || ss.Path() != "dtls" {
+		if time.Now().After(deadline) {
+			t.Fatalf("DTLS not up: client on %s, server on %q", cs.Path(), ss.Path())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return cs, ss, rc
+}
+
+func echoOnce(t *testing.T, cs *ClientSession, payload []byte) {
+	t.Helper()
+	src, dst := netip.MustParseAddr("100.64.70.2"), netip.MustParseAddr("100.64.70.1")
+	if err := cs.WritePacket(udpPacket(src, dst, 1, 2, payload)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := readPacket(t, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) < 28 || !bytes.Equal(p[28:], payload) {
+		t.Fatalf("echo of %d bytes, want %d", len(p), 28+len(payload))
+	}
+}
+
+// TestServerDTLSDropsReplayAndForgery sends the server, from the client's
+// own source, a replay of the client's last data record, the same record
+// with a byte changed, and a truncated one: each is dropped and counted by
+// its reason, none is delivered, and the path goes on over DTLS.
+func TestServerDTLSDropsReplayAndForgery(t *testing.T) {
+	s := startServer(t, true)
+	cs, ss, rc := dtlsClient(t, s)
+	payload := bytes.Repeat([]byte("r"), 700)
+	echoOnce(t, cs, payload)
+	// The data record: type, header, nonce (GCM), frame type, packet, tag.
+	var rec []byte
+	for _, extra := range []int{recordHeaderLen + 1 + recordTagLen, recordHeaderLen + gcmExplicitLen + 1 + recordTagLen} {
+		if rec = rc.last(28 + len(payload) + extra); rec != nil {
+			break
+		}
+	}
+	if rec == nil {
+		t.Fatal("the client's data record was not recorded")
+	}
+	rx := ss.DTLS.RxPackets.Load()
+	raw := rc.Conn
+	raw.Write(rec)
+	waitReason(t, s, ReasonDTLSReplay, 1)
+	bad := bytes.Clone(rec)
+	bad[len(bad)-20] ^= 1
+	raw.Write(bad)
+	waitReason(t, s, ReasonDTLSBadMAC, 1)
+	raw.Write(rec[:len(rec)-1])
+	waitReason(t, s, ReasonDTLSBadRecord, 1)
+	if got := ss.DTLS.RxPackets.Load(); got != rx {
+		t.Errorf("%d packets delivered from replays and forgeries", got-rx)
+	}
+	for range 20 {
+		echoOnce(t, cs, payload)
+	}
+	if ss.Path() != "dtls" || cs.Path() != PathDTLS {
+		t.Errorf("paths %q and %q after the drops, want DTLS", ss.Path(), cs.Path())
+	}
+	if got := ss.DTLS.RxPackets.Load(); got != rx+20 {
+		t.Errorf("%d packets delivered over DTLS after the drops, want 20", got-rx)
+	}
+}
+
+// TestServerDTLSCloseNotify closes the server's end of a DTLS path that
+// carried data: pion's close_notify, written after the takeover, goes out
+// sealed again with the record layer's sequence numbers, so the client
+// takes it (rather than dropping it as a replay) and goes back to CSTP at
+// once.
+func TestServerDTLSCloseNotify(t *testing.T) {
+	s := startServer(t, true)
+	cs, ss, _ := dtlsClient(t, s)
+	for range 10 {
+		echoOnce(t, cs, []byte("before"))
+	}
+	ss.mu.Lock()
+	dc := ss.dtls
+	ss.mu.Unlock()
+	ss.detachDTLS(dc)
+	deadline := time.Now().Add(3 * time.Second)
+	for cs.Path() != PathCSTP {
+		if time.Now().After(deadline) {
+			t.Fatal("the client stayed on DTLS after the server closed it")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	echoOnce(t, cs, []byte("after"))
+	if got := counterValue(cs, "dtls_dead"); got != 1 {
+		t.Errorf("dtls_dead = %d, want 1", got)
+	}
+}
