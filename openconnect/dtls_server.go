@@ -226,13 +226,35 @@ func (ds *dtlsServer) handshake(p *dtlsPeer, ss *Session) {
 	ss.watchDTLS(dc)
 }
 
-// attachDTLS makes dc the session's DTLS path if the session still has
-// the connection whose App-ID the client used.
+// dtlsAttachWait bounds how long a DTLS handshake that finished before
+// its CSTP connection was attached (the client starts it as soon as it
+// reads the CONNECT answer) waits for that connection.
+const dtlsAttachWait = 2 * time.Second
+
+// attachDTLS makes dc the session's DTLS path once the session has the
+// connection whose CONNECT answer gave out the App-ID the client used;
+// false if it never does (another connection came, or the session ended).
 func (ss *Session) attachDTLS(dc *dtlsConn, appID string) bool {
-	ss.mu.Lock()
-	if ss.ended || ss.cstp == nil || ss.appID != appID {
+	timeout := time.NewTimer(dtlsAttachWait)
+	defer timeout.Stop()
+	for {
+		ss.mu.Lock()
+		if ss.ended || ss.appID != appID {
+			ss.mu.Unlock()
+			return false
+		}
+		if ss.cstp != nil && ss.cstp.appID == appID {
+			break
+		}
+		attached := ss.attached
 		ss.mu.Unlock()
-		return false
+		select {
+		case <-attached:
+		case <-timeout.C:
+			return false
+		case <-ss.done:
+			return false
+		}
 	}
 	old := ss.dtls
 	ss.dtls = dc

@@ -154,3 +154,32 @@ func TestServerDTLSCloseNotify(t *testing.T) {
 		t.Errorf("dtls_dead = %d, want 1", got)
 	}
 }
+
+// TestDTLSComesUpEveryTime logs in again and again: the client starts its
+// DTLS handshake as soon as it reads the CONNECT answer, which may finish
+// before the server attached the CSTP connection that gave it out; the
+// path must come up anyway (it used to be refused, and the client's DTLS
+// closed, about once in twenty).
+func TestDTLSComesUpEveryTime(t *testing.T) {
+	for i := range 40 {
+		s := startServer(t, true)
+		cfg := ClientConfig{Server: s.url[len("https://") : len(s.url)-1], Pin: s.pin,
+			Username: "alice", Password: "correct horse battery"}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cs, err := LoginAndConnect(ctx, cfg)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss := waitSession(t, s)
+		deadline := time.Now().Add(5 * time.Second)
+		for cs.Path() != PathDTLS || ss.Path() != "dtls" {
+			if time.Now().After(deadline) {
+				t.Fatalf("login %d: no DTLS (client on %s, server on %q; %v)", i, cs.Path(), ss.Path(), s.srv.Stats().Reasons())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		cs.Close()
+		s.srv.Close()
+	}
+}

@@ -28,10 +28,11 @@ type Session struct {
 	done  chan struct{} // closed when the session ends
 
 	mu         sync.Mutex
-	cstp       *cstpConn // nil while the client is away
-	dtls       *dtlsConn // nil without a DTLS path
-	appID      string    // hex of the current X-DTLS-App-ID
-	psk        []byte    // the current DTLS key
+	cstp       *cstpConn     // nil while the client is away
+	attached   chan struct{} // closed (and replaced) when a connection is attached
+	dtls       *dtlsConn     // nil without a DTLS path
+	appID      string        // hex of the current X-DTLS-App-ID
+	psk        []byte        // the current DTLS key
 	detachedAt time.Time
 	ended      bool
 	upCalled   bool
@@ -45,6 +46,7 @@ type Session struct {
 }
 
 type cstpConn struct {
+	appID  string // the App-ID its CONNECT answer gave out ("" for none)
 	tc     *tls.Conn
 	bc     *batchConn
 	closed chan struct{}
@@ -61,7 +63,7 @@ func (c *cstpConn) close() {
 func newSession(srv *Server, key [32]byte, g *Grant) *Session {
 	ss := &Session{
 		srv: srv, key: key, grant: g,
-		queue: make(chan []byte, srv.cfg.SendQueue), done: make(chan struct{}),
+		queue: make(chan []byte, srv.cfg.SendQueue), done: make(chan struct{}), attached: make(chan struct{}),
 		detachedAt: time.Now(), started: time.Now(),
 	}
 	ss.lastRx.Store(time.Now().UnixNano())
@@ -225,6 +227,9 @@ func (ss *Session) attach(c *cstpConn) bool {
 	}
 	old, oldDTLS := ss.cstp, ss.dtls
 	ss.cstp, ss.dtls = c, nil
+	c.appID = ss.appID
+	close(ss.attached)
+	ss.attached = make(chan struct{})
 	ss.dtlsActive.Store(false)
 	first := !ss.upCalled
 	ss.upCalled = true
