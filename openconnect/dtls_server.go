@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,28 +22,16 @@ import (
 // source with no DTLS conversation yet must be a ClientHello whose
 // session_id is the App-ID a CONNECT answer gave out; it picks the
 // session, and so the key (PSK-NEGOTIATE: the session's TLS exporter).
-// Anything else from an unknown source is dropped and counted.
-//
-// pion/dtls does the handshake, over a per-source PacketConn this file
-// feeds. Once it completes, ptun's own record layer (dtls_record.go) takes
-// epoch 1 over (dtls_fast.go): application data is opened in place by
-// the socket's reader and delivered from there, and the session's writer
-// seals bursts of records and sends each burst with one sendmmsg. pion
-// never reads application data: records that arrive before the takeover
-// wait for it. What pion still reads (handshake retransmissions, alerts)
-// and writes (a retransmitted last flight, alerts) goes on through it, and
-// what it writes at epoch 1 is sealed again with the record layer's
-// sequence numbers, so that no two records share a nonce.
+// Anything else from an unknown source is dropped and counted. Each
+// source's conversation runs over a dtlsLink (dtls_link.go): pion does the
+// handshake, then the record layer takes the data over; the session's
+// writer sends bursts of records with one sendmmsg each (sendDTLS).
 
 // dtlsHandshakeTimeout bounds a DTLS handshake.
 const dtlsHandshakeTimeout = 10 * time.Second
 
 // maxDTLSPeers bounds the sources with a DTLS conversation at once.
 const maxDTLSPeers = 8192
-
-// maxHeldRecords bounds a peer's application data records that arrived
-// before the takeover (beyond it they are dropped, as the wire may).
-const maxHeldRecords = 32
 
 // dtlsSuites are the PSK suites pion offers a GnuTLS client that asks for
 // PSK-NEGOTIATE; the record layer knows both.
@@ -59,19 +46,19 @@ type dtlsServer struct {
 	sock dtlsSocket
 
 	mu     sync.Mutex
-	peers  map[netip.AddrPort]*dtlsPeer
+	peers  map[netip.AddrPort]*dtlsLink
 	closed bool
 }
 
 func newDTLSServer(srv *Server, pc net.PacketConn) *dtlsServer {
-	return &dtlsServer{srv: srv, pc: pc, sock: newDTLSSocket(pc, srv.cfg.Logf), peers: map[netip.AddrPort]*dtlsPeer{}}
+	return &dtlsServer{srv: srv, pc: pc, sock: newDTLSSocket(pc, srv.cfg.Logf), peers: map[netip.AddrPort]*dtlsLink{}}
 }
 
 func (ds *dtlsServer) close() {
 	ds.mu.Lock()
 	ds.closed = true
 	peers := ds.peers
-	ds.peers = map[netip.AddrPort]*dtlsPeer{}
+	ds.peers = map[netip.AddrPort]*dtlsLink{}
 	ds.mu.Unlock()
 	ds.sock.Close()
 	for _, p := range peers {
@@ -161,24 +148,22 @@ func ClientHelloSessionID(d []byte) ([]byte, bool) {
 	return d[idOffset+1 : idOffset+1+n], true
 }
 
-func (ds *dtlsServer) newPeer(ep transport.Endpoint) *dtlsPeer {
+func (ds *dtlsServer) newPeer(ep transport.Endpoint) *dtlsLink {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	if ds.closed || len(ds.peers) >= maxDTLSPeers {
 		return nil
 	}
-	p := &dtlsPeer{
-		ds: ds, ep: ep, addr: net.UDPAddrFromAddrPort(ep.Remote),
-		in: make(chan []byte, 256), closed: make(chan struct{}),
-	}
-	ds.peers[ep.Remote] = p
-	return p
+	var l *dtlsLink
+	l = newDTLSLink(ds.sock, ep, ds.pc.LocalAddr(), ds.srv.stats.count, func() { ds.removePeer(l) })
+	ds.peers[ep.Remote] = l
+	return l
 }
 
-func (ds *dtlsServer) removePeer(p *dtlsPeer) {
+func (ds *dtlsServer) removePeer(l *dtlsLink) {
 	ds.mu.Lock()
-	if ds.peers[p.ep.Remote] == p {
-		delete(ds.peers, p.ep.Remote)
+	if ds.peers[l.ep.Remote] == l {
+		delete(ds.peers, l.ep.Remote)
 	}
 	ds.mu.Unlock()
 }
@@ -186,7 +171,7 @@ func (ds *dtlsServer) removePeer(p *dtlsPeer) {
 // stats are the socket's counters.
 func (ds *dtlsServer) stats() []metrics.Counter { return ds.sock.Stats() }
 
-func (ds *dtlsServer) handshake(p *dtlsPeer, ss *Session) {
+func (ds *dtlsServer) handshake(p *dtlsLink, ss *Session) {
 	ss.mu.Lock()
 	psk, appID := ss.psk, ss.appID
 	ss.mu.Unlock()
@@ -210,19 +195,20 @@ func (ds *dtlsServer) handshake(p *dtlsPeer, ss *Session) {
 		p.Close()
 		return
 	}
-	dc := &dtlsConn{c: c, peer: p}
-	f, err := p.takeOverSend(c, ss, dc)
+	dc := &dtlsConn{c: c, link: p, ss: ss}
+	r, err := p.takeOverSend(c, dc, ds.srv.goFn)
 	if err != nil {
 		ds.srv.cfg.Logf("openconnect: DTLS with %v: %v", p.ep.Remote, err)
 		ds.srv.stats.count(ReasonDTLSHandshake)
 		dc.close()
 		return
 	}
+	dc.records.Store(r)
 	if !ss.attachDTLS(dc, appID) {
 		dc.close()
 		return
 	}
-	p.takeOverReceive(f)
+	p.takeOverReceive(r)
 	ss.watchDTLS(dc)
 }
 
@@ -258,6 +244,8 @@ func (ss *Session) attachDTLS(dc *dtlsConn, appID string) bool {
 	}
 	old := ss.dtls
 	ss.dtls = dc
+	// The writer takes the new path once the client has used it.
+	ss.dtlsActive.Store(false)
 	ss.mu.Unlock()
 	if old != nil {
 		old.close()
@@ -284,7 +272,7 @@ func (ss *Session) watchDTLS(dc *dtlsConn) {
 	dead := 2*cfg.DTLSDPD + 2*time.Second
 	buf := make([]byte, 1+MaxPayload)
 	for {
-		deadline := time.Unix(0, dc.fast.lastRx.Load()).Add(dead)
+		deadline := time.Unix(0, dc.records.Load().lastRx.Load()).Add(dead)
 		if !time.Now().Before(deadline) {
 			ss.srv.stats.count(ReasonDeadPeer)
 			return
@@ -295,8 +283,8 @@ func (ss *Session) watchDTLS(dc *dtlsConn) {
 		case err == nil:
 			// Not expected (pion is given no application data), but a
 			// frame is a frame.
-			if dc.fast.frame(buf[:n], time.Now().UnixNano()) {
-				return
+			if n > 0 {
+				dc.dtlsFrame(dc.records.Load(), buf[:n], time.Now().UnixNano())
 			}
 		case isTimeout(err):
 		default:
@@ -308,212 +296,116 @@ func (ss *Session) watchDTLS(dc *dtlsConn) {
 // dtlsConn is a session's DTLS path: pion's connection, its source, and
 // the record layer that took it over.
 type dtlsConn struct {
-	c    *dtls.Conn
-	peer *dtlsPeer
-	fast *dtlsFast
-	once sync.Once
+	c       *dtls.Conn
+	link    *dtlsLink
+	ss      *Session
+	records atomic.Pointer[dtlsRecords] // set before the path is attached
+	once    sync.Once
 }
 
 func (d *dtlsConn) close() {
 	d.once.Do(func() {
-		if d.fast != nil {
-			d.fast.closed.Store(true)
+		if r := d.records.Load(); r != nil {
+			r.closed.Store(true)
 		}
 		d.c.Close() // its close_notify goes out sealed by the record layer
-		d.peer.Close()
+		d.link.Close()
 	})
 }
 
-// dtlsPeer is one source: pion's PacketConn (the datagrams the socket's
-// reader gave it, and its writes), and, once the record layer took the
-// connection over, the way to it.
-type dtlsPeer struct {
-	ds   *dtlsServer
-	ep   transport.Endpoint // the source, and the local address it wrote to
-	addr net.Addr           // ep.Remote, for pion
-	in   chan []byte
-
-	// fast is set once the record layer takes received application data
-	// over; mu guards held and the moment fast is set.
-	fast atomic.Pointer[dtlsFast]
-	mu   sync.Mutex
-	held [][]byte // application data records that came before fast
-
-	// wmu serializes pion's writes; tx, set under it, is the record layer
-	// that seals them again once it took over.
-	wmu sync.Mutex
-	tx  *dtlsFast
-
-	once   sync.Once
-	closed chan struct{}
-
-	dmu      sync.Mutex
-	deadline time.Time
+// dtlsFrame implements dtlsFrameHandler: the frames a client sends.
+func (d *dtlsConn) dtlsFrame(r *dtlsRecords, b []byte, now int64) {
+	ss := d.ss
+	ss.lastRx.Store(now)
+	switch b[0] {
+	case TypeData:
+		ss.dtlsUp()
+		ss.DTLS.RxPackets.Add(1)
+		ss.DTLS.RxBytes.Add(uint64(len(b) - 1))
+		ss.srv.cfg.Handler.Deliver(ss, b[1:])
+	case TypeDPDRequest:
+		// The client probes the path's MTU with these: the answer
+		// must be the same size, byte for byte.
+		ss.dtlsUp()
+		b[0] = TypeDPDReply
+		r.sendControl(b)
+	case TypeDPDReply, TypeKeepalive:
+		ss.dtlsUp()
+	case TypeDisconnect:
+		logout := len(b) > 1 && b[1] == DisconnectLogout
+		ss.srv.wg.Go(func() {
+			if logout {
+				ss.end(TypeDisconnect, "logged out")
+			}
+			ss.detachDTLS(d)
+		})
+	default:
+		ss.srv.stats.count(ReasonDTLSBadRecord)
+	}
 }
 
-// takeOverSend derives the record layer from pion's state and, from now
-// on, seals pion's epoch-1 writes again with its sequence numbers. pion's
-// writes wait meanwhile, so the sequence numbers it took before are all
-// below the snapshot's and any it takes after go out sealed again.
-func (p *dtlsPeer) takeOverSend(c *dtls.Conn, ss *Session, dc *dtlsConn) (*dtlsFast, error) {
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	ps, err := pionStateOf(c)
-	if err != nil {
-		return nil, err
+// dtlsUp marks DTLS as the path to send on.
+func (ss *Session) dtlsUp() {
+	if !ss.dtlsActive.Load() {
+		ss.dtlsActive.Store(true)
 	}
-	rl, err := newRecordLayer(ps)
-	if err != nil {
-		return nil, err
-	}
-	f := newDTLSFast(p, ss, dc, rl)
-	dc.fast = f
-	p.tx = f
-	return f, nil
 }
 
-// takeOverReceive hands received application data to f, first the
-// records that waited for it.
-func (p *dtlsPeer) takeOverReceive(f *dtlsFast) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := time.Now().UnixNano()
-	for _, rec := range p.held {
-		f.record(rec, now)
+// sendDTLS sends b and whatever else is queued on DTLS: each packet is
+// sealed into a burst, each burst of up to udp.BatchSize records goes out
+// with one sendmmsg. If the path closed meanwhile, the packet in hand goes
+// on CSTP; if the socket refuses a burst (counted there by errno and here
+// as write_failed), DTLS is left until the client sends on it again.
+func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
+	r := d.records.Load()
+	bt := dtlsBatches.Get().(*dtlsBatch)
+	failed := false
+	flush := func() {
+		n, bytes, err := r.flush(bt)
+		if err != nil {
+			failed = true
+			return
+		}
+		ss.DTLS.TxPackets.Add(uint64(n))
+		ss.DTLS.TxBytes.Add(bytes)
 	}
-	p.held = nil
-	p.fast.Store(f)
-}
-
-// receive handles a datagram from the peer.
-func (p *dtlsPeer) receive(d []byte, now int64) {
-	if f := p.fast.Load(); f != nil {
-		f.receive(d, now)
-		return
-	}
-	p.mu.Lock()
-	if f := p.fast.Load(); f != nil {
-		p.mu.Unlock()
-		f.receive(d, now)
-		return
-	}
-	defer p.mu.Unlock()
-	// Before the takeover: application data waits for it, pion gets the
-	// rest.
-	if !hasApplicationData(d) {
-		p.push(d)
-		return
-	}
-	var rest []byte
-	for len(d) > 0 {
-		rec, r, ok := nextRecord(d)
-		if !ok {
-			p.ds.srv.stats.count(ReasonDTLSBadRecord)
+	r.sendMu.Lock()
+	for !r.closed.Load() {
+		if !bt.fits(len(b)) {
+			if flush(); failed {
+				break
+			}
+		}
+		if r.seal(bt, TypeData, b) != nil {
 			break
 		}
-		d = r
-		if !isApplicationData(rec) {
-			rest = append(rest, rec...)
+		putBuf(b)
+		b = nil
+		select {
+		case b = <-ss.queue:
 			continue
+		default:
 		}
-		if len(p.held) >= maxHeldRecords {
-			p.ds.srv.stats.count(ReasonQueueFull)
-			continue
-		}
-		p.held = append(p.held, append([]byte(nil), rec...))
+		break
 	}
-	if len(rest) > 0 {
-		p.pushOwned(rest)
+	flush()
+	r.sendMu.Unlock()
+	dtlsBatches.Put(bt)
+	if b == nil && !failed {
+		return
 	}
-}
-
-// isApplicationData reports whether rec is an epoch-1 application data
-// record: the record layer's.
-func isApplicationData(rec []byte) bool {
-	return rec[0] == recordApplicationData && recordEpoch(rec) == 1
-}
-
-func hasApplicationData(d []byte) bool {
-	for len(d) > 0 {
-		rec, r, ok := nextRecord(d)
-		if !ok {
-			return false
-		}
-		if isApplicationData(rec) {
-			return true
-		}
-		d = r
+	ss.dtlsActive.Store(false)
+	if b == nil {
+		return
 	}
-	return false
-}
-
-// push queues a copy of d for pion.
-func (p *dtlsPeer) push(d []byte) { p.pushOwned(append([]byte(nil), d...)) }
-
-func (p *dtlsPeer) pushOwned(b []byte) {
-	select {
-	case p.in <- b:
-	default:
-		// pion is behind: a datagram lost, as on the wire.
-		p.ds.srv.stats.count(ReasonQueueFull)
+	ss.mu.Lock()
+	c := ss.cstp
+	ss.mu.Unlock()
+	if c != nil {
+		ss.sendCSTP(c, b)
+		return
 	}
+	ss.Drops.Add(1)
+	ss.srv.stats.count(ReasonWriteFailed)
+	putBuf(b)
 }
-
-func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
-	p.dmu.Lock()
-	dl := p.deadline
-	p.dmu.Unlock()
-	var timeout <-chan time.Time
-	if !dl.IsZero() {
-		d := time.Until(dl)
-		if d <= 0 {
-			return 0, nil, os.ErrDeadlineExceeded
-		}
-		t := time.NewTimer(d)
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case d := <-p.in:
-		return copy(b, d), p.addr, nil
-	case <-p.closed:
-		return 0, nil, net.ErrClosed
-	case <-timeout:
-		return 0, nil, os.ErrDeadlineExceeded
-	}
-}
-
-func (p *dtlsPeer) WriteTo(b []byte, _ net.Addr) (int, error) {
-	select {
-	case <-p.closed:
-		return 0, net.ErrClosed
-	default:
-	}
-	p.wmu.Lock()
-	defer p.wmu.Unlock()
-	if p.tx != nil {
-		return len(b), p.tx.sendPion(b)
-	}
-	return len(b), p.ds.sock.Send([][]byte{b}, p.ep)
-}
-
-func (p *dtlsPeer) Close() error {
-	p.once.Do(func() {
-		close(p.closed)
-		p.ds.removePeer(p)
-	})
-	return nil
-}
-
-func (p *dtlsPeer) LocalAddr() net.Addr { return p.ds.pc.LocalAddr() }
-
-func (p *dtlsPeer) SetDeadline(t time.Time) error { return p.SetReadDeadline(t) }
-
-func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
-	p.dmu.Lock()
-	p.deadline = t
-	p.dmu.Unlock()
-	return nil
-}
-
-func (p *dtlsPeer) SetWriteDeadline(time.Time) error { return nil }

@@ -182,6 +182,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 
+// goFn runs f on a goroutine Close waits for.
+func (s *Server) goFn(f func()) { s.wg.Go(f) }
+
 // DTLSSocketStats returns the DTLS socket's counters (datagrams and
 // syscalls each way, offloads, drops by errno; see transport/udp), or nil
 // without DTLS or batched I/O.
