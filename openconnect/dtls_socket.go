@@ -66,3 +66,42 @@ func (s *packetSocket) Send(bufs [][]byte, ep transport.Endpoint) error {
 func (s *packetSocket) Stats() []metrics.Counter { return nil }
 
 func (s *packetSocket) Close() error { return s.pc.Close() }
+
+// newConnSocket is the batched I/O of a client's connected UDP socket: a
+// udp.Conn for a *net.UDPConn on Linux, else one datagram per call.
+func newConnSocket(c net.Conn, logf func(string, ...any)) dtlsSocket {
+	if uc, ok := c.(*net.UDPConn); ok {
+		u, err := udp.NewConn(uc, udp.OptionsFromEnv(udp.Options{Logf: logf}))
+		if err == nil {
+			return u
+		}
+		logf("openconnect: DTLS socket without batched I/O: %v", err)
+	}
+	return &connSocket{c: c}
+}
+
+// connSocket is a connected net.Conn one datagram at a time.
+type connSocket struct{ c net.Conn }
+
+func (s *connSocket) Receive(bufs [][]byte, sizes []int, eps []transport.Endpoint) (int, error) {
+	n, err := s.c.Read(bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0], eps[0] = n, transport.Endpoint{}
+	return 1, nil
+}
+
+func (s *connSocket) Send(bufs [][]byte, _ transport.Endpoint) error {
+	var first error
+	for _, b := range bufs {
+		if _, err := s.c.Write(b); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (s *connSocket) Stats() []metrics.Counter { return nil }
+
+func (s *connSocket) Close() error { return s.c.Close() }
