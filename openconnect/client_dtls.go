@@ -36,13 +36,17 @@ import (
 // a DTLS channel silent for twice its DPD is closed and the session goes
 // on over CSTP (no new handshake: reconnect the session to try again).
 
-// dtlsCipherSuites are the PSK suites offered. pion has no
-// TLS_PSK_WITH_AES_256_GCM_SHA384 (GnuTLS's first choice), so ocserv must
-// not pin DTLS to the TLS cipher (match-tls-dtls-ciphers).
-var dtlsCipherSuites = []dtls.CipherSuiteID{
-	dtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
-	dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
-}
+// dtlsCipherSuites are the PSK suites offered, AES-128-GCM first where
+// this host has AES hardware and ChaCha20-Poly1305 first where it has
+// not. pion has no TLS_PSK_WITH_AES_256_GCM_SHA384 (GnuTLS's first
+// choice), so ocserv must not pin DTLS to the TLS cipher
+// (match-tls-dtls-ciphers).
+var dtlsCipherSuites = func() []dtls.CipherSuiteID {
+	if hasAESGCMHardware {
+		return []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_GCM_SHA256, dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256}
+	}
+	return []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256, dtls.TLS_PSK_WITH_AES_128_GCM_SHA256}
+}()
 
 // pskIdentity is the PSK identity openconnect sends; servers ignore it.
 var pskIdentity = []byte("psk")

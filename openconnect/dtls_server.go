@@ -2,15 +2,18 @@ package openconnect
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"golang.org/x/sys/cpu"
 
 	"github.com/ptun-vpn/ptun/metrics"
 	"github.com/ptun-vpn/ptun/transport"
@@ -34,7 +37,7 @@ const dtlsHandshakeTimeout = 10 * time.Second
 const maxDTLSPeers = 8192
 
 // dtlsSuites are the PSK suites pion offers a GnuTLS client that asks for
-// PSK-NEGOTIATE; the record layer knows both.
+// PSK-NEGOTIATE (see suitesFor); the record layer knows both.
 var dtlsSuites = []dtls.CipherSuiteID{
 	dtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
 	dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
@@ -110,8 +113,9 @@ func (ds *dtlsServer) datagram(d []byte, ep transport.Endpoint, now int64) {
 		ds.srv.stats.count(ReasonDTLSUnknown)
 		return
 	}
+	suites := suitesFor(d)
 	p.push(d)
-	ds.srv.wg.Go(func() { ds.handshake(p, ss) })
+	ds.srv.wg.Go(func() { ds.handshake(p, ss, suites) })
 }
 
 // sessionFor finds the session a first datagram's ClientHello names.
@@ -148,6 +152,79 @@ func ClientHelloSessionID(d []byte) ([]byte, bool) {
 	return d[idOffset+1 : idOffset+1+n], true
 }
 
+// ClientHelloCipherSuites returns the cipher suites, in the client's order
+// of preference, of a datagram that starts with a DTLS record holding the
+// start of a ClientHello (ok is false if the list is not all in it).
+func ClientHelloCipherSuites(d []byte) (suites []uint16, ok bool) {
+	id, ok := ClientHelloSessionID(d)
+	if !ok {
+		return nil, false
+	}
+	// After the session_id: the cookie, then the suites.
+	at := 13 + 12 + 2 + 32 + 1 + len(id)
+	end := min(len(d), 13+int(binary.BigEndian.Uint16(d[11:13])))
+	if at >= end {
+		return nil, false
+	}
+	at += 1 + int(d[at])
+	if at+2 > end {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint16(d[at:]))
+	at += 2
+	if n%2 != 0 || at+n > end {
+		return nil, false
+	}
+	for i := at; i < at+n; i += 2 {
+		suites = append(suites, binary.BigEndian.Uint16(d[i:]))
+	}
+	return suites, true
+}
+
+// suitesFor picks the suites to offer a client, from its ClientHello:
+// pion takes the client's first choice among them, but a client whose
+// first choice of AEAD is AES-GCM (GnuTLS asks for AES-256-GCM, which
+// pion lacks, then ChaCha20-Poly1305, then AES-128-GCM) is given
+// AES-128-GCM when this host has AES hardware: on this project's VMs
+// GnuTLS seals 3.5 GB/s with AES-128-GCM and 0.37 with ChaCha20-Poly1305,
+// and the client is the busier end.
+func suitesFor(hello []byte) []dtls.CipherSuiteID {
+	if !hasAESGCMHardware {
+		return dtlsSuites
+	}
+	suites, ok := ClientHelloCipherSuites(hello)
+	if !ok {
+		return dtlsSuites
+	}
+	for _, id := range suites {
+		switch aeadOf(id) {
+		case "chacha20":
+			return dtlsSuites
+		case "aes-gcm":
+			if slices.Contains(suites, uint16(dtls.TLS_PSK_WITH_AES_128_GCM_SHA256)) {
+				return []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_GCM_SHA256}
+			}
+			return dtlsSuites
+		}
+	}
+	return dtlsSuites
+}
+
+// aeadOf names the AEAD of the (PSK) suites that have one ptun knows of.
+func aeadOf(id uint16) string {
+	switch id {
+	case 0x00a8, 0x00a9, 0x00aa, 0x00ab, 0x00ac, 0x00ad, 0xd001, 0xd002: // (DHE-, RSA-, ECDHE-)PSK AES-GCM
+		return "aes-gcm"
+	case 0xccab, 0xccac, 0xccad, 0xccae: // (ECDHE-, DHE-, RSA-)PSK ChaCha20-Poly1305
+		return "chacha20"
+	}
+	return ""
+}
+
+// hasAESGCMHardware reports AES and carry-less multiplication
+// instructions, which make Go's AES-GCM fast and constant-time.
+var hasAESGCMHardware = cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ || cpu.ARM64.HasAES && cpu.ARM64.HasPMULL
+
 func (ds *dtlsServer) newPeer(ep transport.Endpoint) *dtlsLink {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
@@ -171,13 +248,13 @@ func (ds *dtlsServer) removePeer(l *dtlsLink) {
 // stats are the socket's counters.
 func (ds *dtlsServer) stats() []metrics.Counter { return ds.sock.Stats() }
 
-func (ds *dtlsServer) handshake(p *dtlsLink, ss *Session) {
+func (ds *dtlsServer) handshake(p *dtlsLink, ss *Session, suites []dtls.CipherSuiteID) {
 	ss.mu.Lock()
 	psk, appID := ss.psk, ss.appID
 	ss.mu.Unlock()
 	cfg := &dtls.Config{
 		PSK:                  func([]byte) ([]byte, error) { return psk, nil },
-		CipherSuites:         dtlsSuites,
+		CipherSuites:         suites,
 		ExtendedMasterSecret: dtls.RequestExtendedMasterSecret,
 	}
 	c, err := dtls.Server(p, p.addr, cfg)

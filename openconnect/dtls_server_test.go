@@ -3,11 +3,15 @@ package openconnect
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pion/dtls/v3"
 )
 
 // recordingConn keeps a copy of every datagram the client writes.
@@ -181,5 +185,37 @@ func TestDTLSComesUpEveryTime(t *testing.T) {
 		}
 		cs.Close()
 		s.srv.Close()
+	}
+}
+
+// gnutlsHello is the first datagram of Debian's openconnect 9.01 (GnuTLS)
+// asking for PSK-NEGOTIATE, as ptun's server received it.
+var gnutlsHello = func() []byte {
+	b, err := hex.DecodeString("16feff0000000000000000009b0100008f000000000000008ffefd1460ddb83a9bd0d67314a9d34e1fc74092f2ba03b5f2dbc618937866d0ce6bed20bdc918c12bb77951cf899fd59b9c389cba5e3e8244d657d3a0f3a319cac77e5c00001000a9ccabc0a5008d00a8c0a4008c00ae01000035000d00220020040108090804040308070501080a0805050308080601080b080606030201020300230000ff01000100001c00024000")
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+func TestClientHelloCipherSuites(t *testing.T) {
+	suites, ok := ClientHelloCipherSuites(gnutlsHello)
+	want := []uint16{0x00a9, 0xccab, 0xc0a5, 0x008d, 0x00a8, 0xc0a4, 0x008c, 0x00ae}
+	if !ok || !slices.Equal(suites, want) {
+		t.Fatalf("suites %04x, %v; want %04x", suites, ok, want)
+	}
+	if _, ok := ClientHelloCipherSuites(gnutlsHello[:len(gnutlsHello)-60]); ok {
+		t.Error("suites from a hello cut inside its list")
+	}
+	got := suitesFor(gnutlsHello)
+	if hasAESGCMHardware && !slices.Equal(got, []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_GCM_SHA256}) {
+		t.Errorf("GnuTLS's hello (AES-256-GCM first) is offered %v, want AES-128-GCM alone", got)
+	}
+	// A client that asks for ChaCha20-Poly1305 first gets its choice.
+	chachaFirst := bytes.Clone(gnutlsHello)
+	i := bytes.Index(chachaFirst, []byte{0x00, 0xa9, 0xcc, 0xab})
+	copy(chachaFirst[i:], []byte{0xcc, 0xab, 0x00, 0xa9})
+	if got := suitesFor(chachaFirst); !slices.Equal(got, dtlsSuites) {
+		t.Errorf("a ChaCha-first hello is offered %v, want %v", got, dtlsSuites)
 	}
 }
