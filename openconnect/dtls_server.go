@@ -456,7 +456,7 @@ func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
 		if r.seal(bt, TypeData, b) != nil {
 			break
 		}
-		putBuf(b)
+		ss.release(b)
 		b = nil
 		select {
 		case b = <-ss.queue:
@@ -484,5 +484,62 @@ func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
 	}
 	ss.Drops.Add(1)
 	ss.srv.stats.count(ReasonWriteFailed)
-	putBuf(b)
+	ss.release(b)
+}
+
+// SendBatch sends packets to the client as Send does, except that while
+// DTLS is the path and nothing of the session waits in its queue, it
+// seals them at once on the caller's goroutine and sends them in bursts
+// of one sendmmsg each: no copy, no hand-off to the writer. pkts are not
+// kept. Otherwise (CSTP, or packets already queued, which it must not
+// overtake) they are queued.
+func (ss *Session) SendBatch(pkts [][]byte) {
+	if !ss.sendNow(pkts) {
+		for _, p := range pkts {
+			ss.Send(p)
+		}
+	}
+}
+
+func (ss *Session) sendNow(pkts [][]byte) bool {
+	if !ss.dtlsActive.Load() || ss.queued.Load() != 0 {
+		return false
+	}
+	ss.mu.Lock()
+	d := ss.dtls
+	ss.mu.Unlock()
+	if d == nil {
+		return false
+	}
+	r := d.records.Load()
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	if r.closed.Load() || ss.queued.Load() != 0 {
+		return false
+	}
+	bt := dtlsBatches.Get().(*dtlsBatch)
+	defer dtlsBatches.Put(bt)
+	flush := func() bool {
+		n, bytes, err := r.flush(bt)
+		if err != nil {
+			ss.dtlsActive.Store(false) // until the client sends on DTLS again
+			return false
+		}
+		ss.DTLS.TxPackets.Add(uint64(n))
+		ss.DTLS.TxBytes.Add(bytes)
+		return true
+	}
+	for i, p := range pkts {
+		if !bt.fits(len(p)) && !flush() || r.seal(bt, TypeData, p) != nil {
+			// The rest take the queue (and so CSTP, if DTLS failed).
+			r.sendMu.Unlock()
+			for _, p := range pkts[i:] {
+				ss.Send(p)
+			}
+			r.sendMu.Lock()
+			return true
+		}
+	}
+	flush()
+	return true
 }

@@ -219,3 +219,54 @@ func TestClientHelloCipherSuites(t *testing.T) {
 		t.Errorf("a ChaCha-first hello is offered %v, want %v", got, dtlsSuites)
 	}
 }
+
+// TestSendBatchKeepsOrder mixes packets queued (Send) with batches sent
+// at once (SendBatch, sealed on the caller's goroutine): a batch never
+// overtakes what waits in the queue, so the client reads them in order.
+func TestSendBatchKeepsOrder(t *testing.T) {
+	s := startServer(t, true)
+	cs, ss, _ := dtlsClient(t, s)
+	src, dst := netip.MustParseAddr("100.64.70.1"), netip.MustParseAddr("100.64.70.2")
+	const n = 400
+	got := make(chan int, n)
+	go func() {
+		for range n {
+			p, err := readPacket(t, cs)
+			if err != nil || len(p) < 30 {
+				close(got)
+				return
+			}
+			got <- int(p[28])<<8 | int(p[29])
+		}
+		close(got)
+	}()
+	pkt := func(i int) []byte { return udpPacket(src, dst, 2, 1, []byte{byte(i >> 8), byte(i), 'x'}) }
+	for i := 0; i < n; {
+		if i%5 == 0 {
+			ss.Send(pkt(i))
+			i++
+			continue
+		}
+		var run [][]byte
+		for ; i < n && len(run) < 3 && i%5 != 0; i++ {
+			run = append(run, pkt(i))
+		}
+		ss.SendBatch(run)
+		if i%40 == 0 {
+			time.Sleep(time.Millisecond) // let the client read
+		}
+	}
+	next := 0
+	for i := range got {
+		if i != next {
+			t.Fatalf("packet %d arrived after %d", i, next-1)
+		}
+		next++
+	}
+	if next != n {
+		t.Fatalf("%d of %d packets arrived", next, n)
+	}
+	if ss.Path() != "dtls" {
+		t.Errorf("path %q", ss.Path())
+	}
+}

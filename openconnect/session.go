@@ -37,6 +37,11 @@ type Session struct {
 	ended      bool
 	upCalled   bool
 
+	// queued counts the packets Send queued that the writer has not yet
+	// sealed (DTLS: under the records' sendMu), sent or dropped: while it
+	// is 0, SendBatch may send on its own without overtaking them.
+	queued atomic.Int64
+
 	dtlsActive atomic.Bool  // send on DTLS
 	lastRx     atomic.Int64 // unix nanoseconds of the last frame from the client
 	started    time.Time
@@ -143,11 +148,12 @@ func (ss *Session) expired(now time.Time, ttl, idle time.Duration) bool {
 func (ss *Session) Send(pkt []byte) bool {
 	b := getBuf(len(pkt))
 	copy(b, pkt)
+	ss.queued.Add(1)
 	select {
 	case ss.queue <- b:
 		return true
 	default:
-		putBuf(b)
+		ss.release(b)
 		ss.Drops.Add(1)
 		ss.srv.stats.count(ReasonQueueFull)
 		return false
@@ -377,9 +383,15 @@ func (ss *Session) writer() {
 		default:
 			ss.Drops.Add(1)
 			ss.srv.stats.count(ReasonNoPath)
-			putBuf(b)
+			ss.release(b)
 		}
 	}
+}
+
+// release is the end of a queued packet: sent, sealed or dropped.
+func (ss *Session) release(b []byte) {
+	putBuf(b)
+	ss.queued.Add(-1)
 }
 
 // sendCSTP sends b and whatever else is queued on CSTP, one frame per
@@ -403,7 +415,7 @@ func (ss *Session) sendCSTP(c *cstpConn, b []byte) {
 			ss.Drops.Add(1)
 			ss.srv.stats.count(ReasonWriteFailed)
 		}
-		putBuf(b)
+		ss.release(b)
 		if ss.dtlsActive.Load() {
 			break
 		}
@@ -423,7 +435,7 @@ func (ss *Session) drain() {
 	for {
 		select {
 		case b := <-ss.queue:
-			putBuf(b)
+			ss.release(b)
 		default:
 			return
 		}
