@@ -490,9 +490,11 @@ func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
 // SendBatch sends packets to the client as Send does, except that while
 // DTLS is the path and nothing of the session waits in its queue, it
 // seals them at once on the caller's goroutine and sends them in bursts
-// of one sendmmsg each: no copy, no hand-off to the writer. pkts are not
-// kept. Otherwise (CSTP, or packets already queued, which it must not
-// overtake) they are queued.
+// of one sendmmsg each: no copy, no hand-off to the writer. It may then
+// wait, as the writer would, while the DTLS socket's send buffer is full
+// (boundedly: see transport/udp), which holds the caller back rather than
+// dropping. pkts are not kept. Otherwise (CSTP, or packets already
+// queued, which it must not overtake) they are queued.
 func (ss *Session) SendBatch(pkts [][]byte) {
 	if !ss.sendNow(pkts) {
 		for _, p := range pkts {
