@@ -2,8 +2,10 @@ package openconnect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +13,9 @@ import (
 	"github.com/pion/dtls/v3"
 	"github.com/pion/dtls/v3/pkg/protocol/handshake"
 	"github.com/pion/logging"
+
+	"github.com/ptun-vpn/ptun/transport"
+	"github.com/ptun-vpn/ptun/transport/udp"
 )
 
 // The client's DTLS channel (PSK-NEGOTIATE): a DTLS 1.2 handshake over UDP
@@ -19,25 +24,39 @@ import (
 // session_id (the server finds the session by it). Over DTLS a frame is
 // the type byte and the payload, one per record.
 //
+// The channel runs over a dtlsLink (dtls_link.go), as the server's do:
+// the channel's own reader reads the socket in batches (recvmmsg, for a
+// *net.UDPConn) and feeds pion the handshake; once pion is done the record
+// layer takes the data over, opens what the server sends in place on that
+// reader, and seals what the client sends (WritePackets: a burst per
+// sendmmsg).
+//
 // Outgoing packets take DTLS while it is up and CSTP before and after;
 // incoming ones are taken from both. DTLS has its own DPD and keepalive;
 // a DTLS channel silent for twice its DPD is closed and the session goes
 // on over CSTP (no new handshake: reconnect the session to try again).
 
-// dtlsCipherSuites are the PSK suites offered. pion has no
-// TLS_PSK_WITH_AES_256_GCM_SHA384 (GnuTLS's first choice), so ocserv must
-// not pin DTLS to the TLS cipher (match-tls-dtls-ciphers).
-var dtlsCipherSuites = []dtls.CipherSuiteID{
-	dtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
-	dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
-}
+// dtlsCipherSuites are the PSK suites offered, AES-128-GCM first where
+// this host has AES hardware and ChaCha20-Poly1305 first where it has
+// not. pion has no TLS_PSK_WITH_AES_256_GCM_SHA384 (GnuTLS's first
+// choice), so ocserv must not pin DTLS to the TLS cipher
+// (match-tls-dtls-ciphers).
+var dtlsCipherSuites = func() []dtls.CipherSuiteID {
+	if hasAESGCMHardware {
+		return []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_GCM_SHA256, dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256}
+	}
+	return []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256, dtls.TLS_PSK_WITH_AES_128_GCM_SHA256}
+}()
 
 // pskIdentity is the PSK identity openconnect sends; servers ignore it.
 var pskIdentity = []byte("psk")
 
 // dtlsPath is an established (or establishing) DTLS channel.
 type dtlsPath struct {
+	s      *ClientSession
 	pc     net.Conn // the connected UDP socket
+	sock   dtlsSocket
+	link   *dtlsLink
 	conn   *dtls.Conn
 	psk    []byte
 	appID  []byte
@@ -45,9 +64,7 @@ type dtlsPath struct {
 	ka     int64
 	closed sync.Once
 
-	// mu guards buf and serialises writes.
-	mu  sync.Mutex
-	buf []byte
+	records atomic.Pointer[dtlsRecords] // set once the record layer took over
 
 	lastRx, lastTx, lastDPD atomic.Int64
 }
@@ -70,24 +87,30 @@ func (s *ClientSession) startDTLS(ctx context.Context, psk []byte) error {
 	if err != nil {
 		return fmt.Errorf("openconnect: DTLS socket to %s: %w", addr, err)
 	}
-	s.dtlsPend = &dtlsPath{
-		pc: pc, psk: psk, appID: p.AppID,
-		dpd: int64(p.DPD) * int64(time.Second), ka: int64(p.Keepalive) * int64(time.Second),
-		buf: make([]byte, 1+MaxPayload),
+	remote, err := netip.ParseAddrPort(pc.RemoteAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("openconnect: DTLS socket to %s: %w", addr, err)
 	}
+	d := &dtlsPath{
+		s: s, pc: pc, psk: psk, appID: p.AppID,
+		dpd: int64(p.DPD) * int64(time.Second), ka: int64(p.Keepalive) * int64(time.Second),
+	}
+	d.sock = newConnSocket(pc, s.cfg.logf)
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	d.link = newDTLSLink(d.sock, transport.EndpointFrom(remote), pc.LocalAddr(), s.countReason, nil)
+	s.dtlsPend = d
 	return nil
 }
 
-// connectedPacketConn is the net.PacketConn pion wants, over a connected
-// UDP socket (which the kernel keeps to the server's datagrams).
-type connectedPacketConn struct{ net.Conn }
-
-func (c connectedPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	n, err := c.Read(b)
-	return n, c.RemoteAddr(), err
+// goFn runs f on one of the session's goroutines.
+func (s *ClientSession) goFn(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
 }
-
-func (c connectedPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) { return c.Write(b) }
 
 // handshakeDTLS runs the DTLS handshake and, once it succeeds, moves the
 // outgoing traffic onto it.
@@ -103,7 +126,8 @@ func (s *ClientSession) handshakeDTLS(d *dtlsPath) {
 			s.cfg.logf("openconnect: DTLS handshake with %v failed, staying on CSTP: %v", d.pc.RemoteAddr(), err)
 		}
 	}
-	conn, err := dtls.ClientWithOptions(connectedPacketConn{d.pc}, d.pc.RemoteAddr(),
+	s.goFn(func() { d.read() })
+	conn, err := dtls.ClientWithOptions(d.link, d.link.addr,
 		dtls.WithPSK(func([]byte) ([]byte, error) { return d.psk, nil }),
 		dtls.WithPSKIdentityHint(pskIdentity),
 		dtls.WithCipherSuites(dtlsCipherSuites...),
@@ -126,6 +150,13 @@ func (s *ClientSession) handshakeDTLS(d *dtlsPath) {
 		fail(err)
 		return
 	}
+	r, err := d.link.takeOverSend(conn, d, s.goFn)
+	if err != nil {
+		fail(err)
+		return
+	}
+	d.records.Store(r)
+	d.link.takeOverReceive(r)
 	now := s.now()
 	d.lastRx.Store(now)
 	d.lastTx.Store(now)
@@ -140,25 +171,60 @@ func (s *ClientSession) handshakeDTLS(d *dtlsPath) {
 		return
 	default:
 	}
-	if st, ok := conn.ConnectionState(); ok {
-		s.cfg.logf("openconnect: DTLS up with %v (%v)", d.pc.RemoteAddr(), dtls.CipherSuiteID(st.CipherSuiteID))
-	}
+	s.cfg.logf("openconnect: DTLS up with %v (%v)", d.pc.RemoteAddr(), r.rl.suite)
 	s.wg.Add(1)
-	go s.readDTLS(d)
+	go s.watchDTLS(d)
 	select {
 	case s.kick <- struct{}{}: // the DTLS timers start now
 	default:
 	}
 	// A first probe: the server sends over DTLS once it has heard from
 	// the client there, and the answer proves the path.
-	if err := d.write(s, TypeDPDRequest, nil); err == nil {
+	if err := d.write(TypeDPDRequest, nil); err == nil {
 		d.lastDPD.Store(s.now())
 		s.count(cDPDSent, 1)
 	}
 }
 
-// readDTLS reads the server's DTLS records until the channel closes.
-func (s *ClientSession) readDTLS(d *dtlsPath) {
+// read reads the DTLS socket until it closes, in batches: the handshake
+// goes to pion, then the server's records are opened here (dtlsFrame).
+func (d *dtlsPath) read() {
+	bufs := make([][]byte, udp.BatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, transport.MaxDatagramSize)
+	}
+	sizes := make([]int, udp.BatchSize)
+	eps := make([]transport.Endpoint, udp.BatchSize)
+	for {
+		n, err := d.sock.Receive(bufs, sizes, eps)
+		if err != nil {
+			select {
+			case <-d.link.closed:
+				return
+			default:
+			}
+			if !errors.Is(err, net.ErrClosed) {
+				// A connected socket hears of ICMP errors: the server's
+				// port is unreachable, say. The channel is over (or the
+				// handshake fails at once).
+				if d.s.dtls.Load() == d {
+					d.s.dtlsDown(d, fmt.Sprintf("receive: %v", err))
+				} else {
+					d.close()
+				}
+			}
+			return
+		}
+		now := time.Now().UnixNano()
+		for i := range n {
+			d.link.receive(bufs[i][:sizes[i]], now)
+		}
+	}
+}
+
+// watchDTLS waits on what pion still reads once the record layer took the
+// data over: an alert (close_notify) ends the channel.
+func (s *ClientSession) watchDTLS(d *dtlsPath) {
 	defer s.wg.Done()
 	buf := make([]byte, 1+MaxPayload)
 	for {
@@ -171,40 +237,97 @@ func (s *ClientSession) readDTLS(d *dtlsPath) {
 			}
 			return
 		}
-		if n == 0 {
-			continue
+		if r := d.records.Load(); n > 0 && r != nil {
+			d.dtlsFrame(r, buf[:n], time.Now().UnixNano())
 		}
-		d.lastRx.Store(s.now())
-		typ, payload := buf[0], buf[1:n]
-		if !s.control(typ, payload, true) {
-			continue
-		}
-		select {
-		case <-s.done:
-			s.count(cDropClosed, 1)
-			continue
-		default:
-		}
-		s.count(cDTLSRxPackets, 1)
-		s.count(cDTLSRxBytes, uint64(len(payload)))
-		s.deliver(payload)
 	}
 }
 
+// dtlsFrame implements dtlsFrameHandler: the frames the server sends.
+func (d *dtlsPath) dtlsFrame(r *dtlsRecords, b []byte, _ int64) {
+	s := d.s
+	d.lastRx.Store(s.now())
+	typ, payload := b[0], b[1:]
+	if typ == TypeDPDRequest {
+		// The same payload, byte for byte: the server's MTU probes
+		// depend on it.
+		b[0] = TypeDPDReply
+		r.sendControl(b)
+		s.count(cDPDAnswered, 1)
+		return
+	}
+	if !s.control(typ, payload, true) {
+		return
+	}
+	select {
+	case <-s.done:
+		s.count(cDropClosed, 1)
+		return
+	default:
+	}
+	s.count(cDTLSRxPackets, 1)
+	s.count(cDTLSRxBytes, uint64(len(payload)))
+	s.deliver(payload)
+}
+
 // write sends one frame over DTLS.
-func (d *dtlsPath) write(s *ClientSession, typ byte, payload []byte) error {
+func (d *dtlsPath) write(typ byte, payload []byte) error {
 	if len(payload) > MaxPayload {
 		return ErrFrameTooBig
 	}
-	d.mu.Lock()
-	d.buf[0] = typ
-	n := copy(d.buf[1:], payload)
-	_, err := d.conn.Write(d.buf[:1+n])
-	d.mu.Unlock()
+	r := d.records.Load()
+	if r == nil {
+		return net.ErrClosed
+	}
+	err := r.sendFrame(typ, payload)
 	if err == nil {
-		d.lastTx.Store(s.now())
+		d.lastTx.Store(d.s.now())
 	}
 	return err
+}
+
+// writePackets sends data packets over DTLS, sealed into bursts of one
+// sendmmsg each; it returns how many went out before a send failed.
+func (d *dtlsPath) writePackets(pkts [][]byte) (int, error) {
+	r := d.records.Load()
+	if r == nil {
+		return 0, net.ErrClosed
+	}
+	bt := dtlsBatches.Get().(*dtlsBatch)
+	defer dtlsBatches.Put(bt)
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	sent, start := 0, 0
+	var err error
+	flush := func(end int) bool {
+		var n int
+		var bytes uint64
+		if n, bytes, err = r.flush(bt); err != nil {
+			return false
+		}
+		if n > 0 {
+			d.s.count(cDTLSTxPackets, uint64(n))
+			d.s.count(cDTLSTxBytes, bytes)
+		}
+		sent, start = end, end
+		return true
+	}
+	for i, p := range pkts {
+		if r.closed.Load() {
+			return start, net.ErrClosed
+		}
+		if !bt.fits(len(p)) && !flush(i) {
+			return start, err
+		}
+		if err := r.seal(bt, TypeData, p); err != nil {
+			return start, err
+		}
+	}
+	if !flush(len(pkts)) {
+		return start, err
+	}
+	d.lastTx.Store(d.s.now())
+	return sent, nil
 }
 
 // tick does the DTLS channel's DPD and keepalive (see ClientSession.tick).
@@ -217,7 +340,7 @@ func (d *dtlsPath) tick(s *ClientSession, now int64, next *time.Duration) {
 			return
 		case now-lastRx >= d.dpd && now-d.lastDPD.Load() >= d.dpd/2:
 			d.lastDPD.Store(now)
-			if err := d.write(s, TypeDPDRequest, nil); err != nil {
+			if err := d.write(TypeDPDRequest, nil); err != nil {
 				s.dtlsDown(d, fmt.Sprintf("send: %v", err))
 				return
 			}
@@ -232,7 +355,7 @@ func (d *dtlsPath) tick(s *ClientSession, now int64, next *time.Duration) {
 	}
 	if d.ka > 0 {
 		if now-d.lastTx.Load() >= d.ka {
-			if err := d.write(s, TypeKeepalive, nil); err != nil {
+			if err := d.write(TypeKeepalive, nil); err != nil {
 				s.dtlsDown(d, fmt.Sprintf("send: %v", err))
 				return
 			}
@@ -255,10 +378,14 @@ func (s *ClientSession) dtlsDown(d *dtlsPath, why string) {
 
 func (d *dtlsPath) close() {
 	d.closed.Do(func() {
-		if d.conn != nil {
-			d.conn.Close()
+		if r := d.records.Load(); r != nil {
+			r.closed.Store(true)
 		}
-		d.pc.Close()
+		if d.conn != nil {
+			d.conn.Close() // its close_notify goes out sealed by the record layer
+		}
+		d.link.Close()
+		d.sock.Close()
 	})
 }
 

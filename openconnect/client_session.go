@@ -77,6 +77,10 @@ const (
 	cDropTooBigOut
 	cDropDTLSWrite
 	cDropClosed
+	cDropDTLSBadRecord
+	cDropDTLSBadMAC
+	cDropDTLSReplay
+	cDropDTLSQueueFull
 	numCounters
 )
 
@@ -92,6 +96,25 @@ var counterNames = [numCounters]string{
 	"drop_tx_too_big",      // WritePacket was given more than the MTU
 	"drop_dtls_write",      // a DTLS send failed; the packet went over CSTP instead (not lost)
 	"drop_rx_closed",       // received while the session was closing
+	"drop_dtls_bad_record", // a malformed DTLS record, or a frame of no type
+	"drop_dtls_bad_mac",    // a DTLS record that failed authentication
+	"drop_dtls_replay",     // a DTLS record seen before, or too old for the replay window
+	"drop_dtls_queue_full", // a DTLS datagram for the handshake while it was behind, or data before it finished
+}
+
+// countReason counts a drop the DTLS record layer reports by its reason.
+func (s *ClientSession) countReason(reason string) {
+	switch reason {
+	case ReasonDTLSBadRecord:
+		s.count(cDropDTLSBadRecord, 1)
+	case ReasonDTLSBadMAC:
+		s.count(cDropDTLSBadMAC, 1)
+	case ReasonDTLSReplay:
+		s.count(cDropDTLSReplay, 1)
+	case ReasonQueueFull:
+		s.count(cDropDTLSQueueFull, 1)
+	}
+	// ReasonWriteFailed: the writer counts what it sends over CSTP instead.
 }
 
 // rxBuf is one received inner packet waiting for ReadPacket.
@@ -341,7 +364,7 @@ func (s *ClientSession) WritePacket(p []byte) error {
 		return fmt.Errorf("%w (%d > %d)", ErrPacketTooBig, len(p), s.tunnel.MTU)
 	}
 	if d := s.dtls.Load(); d != nil {
-		err := d.write(s, TypeData, p)
+		err := d.write(TypeData, p)
 		if err == nil {
 			s.count(cDTLSTxPackets, 1)
 			s.count(cDTLSTxBytes, uint64(len(p)))
@@ -385,6 +408,58 @@ func (s *ClientSession) EndBatch() error {
 		return s.Err()
 	}
 	return nil
+}
+
+// WritePackets sends inner IP packets as WritePacket does, those that take
+// DTLS sealed into bursts of one sendmmsg each. Packets larger than the
+// tunnel's MTU are not sent (and counted); tooBig says how many. The
+// packets are not kept.
+func (s *ClientSession) WritePackets(pkts [][]byte) (tooBig int, err error) {
+	select {
+	case <-s.done:
+		return 0, s.err
+	default:
+	}
+	d := s.dtls.Load()
+	if d == nil {
+		for _, p := range pkts {
+			if err := s.WritePacket(p); errors.Is(err, ErrPacketTooBig) {
+				tooBig++
+			} else if err != nil {
+				return tooBig, err
+			}
+		}
+		return tooBig, nil
+	}
+	fit := pkts
+	for i, p := range pkts {
+		if len(p) > s.tunnel.MTU {
+			// Rare: copy the ones that fit aside.
+			tooBig++
+			s.count(cDropTooBigOut, 1)
+			if tooBig == 1 {
+				fit = append([][]byte(nil), pkts[:i]...)
+			}
+			continue
+		}
+		if tooBig > 0 {
+			fit = append(fit, p)
+		}
+	}
+	sent, err := d.writePackets(fit)
+	if err == nil {
+		return tooBig, nil
+	}
+	s.count(cDropDTLSWrite, uint64(len(fit)-sent))
+	s.dtlsDown(d, fmt.Sprintf("send: %v", err))
+	for _, p := range fit[sent:] {
+		if err := s.writeCSTP(TypeData, p); err != nil {
+			return tooBig, err
+		}
+		s.count(cCSTPTxPackets, 1)
+		s.count(cCSTPTxBytes, uint64(len(p)))
+	}
+	return tooBig, nil
 }
 
 // writeCSTP sends one frame in one TLS record. A failed write ends the
@@ -453,7 +528,7 @@ func (s *ClientSession) control(typ byte, payload []byte, overDTLS bool) (data b
 		// the peer's MTU probes depend on it.
 		if overDTLS {
 			if d := s.dtls.Load(); d != nil {
-				if err := d.write(s, TypeDPDReply, payload); err != nil {
+				if err := d.write(TypeDPDReply, payload); err != nil {
 					s.dtlsDown(d, fmt.Sprintf("send: %v", err))
 				}
 			}

@@ -176,10 +176,16 @@ func FuzzClientHelloSessionID(f *testing.F) {
 	hello[0], hello[13], hello[59] = 22, 1, 32
 	f.Add(hello)
 	f.Add([]byte{22})
+	f.Add(gnutlsHello)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, ok := ClientHelloSessionID(b)
 		if ok && len(id) > 32 {
 			t.Fatalf("a %d-byte session id", len(id))
 		}
+		suites, ok2 := ClientHelloCipherSuites(b)
+		if ok2 && (!ok || 2*len(suites) > len(b)) {
+			t.Fatalf("%d suites from %d bytes (session id found: %v)", len(suites), len(b), ok)
+		}
+		suitesFor(b)
 	})
 }

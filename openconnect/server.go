@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ptun-vpn/ptun/metrics"
 )
 
 // An Authenticator decides a login. The server never sees how passwords
@@ -179,6 +181,19 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Stats returns the server's counters.
 func (s *Server) Stats() *Stats { return &s.stats }
+
+// goFn runs f on a goroutine Close waits for.
+func (s *Server) goFn(f func()) { s.wg.Go(f) }
+
+// DTLSSocketStats returns the DTLS socket's counters (datagrams and
+// syscalls each way, offloads, drops by errno; see transport/udp), or nil
+// without DTLS or batched I/O.
+func (s *Server) DTLSSocketStats() []metrics.Counter {
+	if s.dtls == nil {
+		return nil
+	}
+	return s.dtls.stats()
+}
 
 // Serve accepts TCP connections from ln until the server closes. ln is a
 // plain listener: the server does TLS itself.

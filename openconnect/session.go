@@ -28,13 +28,19 @@ type Session struct {
 	done  chan struct{} // closed when the session ends
 
 	mu         sync.Mutex
-	cstp       *cstpConn // nil while the client is away
-	dtls       *dtlsConn // nil without a DTLS path
-	appID      string    // hex of the current X-DTLS-App-ID
-	psk        []byte    // the current DTLS key
+	cstp       *cstpConn     // nil while the client is away
+	attached   chan struct{} // closed (and replaced) when a connection is attached
+	dtls       *dtlsConn     // nil without a DTLS path
+	appID      string        // hex of the current X-DTLS-App-ID
+	psk        []byte        // the current DTLS key
 	detachedAt time.Time
 	ended      bool
 	upCalled   bool
+
+	// queued counts the packets Send queued that the writer has not yet
+	// sealed (DTLS: under the records' sendMu), sent or dropped: while it
+	// is 0, SendBatch may send on its own without overtaking them.
+	queued atomic.Int64
 
 	dtlsActive atomic.Bool  // send on DTLS
 	lastRx     atomic.Int64 // unix nanoseconds of the last frame from the client
@@ -45,6 +51,7 @@ type Session struct {
 }
 
 type cstpConn struct {
+	appID  string // the App-ID its CONNECT answer gave out ("" for none)
 	tc     *tls.Conn
 	bc     *batchConn
 	closed chan struct{}
@@ -61,7 +68,7 @@ func (c *cstpConn) close() {
 func newSession(srv *Server, key [32]byte, g *Grant) *Session {
 	ss := &Session{
 		srv: srv, key: key, grant: g,
-		queue: make(chan []byte, srv.cfg.SendQueue), done: make(chan struct{}),
+		queue: make(chan []byte, srv.cfg.SendQueue), done: make(chan struct{}), attached: make(chan struct{}),
 		detachedAt: time.Now(), started: time.Now(),
 	}
 	ss.lastRx.Store(time.Now().UnixNano())
@@ -141,11 +148,12 @@ func (ss *Session) expired(now time.Time, ttl, idle time.Duration) bool {
 func (ss *Session) Send(pkt []byte) bool {
 	b := getBuf(len(pkt))
 	copy(b, pkt)
+	ss.queued.Add(1)
 	select {
 	case ss.queue <- b:
 		return true
 	default:
-		putBuf(b)
+		ss.release(b)
 		ss.Drops.Add(1)
 		ss.srv.stats.count(ReasonQueueFull)
 		return false
@@ -225,6 +233,9 @@ func (ss *Session) attach(c *cstpConn) bool {
 	}
 	old, oldDTLS := ss.cstp, ss.dtls
 	ss.cstp, ss.dtls = c, nil
+	c.appID = ss.appID
+	close(ss.attached)
+	ss.attached = make(chan struct{})
 	ss.dtlsActive.Store(false)
 	first := !ss.upCalled
 	ss.upCalled = true
@@ -372,37 +383,15 @@ func (ss *Session) writer() {
 		default:
 			ss.Drops.Add(1)
 			ss.srv.stats.count(ReasonNoPath)
-			putBuf(b)
+			ss.release(b)
 		}
 	}
 }
 
-// sendDTLS sends b and whatever else is queued on DTLS.
-func (ss *Session) sendDTLS(d *dtlsConn, b []byte) {
-	for {
-		if err := d.writeData(b); err != nil {
-			// The DTLS path failed: this packet and the next go on CSTP.
-			ss.dtlsActive.Store(false)
-			ss.mu.Lock()
-			c := ss.cstp
-			ss.mu.Unlock()
-			if c != nil {
-				ss.sendCSTP(c, b)
-				return
-			}
-			ss.Drops.Add(1)
-			ss.srv.stats.count(ReasonWriteFailed)
-		} else {
-			ss.DTLS.TxPackets.Add(1)
-			ss.DTLS.TxBytes.Add(uint64(len(b)))
-		}
-		putBuf(b)
-		select {
-		case b = <-ss.queue:
-		default:
-			return
-		}
-	}
+// release is the end of a queued packet: sent, sealed or dropped.
+func (ss *Session) release(b []byte) {
+	putBuf(b)
+	ss.queued.Add(-1)
 }
 
 // sendCSTP sends b and whatever else is queued on CSTP, one frame per
@@ -426,7 +415,7 @@ func (ss *Session) sendCSTP(c *cstpConn, b []byte) {
 			ss.Drops.Add(1)
 			ss.srv.stats.count(ReasonWriteFailed)
 		}
-		putBuf(b)
+		ss.release(b)
 		if ss.dtlsActive.Load() {
 			break
 		}
@@ -446,7 +435,7 @@ func (ss *Session) drain() {
 	for {
 		select {
 		case b := <-ss.queue:
-			putBuf(b)
+			ss.release(b)
 		default:
 			return
 		}

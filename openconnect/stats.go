@@ -21,18 +21,20 @@ const (
 	ReasonBadType       = "bad_type"        // a frame type not negotiated (compressed) or unknown
 	ReasonQueueFull     = "queue_full"      // a packet to a client found its send queue full
 	ReasonNoPath        = "no_path"         // a packet to a client that had no connection
-	ReasonWriteFailed   = "write_failed"    // a write to a client failed (its connection ends)
+	ReasonWriteFailed   = "write_failed"    // a write to a client failed (a CSTP connection ends; DTLS is left for CSTP)
 	ReasonDeadPeer      = "dead_peer"       // nothing from a client for twice its DPD interval
 	ReasonDTLSUnknown   = "dtls_unknown"    // a datagram from a source with no DTLS session
 	ReasonDTLSHandshake = "dtls_handshake"  // a DTLS handshake failed
-	ReasonDTLSBadRecord = "dtls_bad_record" // a DTLS record with no or an unknown type
+	ReasonDTLSBadRecord = "dtls_bad_record" // a malformed DTLS record, or a frame with no or an unknown type
+	ReasonDTLSBadMAC    = "dtls_bad_mac"    // a DTLS record that failed authentication (dropped; the path goes on)
+	ReasonDTLSReplay    = "dtls_replay"     // a DTLS record seen before, or too old for the replay window
 )
 
-var reasons = []string{
+var reasons = [...]string{
 	ReasonTLSHandshake, ReasonSetupTimeout, ReasonSetupLimit, ReasonBadRequest, ReasonOversized,
 	ReasonBadAuthBody, ReasonAuthError, ReasonBadConnect, ReasonBadCookie, ReasonBadFrame,
 	ReasonBadType, ReasonQueueFull, ReasonNoPath, ReasonWriteFailed, ReasonDeadPeer,
-	ReasonDTLSUnknown, ReasonDTLSHandshake, ReasonDTLSBadRecord,
+	ReasonDTLSUnknown, ReasonDTLSHandshake, ReasonDTLSBadRecord, ReasonDTLSBadMAC, ReasonDTLSReplay,
 }
 
 var reasonIndex = func() map[string]int {
@@ -47,7 +49,7 @@ var reasonIndex = func() map[string]int {
 type Stats struct {
 	Logins       atomic.Uint64
 	LoginsFailed atomic.Uint64
-	byReason     [18]atomic.Uint64
+	byReason     [len(reasons)]atomic.Uint64
 }
 
 func (s *Stats) count(reason string) {
@@ -67,7 +69,7 @@ func (s *Stats) Reasons() map[string]uint64 {
 
 // ReasonNames lists the reasons in a stable order.
 func ReasonNames() []string {
-	r := append([]string(nil), reasons...)
+	r := append([]string(nil), reasons[:]...)
 	sort.Strings(r)
 	return r
 }

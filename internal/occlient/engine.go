@@ -362,6 +362,7 @@ func (e *engine) readTUN(dev tun.Device) {
 		bufs[i] = make([]byte, offset+tun.MaxSegmentSize)
 	}
 	sizes := make([]int, n)
+	pkts := make([][]byte, n)
 	for {
 		k, err := dev.Read(bufs, sizes, offset)
 		if err != nil {
@@ -376,16 +377,16 @@ func (e *engine) readTUN(dev tun.Device) {
 		if s == nil {
 			return
 		}
-		// The burst in one write to the TLS connection (CSTP).
-		s.BeginBatch()
 		for i := range k {
-			switch err := s.WritePacket(bufs[i][offset : offset+sizes[i]]); {
-			case err == nil:
-			case errors.Is(err, openconnect.ErrPacketTooBig):
-				e.dropTooBig.Add(1) // and counted by the session
-			default:
-				e.dropNoSession.Add(1) // the session ended under it
-			}
+			pkts[i] = bufs[i][offset : offset+sizes[i]]
+		}
+		// The batch in one write to the TLS connection over CSTP
+		// (BeginBatch … EndBatch), in bursts of one sendmmsg over DTLS.
+		s.BeginBatch()
+		tooBig, err := s.WritePackets(pkts[:k])
+		e.dropTooBig.Add(uint64(tooBig)) // and counted by the session
+		if err != nil {
+			e.dropNoSession.Add(uint64(k - tooBig)) // the session ended under it (some may have gone out)
 		}
 		s.EndBatch() // a failure ended the session: the next one takes over
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -430,6 +431,7 @@ func (e *engine) readTUN(dev tun.Device) {
 		bufs[i] = make([]byte, offset+tun.MaxSegmentSize)
 	}
 	sizes := make([]int, n)
+	pkts := make([][]byte, 0, n)
 	for {
 		k, err := dev.Read(bufs, sizes, offset)
 		if err != nil {
@@ -440,6 +442,10 @@ func (e *engine) readTUN(dev tun.Device) {
 			continue
 		}
 		m := *e.byAddr.Load()
+		// Runs of packets to one session go together: over DTLS each
+		// run is sealed and sent from here, in bursts of one sendmmsg.
+		var cur *session
+		run := pkts[:0]
 		for i := range k {
 			pkt := bufs[i][offset : offset+sizes[i]]
 			dst, ok := destOf(pkt)
@@ -448,10 +454,23 @@ func (e *engine) readTUN(dev tun.Device) {
 				e.dropNoSession.Add(1)
 				continue
 			}
-			if oc := s.oc.Load(); oc != nil {
-				oc.Send(pkt)
+			if s != cur {
+				sendRun(cur, run)
+				cur, run = s, run[:0]
 			}
+			run = append(run, pkt)
 		}
+		sendRun(cur, run)
+	}
+}
+
+// sendRun sends packets to s's client, if it is there.
+func sendRun(s *session, run [][]byte) {
+	if s == nil || len(run) == 0 {
+		return
+	}
+	if oc := s.oc.Load(); oc != nil {
+		oc.SendBatch(run)
 	}
 }
 
@@ -501,6 +520,14 @@ func (e *engine) stats(srv *openconnect.Server) []metrics.Counter {
 	reasons := st.Reasons()
 	for _, r := range openconnect.ReasonNames() {
 		cs = append(cs, metrics.Counter{Name: "oc_" + r, Value: reasons[r]})
+	}
+	// The DTLS socket's: its drops as they are named (drop_udp_*), the
+	// rest (datagrams, syscalls, offloads) as dtls_udp_*.
+	for _, c := range srv.DTLSSocketStats() {
+		if !strings.HasPrefix(c.Name, "drop_") {
+			c.Name = "dtls_" + c.Name
+		}
+		cs = append(cs, c)
 	}
 	return cs
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/metrics"
+	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/tun"
 )
 
@@ -139,6 +140,10 @@ func StartFront(cfg FrontConfig) (_ *Front, err error) {
 		uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(port))
 		if err != nil {
 			return nil, fmt.Errorf("the DTLS port %v: %w", port, err)
+		}
+		if rc, err := uc.SyscallConn(); err == nil {
+			// Room for the engine's bursts (sendmmsg) and a client's.
+			rc.Control(func(fd uintptr) { udp.SetSocketBuffers(int(fd), 0, cfg.Logf) })
 		}
 		f.udp, err = unpolled(uc, "dtls-socket")
 		uc.Close()

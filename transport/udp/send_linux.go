@@ -23,6 +23,7 @@ type sender struct {
 	first   [BatchSize + 1]int // first[i]: the chunk index of message i's first datagram
 	name    [sockaddrSize]byte
 	namelen uint32
+	dst4    bool // the destination is IPv4 (IPv4-mapped on an IPv6 socket)
 
 	// src is the control message that sets the source of every message,
 	// src[:srcLen]; srcLen is 0 when the route picks the source. Set per
@@ -117,6 +118,7 @@ func (s *socket) send(bufs [][]byte, ep netip.AddrPort, local netip.Addr, ifinde
 	defer s.sendMu.Unlock()
 	tx := s.tx
 	tx.namelen = putSockaddr(&tx.name, ep, s.v6)
+	tx.dst4 = ep.Addr().Is4()
 	tx.srcLen, tx.srcTrial, tx.srcTried, tx.srcCleared = 0, false, false, false
 	if local.IsValid() {
 		tx.srcLen = putPktinfo(tx.src[:], local, ifindex, s.v6)
@@ -153,7 +155,7 @@ func (s *socket) send(bufs [][]byte, ep netip.AddrPort, local netip.Addr, ifinde
 func (s *socket) sendChunk(tx *sender, chunk [][]byte) (stop bool, err error) {
 	t := s.t
 	maxBytes := maxGSOBytes4
-	if s.v6 {
+	if s.v6 && !tx.dst4 {
 		maxBytes = maxGSOBytes6
 	}
 	gso := s.gso && !t.gsoBroken.Load()

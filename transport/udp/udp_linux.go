@@ -313,6 +313,18 @@ func (t *Transport) setup(s *socket, fd int) {
 	}
 }
 
+// SetSocketBuffers sets the receive and send buffers of fd, a UDP socket
+// opened elsewhere than OpenSocket, to size bytes (DefaultSocketBuffer
+// for 0), as OpenSocket does: beyond the sysctl limits when the process
+// may (CAP_NET_ADMIN), and logf hears when the kernel gave less.
+func SetSocketBuffers(fd, size int, logf func(format string, args ...any)) {
+	if size == 0 {
+		size = DefaultSocketBuffer
+	}
+	setBuffer(fd, "receive", unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, size, logf)
+	setBuffer(fd, "send", unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, size, logf)
+}
+
 // setBuffer sets a socket buffer to size, beyond the sysctl limit when the
 // process may (CAP_NET_ADMIN), and says so when the kernel gave less.
 func setBuffer(fd int, what string, force, plain, size int, logf func(format string, args ...any)) {

@@ -44,3 +44,6 @@ func (t *Transport) BatchSize() int { return BatchSize }
 
 // Offloads reports no offloads.
 func (t *Transport) Offloads() (gso, gro bool) { return false, false }
+
+// SetSocketBuffers does nothing off Linux.
+func SetSocketBuffers(fd, size int, logf func(format string, args ...any)) {}
