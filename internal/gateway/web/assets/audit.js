@@ -36,7 +36,11 @@ export default {
     const back = [];
 
     async function load() {
+      const filter = api.q({ user: p.get("user"), device: p.get("device") });
       const r = await api.get("/audit" + api.q({ user: p.get("user"), device: p.get("device"), after: after || "", limit: PAGE }));
+      // What the shown rows answer (the filter, "" for all): a reader can
+      // tell a filtered list from the one it replaces.
+      body.dataset.filter = filter;
       replace(body, r.entries.map((e) => h("tr", { dataset: { id: String(e.id), action: e.action } },
         h("td", { class: "num" }, String(e.id)), h("td", null, when(e.at)), h("td", null, e.actor),
         h("td", null, e.action), h("td", null, e.target), h("td", { class: "detail" }, e.detail))));
