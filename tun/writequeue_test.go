@@ -13,7 +13,7 @@ import (
 
 func TestWriteQueue(t *testing.T) {
 	dev := tuntest.NewChannelTUN(1420)
-	w := tun.NewWriteQueue(dev, 16, 8)
+	w := tun.NewWriteQueue(dev, 16, 8, 64)
 	done := make(chan error, 1)
 	go func() { done <- w.Run() }()
 	// Many putters; every packet arrives, none twice.
@@ -38,6 +38,20 @@ func TestWriteQueue(t *testing.T) {
 		seen[k] = true
 	}
 	wg.Wait()
+	// A packet larger than Size gets a buffer of its own, and arrives
+	// whole; a Buffer holds Size bytes after the offset.
+	big := bytes.Repeat([]byte{0x45, 1, 2, 3}, 1000)
+	if !w.Put(big) {
+		t.Fatal("Put of a large packet refused")
+	}
+	if got := <-dev.Outbound; !bytes.Equal(got, big) {
+		t.Fatalf("a %d-byte packet arrived as %d bytes", len(big), len(got))
+	}
+	if b := w.Buffer(); cap(b) != 16+64 || w.Size() != 64 {
+		t.Errorf("Buffer's capacity %d, Size %d; want 80 and 64", cap(b), w.Size())
+	} else {
+		w.Release(b)
+	}
 	// A closed device stops the queue; Put then refuses.
 	dev.Close()
 	w.Put([]byte{1})
@@ -50,7 +64,7 @@ func TestWriteQueue(t *testing.T) {
 }
 
 func TestWriteQueueStop(t *testing.T) {
-	w := tun.NewWriteQueue(tuntest.NewChannelTUN(1420), 16, 1)
+	w := tun.NewWriteQueue(tuntest.NewChannelTUN(1420), 16, 1, 64)
 	done := make(chan error, 1)
 	go func() { done <- w.Run() }()
 	w.Stop()

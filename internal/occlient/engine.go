@@ -36,6 +36,10 @@ const offset = 16
 // the socket buffer on DTLS); it never drops.
 const writeQueue = 256
 
+// queuedPacket is the packet size a write queue's pooled buffer holds: a
+// session whose MTU is larger reads into buffers of its own.
+const queuedPacket = 2048
+
 // Default reconnection waits: the first, and the most between two tries.
 const (
 	defaultReconnectMin = time.Second
@@ -164,7 +168,7 @@ func (e *engine) doSetup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(err)
 	}
 	e.setup, e.dev = &s, dev
-	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue)
+	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue, queuedPacket)
 	go e.readTUN(dev)
 	go func() {
 		if err := e.writeQ.Run(); err != nil {
@@ -398,8 +402,14 @@ func (e *engine) readSession(s *openconnect.ClientSession) {
 	e.mu.Lock()
 	w := e.writeQ
 	e.mu.Unlock()
+	own := s.Tunnel().MTU > w.Size() // a jumbo MTU: buffers of its size
 	for {
-		b := w.Buffer()
+		var b []byte
+		if own {
+			b = make([]byte, offset+s.Tunnel().MTU)
+		} else {
+			b = w.Buffer()
+		}
 		n, err := s.ReadPacket(b[offset:])
 		if err != nil {
 			w.Release(b)

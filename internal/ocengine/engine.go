@@ -35,6 +35,11 @@ const offset = 16
 // drops.
 const writeQueue = 256
 
+// minQueuedPacket is the least a write queue's buffer holds: packets up
+// to the sessions' MTU take a pooled buffer, larger ones (none should
+// pass a session) one of their own.
+const minQueuedPacket = 1500
+
 type engine struct {
 	conn    *ctl.Conn
 	verbose atomic.Bool
@@ -241,7 +246,7 @@ func (e *engine) setup(req *ctl.Msg) *ctl.Msg {
 		return ctl.Fail(err)
 	}
 	e.srv, e.dev = srv, dev
-	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue)
+	e.writeQ = tun.NewWriteQueue(dev, offset, writeQueue, max(s.MTU, minQueuedPacket))
 	go srv.Serve(ln)
 	go e.readTUN(dev)
 	go func() {
