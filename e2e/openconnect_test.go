@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -289,8 +290,9 @@ func TestOpenconnectToGateway(t *testing.T) {
 					t.Logf("ptun connect log:\n%s", b)
 				}
 			})
+			const clientMetrics = "127.0.0.1:9598"
 			args := append([]string{url, "--user", "alice", "--servercert", pin, "--name", name,
-				"--state", cstate, "--log", logFile}, via.extra...)
+				"--state", cstate, "--log", logFile, "--metrics", clientMetrics}, via.extra...)
 			if out, err := ptunConnect(t, l.client.ns, ocPassword, args...); err != nil {
 				t.Fatalf("ptun connect: %v\n%s", err, out)
 			}
@@ -306,6 +308,25 @@ func TestOpenconnectToGateway(t *testing.T) {
 			up := iperf3(t, l.client, lan, lanAddr, "-t", "2")
 			down := iperf3(t, l.client, lan, lanAddr, "-t", "2", "-R")
 			t.Logf("ptun connect over %s: TCP up %.0f Mbit/s, down %.0f Mbit/s (down/up %.2f)", want, up.mbits(), down.mbits(), down.mbits()/up.mbits())
+			// The client's metrics: the session up on its path, and
+			// the transfer's bytes counted on it.
+			m := scrapeIn(t, l.client.ns, clientMetrics)
+			iface := map[string]string{"interface": "pt-" + name}
+			if v := seriesOf(t, m, "ptun_session_up", iface).GetGauge().GetValue(); v != 1 {
+				t.Errorf("ptun_session_up = %v, want 1", v)
+			}
+			onPath := map[string]string{"interface": "pt-" + name, "path": want}
+			if v := seriesOf(t, m, "ptun_session_path", onPath).GetGauge().GetValue(); v != 1 {
+				t.Errorf("ptun_session_path{path=%s} = %v, want 1", want, v)
+			}
+			for _, dir := range []string{"ptun_session_sent_bytes_total", "ptun_session_received_bytes_total"} {
+				if v := seriesOf(t, m, dir, onPath).GetCounter().GetValue(); v < 1<<20 {
+					t.Errorf("%s{path=%s} = %v after two transfers, want more than 1 MiB", dir, want, v)
+				}
+			}
+			if code, rep := healthIn(t, l.client.ns, clientMetrics); code != http.StatusOK {
+				t.Errorf("the client's /healthz: %d %+v", code, rep)
+			}
 			waitFor(t, 5*time.Second, "the gateway's listing", func() (bool, string) {
 				d := tlsDevices(t, l.server.ns, state)["alice/openconnect"]
 				return d.Online && d.Path == want && d.RxBytes > 1<<20, fmt.Sprintf("%+v", d)

@@ -271,7 +271,8 @@ func TestUpFallsBackToTLS(t *testing.T) {
 	l := x.l
 	x.blockUDP(t, true)
 	start := time.Now()
-	x.up(t, "--kill-switch")
+	const metricsAddr = "127.0.0.1:9599"
+	x.up(t, "--kill-switch", "--metrics", metricsAddr)
 	upTook := time.Since(start)
 	waitFor(t, 10*time.Second, "the first echo over TLS", func() (bool, string) {
 		out, err := run(l.client.ns, "ping", "-c", "1", "-W", "1", lanAddr.String())
@@ -296,6 +297,17 @@ func TestUpFallsBackToTLS(t *testing.T) {
 	upTLS := iperf3(t, l.client, x.lan, lanAddr, "-t", "2")
 	downTLS := iperf3(t, l.client, x.lan, lanAddr, "-t", "2", "-R")
 	t.Logf("on the fallback (CSTP): TCP up %.0f Mbit/s, down %.0f Mbit/s; MTU %d", upTLS.mbits(), downTLS.mbits(), wgMTU)
+	// The metrics have the TLS path's session beside the interface's.
+	iface := map[string]string{"interface": "pt-" + x.name}
+	cstp := map[string]string{"interface": "pt-" + x.name, "path": "cstp"}
+	m := scrapeIn(t, l.client.ns, metricsAddr)
+	if v := seriesOf(t, m, "ptun_session_up", iface).GetGauge().GetValue(); v != 1 {
+		t.Errorf("on the fallback: ptun_session_up = %v, want 1", v)
+	}
+	if v := seriesOf(t, m, "ptun_session_received_bytes_total", cstp).GetCounter().GetValue(); v < 1<<20 {
+		t.Errorf("on the fallback: ptun_session_received_bytes_total{path=cstp} = %v after two transfers, want more than 1 MiB", v)
+	}
+	seriesOf(t, m, "ptun_peer_received_bytes_total", iface) // the WireGuard side's, as ever
 
 	// Back to UDP under a transfer: iperf3 at 50 Mbit/s for 14 s, UDP
 	// unblocked 3 s into it.
@@ -328,6 +340,9 @@ func TestUpFallsBackToTLS(t *testing.T) {
 		r, out := x.laptop(t)
 		return r.Online && r.Path == "", out
 	})
+	if v := seriesOf(t, scrapeIn(t, l.client.ns, metricsAddr), "ptun_session_up", iface).GetGauge().GetValue(); v != 0 {
+		t.Errorf("back on WireGuard: ptun_session_up = %v, want 0", v)
+	}
 
 	// UDP blocked in the middle of the session: TLS again.
 	x.blockUDP(t, true)

@@ -21,6 +21,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/ipc"
 	"github.com/ptun-vpn/ptun/internal/occlient"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 )
 
 // maxPassword bounds the password line read from stdin.
@@ -49,6 +50,7 @@ func parseConnect(args []string) (*connectFlags, error) {
 	fs.DurationVar(&c.o.Wait, "wait", 30*time.Second, "how long the first login and connect may take")
 	fs.StringVar(&c.o.State, "state", client.DefaultStateDir, "where connect records what it applied")
 	ipcFlag := fs.String("ipc", os.Getenv(ipc.EnvIPC), "how packets reach the engine: fd, shm or seqpacket")
+	metricsFlag := fs.String("metrics", "", "serve /metrics and /healthz over plain HTTP on `ADDR` (ADDRESS:PORT, such as 127.0.0.1:9587; default: off)")
 	pos, err := parseInterspersed(fs, args, 1)
 	if err != nil {
 		return nil, err
@@ -85,6 +87,9 @@ func parseConnect(args []string) (*connectFlags, error) {
 	}
 	if c.o.Mode == ipc.Inproc {
 		return nil, errors.New("--ipc inproc: the OpenConnect engine always runs confined in a process of its own")
+	}
+	if c.o.Metrics, err = telemetry.ParseAddr(*metricsFlag); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

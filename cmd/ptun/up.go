@@ -51,9 +51,6 @@ func runUp(args []string) error {
 	if *via != "auto" && *via != "udp" && *via != "tls" {
 		return fmt.Errorf("--via %q: give auto, udp or tls", *via)
 	}
-	if *via == "tls" && *metricsFlag != "" {
-		return errors.New("--metrics: not served over --via tls yet (ptun status NAME shows the tunnel's state)")
-	}
 	mode, err := ipc.ParseMode(*ipcFlag)
 	if err != nil {
 		return fmt.Errorf("--ipc: %w", err)

@@ -28,6 +28,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/netconf"
 	"github.com/ptun-vpn/ptun/internal/occlient"
 	"github.com/ptun-vpn/ptun/internal/profile"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/transport/udp"
 	"github.com/ptun-vpn/ptun/tun"
 )
@@ -290,6 +291,8 @@ type ocFront struct {
 	// addrs are the tunnel's addresses: a relaying flow (shm, seqpacket)
 	// writes to the TUN only packets for them (dstCheck).
 	addrs atomic.Pointer[[]netip.Addr]
+	// engine is the running engine, for the metrics' scrapes (nil: none).
+	engine atomic.Pointer[ocEngine]
 
 	// The daemon's loop's alone:
 	plan   *netconf.Plan
@@ -367,8 +370,21 @@ func Connect(ctx context.Context, name string, o ConnectOptions, ready func(erro
 	if err != nil {
 		return err
 	}
+	// The metrics listener before anything is made: a port that is taken
+	// fails the start with nothing to undo.
+	var tel *telemetry.Server // nil: no metrics
+	if o.Metrics.IsValid() {
+		tel = telemetry.New()
+		if err := tel.Listen(o.Metrics); err != nil {
+			return err
+		}
+		defer tel.Close()
+	}
 	f := &ocFront{name: name, ifname: ifname, o: &o, srv: srv, addr: addr, password: o.Password,
 		events: make(chan ocEvent, 16), stop: make(chan struct{})}
+	if err := f.addSessionMetrics(tel); err != nil {
+		return err
+	}
 	o.Password = ""
 	if o.Pin == "" {
 		if f.roots, err = readRoots(o.RootsFile); err != nil {
@@ -741,6 +757,7 @@ func (f *ocFront) startEngine() (_ *ocEngine, err error) {
 	f.password = ""
 	f.mu.Unlock()
 	ep.link.Start()
+	f.engine.Store(ep)
 	return ep, nil
 }
 
@@ -768,6 +785,7 @@ func (f *ocFront) dstCheck(pkt []byte) bool {
 }
 
 func (f *ocFront) stopEngine(ep *ocEngine) {
+	f.engine.CompareAndSwap(ep, nil)
 	if ep.EngineProcess == nil {
 		return
 	}
@@ -798,6 +816,38 @@ func (f *ocFront) info(ep *ocEngine) (*occlient.Info, error) {
 		return nil, err
 	}
 	return &in, nil
+}
+
+// errNoEngine: the tunnel has no engine running (it is being restarted,
+// or the TLS path is not taken).
+var errNoEngine = errors.New("no OpenConnect engine running")
+
+// session is what the metrics read: the running engine's figures.
+func (f *ocFront) session() (telemetry.SessionInfo, error) {
+	ep := f.engine.Load()
+	if ep == nil {
+		return telemetry.SessionInfo{}, errNoEngine
+	}
+	in, err := f.info(ep)
+	if err != nil {
+		return telemetry.SessionInfo{}, err
+	}
+	return telemetry.SessionInfo{Up: in.Up, Path: in.Path, Reconnects: in.Reconnects, Counters: in.Counters}, nil
+}
+
+// addSessionMetrics gives tel (nil: none) the metrics of f's session and
+// the check engine.
+func (f *ocFront) addSessionMetrics(tel *telemetry.Server) error {
+	if tel == nil {
+		return nil
+	}
+	tel.AddCheck(telemetry.Check{Name: "engine", Run: func() error {
+		if f.engine.Load() == nil {
+			return errNoEngine
+		}
+		return nil
+	}})
+	return tel.AddSession(telemetry.Session{Name: f.ifname, Read: f.session})
 }
 
 // handleEngine answers the engine's requests.

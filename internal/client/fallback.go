@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -13,6 +14,7 @@ import (
 	"github.com/ptun-vpn/ptun/internal/enroll"
 	"github.com/ptun-vpn/ptun/internal/front"
 	"github.com/ptun-vpn/ptun/internal/ipc"
+	"github.com/ptun-vpn/ptun/internal/telemetry"
 	"github.com/ptun-vpn/ptun/tun"
 	"github.com/ptun-vpn/ptun/wgcfg"
 )
@@ -68,6 +70,23 @@ type fallback struct {
 	mtu     int       // the interface's MTU before a session's smaller one (0: unchanged)
 	retry   <-chan time.Time
 	backoff time.Duration
+
+	// active is f, for the metrics' scrapes (nil: on WireGuard).
+	active atomic.Pointer[ocFront]
+}
+
+// addMetrics gives tel (nil: none) the metrics of the TLS path's session:
+// ptun_session_up is 0 while the tunnel is on WireGuard.
+func (fb *fallback) addMetrics(tel *telemetry.Server) error {
+	if fb == nil {
+		return nil
+	}
+	return tel.AddSession(telemetry.Session{Name: fb.s.st.Interface, Read: func() (telemetry.SessionInfo, error) {
+		if f := fb.active.Load(); f != nil {
+			return f.session()
+		}
+		return telemetry.SessionInfo{}, nil
+	}})
 }
 
 // newFallback is the TLS path of s over dev, or nil (saying why in the
@@ -144,20 +163,34 @@ func (fb *fallback) enter(ctx context.Context, reason string) error {
 	}
 	now := time.Now()
 	fb.f, fb.ep, fb.entered, fb.poked, fb.down, fb.retry, fb.backoff = f, ep, now, now, now, nil, 0
+	fb.active.Store(f)
 	s.st.Via, s.st.Path = ViaTLS, ""
 	s.o.Logf("%s: %s: moving to TLS, gateway %s at %s (logging in with the device's key)", s.name, reason, g.Name, srv)
 	s.save()
 	return nil
 }
 
-// leave ends the TLS path, for reason: the OpenConnect engine logs out and
-// exits, then the WireGuard engine reads the TUN file again.
+// leave ends the TLS path, for reason: the WireGuard engine reads the TUN
+// file again, then the OpenConnect engine logs out and exits, then the
+// MTU is put back.
+//
+// In that order, traffic never waits for the OpenConnect engine's exit
+// (its logout takes up to 2 s, and the engine is killed after 5): until
+// it has closed its descriptor, the two engines share what the TUN gives
+// (what the OpenConnect engine reads still reaches the gateway, over
+// TLS), and it writes what the gateway still sends to the session. The
+// MTU stays the session's, which fits both, until it is gone.
 func (fb *fallback) leave(reason string) {
 	if !fb.onTLS() {
 		return
 	}
 	s := fb.s
 	began := time.Now()
+	fb.active.Store(nil)
+	if err := fb.hold.HoldTUN(false); err != nil {
+		s.o.Logf("%s: letting the WireGuard engine read again: %v", s.name, err)
+	}
+	switched := time.Since(began)
 	if fb.ep != nil {
 		fb.f.stopEngine(fb.ep)
 	}
@@ -168,11 +201,8 @@ func (fb *fallback) leave(reason string) {
 		}
 		fb.mtu = 0
 	}
-	if err := fb.hold.HoldTUN(false); err != nil {
-		s.o.Logf("%s: letting the WireGuard engine read again: %v", s.name, err)
-	}
-	s.o.Logf("%s: %s: back to WireGuard over UDP after %v on TLS (the switch took %v)", s.name, reason,
-		time.Since(fb.entered).Round(time.Second), time.Since(began).Round(time.Millisecond))
+	s.o.Logf("%s: %s: back to WireGuard over UDP after %v on TLS (the switch took %v, the TLS session's end %v)", s.name, reason,
+		time.Since(fb.entered).Round(time.Second), switched.Round(time.Millisecond), (time.Since(began) - switched).Round(time.Millisecond))
 	fb.f, fb.ep, fb.retry = nil, nil, nil
 	s.st.Via, s.st.Path = "", ""
 	s.save()

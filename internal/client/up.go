@@ -327,6 +327,9 @@ func Run(ctx context.Context, name string, o Options, ready func(error)) (err er
 	}
 	sv := &supervisor{name: name, o: &o, p: p, key: key, h: h, st: st, cur: first, killSwitch: o.KillSwitch}
 	sv.fb = newFallback(sv, <-tunDevs, &o)
+	if err := sv.fb.addMetrics(tel); err != nil {
+		return err
+	}
 	mark := uint32(FwMark)
 	if err := h.Set(&wgcfg.DeviceConfig{PrivateKey: &key, FwMark: &mark, ReplacePeers: true,
 		Peers: []wgcfg.PeerConfig{sv.peer(first)}}); err != nil {

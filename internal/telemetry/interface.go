@@ -73,7 +73,7 @@ func newInterfaceCollector(in Interface) *interfaceCollector {
 		peerHandshake: d("ptun_peer_last_handshake_timestamp_seconds", "Unix time of the peer's latest completed handshake; 0 if none yet.", peerLabels...),
 		peers:         d("ptun_peers", "Peers configured on the interface."),
 		engineUp:      d("ptun_engine_up", "1 while the interface's engine runs, 0 while it is being restarted (the check engine of /healthz)."),
-		drops:         d("ptun_drops_total", "Packets dropped, by the stage that dropped them and why: each drop_* counter of ptun show.", "stage", "reason"),
+		drops:         dropsDesc(constLabels),
 		other:         d("ptun_counter", "Every other counter of ptun show, by its name there: event counts, and 0/1 flags such as tun_gro_disabled.", "name"),
 		queues:        d("ptun_queue_depth", "Items waiting in one of the engine's queues at the scrape: staged_packets (packets waiting for a handshake, all peers), handshakes (handshake messages waiting for the handshake worker), control (timer and control work).", "queue"),
 		scrapeErrors:  d("ptun_scrape_errors_total", "Scrapes that could not read the interface's peers (its engine restarting or not answering)."),
