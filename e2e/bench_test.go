@@ -120,8 +120,9 @@ func TestBenchSmoke(t *testing.T) {
 }
 
 // TestBenchOpenConnect runs `ptun bench --openconnect all` with short
-// tests: the four OpenConnect candidates (ptun's gateway and ocserv, with
-// Debian's openconnect, over DTLS and CSTP) measured in every direction,
+// tests: the six OpenConnect candidates (ptun's gateway with ptun's client
+// and with Debian's openconnect, ocserv with openconnect, each over DTLS
+// and CSTP) measured in every direction,
 // with the server end's figures and the notes, and nothing left behind:
 // namespaces, processes, temporary folders.
 func TestBenchOpenConnect(t *testing.T) {
@@ -153,8 +154,8 @@ func TestBenchOpenConnect(t *testing.T) {
 		t.Fatalf("ptun bench: %v\nstderr:\n%s", err, stderr.String())
 	}
 	t.Logf("ptun bench output:\n%s", stdout.String())
-	for _, want := range []string{"ptun-dtls / ocserv-dtls", "ptun-tls / ocserv-tls", "server CPU, TCP up (s/GB)",
-		"note, ptun-tls: server ptun's gateway", "client Debian's openconnect"} {
+	for _, want := range []string{"ptun-dtls / ocserv-dtls", "ptun-tls / ocserv-tls", "ptun-openconnect-dtls / ocserv-dtls",
+		"server CPU, TCP up (s/GB)", "note, ptun-tls: server ptun's gateway", "client ptun connect", "client Debian's openconnect"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("the table lacks %q", want)
 		}
@@ -171,7 +172,7 @@ func TestBenchOpenConnect(t *testing.T) {
 	for _, c := range res.Candidates {
 		names = append(names, c.Name)
 	}
-	if got := strings.Join(names, " "); got != "raw ptun-dtls ptun-tls ocserv-dtls ocserv-tls" {
+	if got := strings.Join(names, " "); got != "raw ptun-dtls ptun-tls ptun-openconnect-dtls ptun-openconnect-tls ocserv-dtls ocserv-tls" {
 		t.Fatalf("candidates %q", got)
 	}
 	for _, c := range res.Candidates[1:] {

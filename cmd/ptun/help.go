@@ -105,7 +105,7 @@ addresses and access rules; applications see a pause. WireGuard tries UDP
 again every 10 s and the tunnel moves back once a handshake completes.
 ptun status says which path is in use. --via udp never falls back; --via
 tls takes only the TLS listener (TLS on TCP, DTLS over UDP when it
-passes).
+passes). --metrics serves the TLS path's session too (ptun_session_*).
 
 Examples:
   sudo ptun up work --kill-switch
@@ -151,11 +151,14 @@ and under load, CPU per GB and peak memory. Rounds are interleaved; the
 report gives medians, min-max and ratios. Needs iperf3.
 
 --openconnect adds OpenConnect (SSL VPN) tunnels, each set up by the bench
-in a temporary folder and removed at the end: ptun-dtls and ptun-tls run
-ptun's gateway (ptun gateway run with --tls), ocserv-dtls and ocserv-tls
-Debian's ocserv; the client of all four is Debian's openconnect (--no-dtls
-for the -tls ones), so ptun-X against ocserv-X compares the servers. They
-need the openconnect and ocserv packages.
+in a temporary folder and removed at the end: ptun-dtls and ptun-tls are
+ptun's gateway (ptun gateway run with --tls) with ptun's client (ptun
+connect), what ptun's users run; ptun-openconnect-dtls and
+ptun-openconnect-tls the same gateway with Debian's openconnect as the
+client, and ocserv-dtls and ocserv-tls Debian's ocserv with openconnect,
+so that ptun-openconnect-X against ocserv-X compares the servers alone
+(-tls: CSTP only, --no-dtls). The ones with openconnect or ocserv need
+those packages.
 
 Examples:
   sudo ptun bench --peer wireguard-go=$(go env GOPATH)/bin/wireguard --json out.json --svg out.svg
@@ -165,7 +168,7 @@ Examples:
 }
 
 const connectUsage = `Usage: ptun connect https://HOST[:PORT] --user NAME [--servercert pin-sha256:BASE64]
-                    [--name NAME] [--kill-switch] [--no-dtls] [--foreground] [--state DIR]
+                    [--name NAME] [--kill-switch] [--no-dtls] [--foreground] [--metrics ADDR] [--state DIR]
 
 As root: connect to an OpenConnect (AnyConnect-compatible) server, such as
 ocserv or a ptun gateway, as user NAME. The password is read from stdin
@@ -184,7 +187,10 @@ leaves nothing behind. When the connection dies the daemon connects again
 with the session's cookie, keeping the interface, routes and kill switch;
 if the server refuses the cookie it gives up and ptun status says so.
 With --kill-switch nothing leaves the host but through the tunnel, to the
-server, and on loopback, until ptun down NAME (which also logs out).
+server, and on loopback, until ptun down NAME (which also logs out). With
+--metrics ADDR the daemon serves the session's Prometheus metrics
+(ptun_session_*, docs/metrics.md) and /healthz over plain HTTP on ADDR:
+bind it to loopback or a management network; off by default.
 
 Without --servercert the certificate must chain to the system's CAs and
 name HOST; with it, only the certificate whose public key has that pin is

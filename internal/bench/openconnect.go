@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ptun-vpn/ptun/internal/client"
 	"github.com/ptun-vpn/ptun/internal/demo"
 	"github.com/ptun-vpn/ptun/internal/netns"
 	"github.com/ptun-vpn/ptun/internal/probe"
@@ -43,13 +44,14 @@ const (
 	ServerOcserv      = "ocserv"       // Debian's ocserv
 	ServerPtun        = "ptun-gateway" // ptun gateway run, with --tls
 	ClientOpenconnect = "openconnect"  // Debian's openconnect
+	ClientPtun        = "ptun"         // ptun connect
 )
 
 // OpenConnectCandidate is one OpenConnect server and client pairing.
 type OpenConnectCandidate struct {
 	Name   string
 	Server string // ServerOcserv or ServerPtun
-	Client string // ClientOpenconnect
+	Client string // ClientOpenconnect or ClientPtun
 	// DTLS is the data path over DTLS (PSK, as ocserv's dtls-psk and
 	// ptun's engine do it); else CSTP, TLS over TCP, only.
 	DTLS bool
@@ -58,11 +60,14 @@ type OpenConnectCandidate struct {
 }
 
 // OpenConnectCandidates lists the OpenConnect candidates, in the order
-// "all" measures them. The ptun ones use Debian's openconnect as their
-// client too, so ptun-X against ocserv-X compares the servers.
+// "all" measures them. ptun-X is ptun at both ends, what a ptun user
+// gets; ptun-openconnect-X has Debian's openconnect as the client, so
+// that against ocserv-X it compares the servers alone.
 var OpenConnectCandidates = []OpenConnectCandidate{
-	{Name: "ptun-dtls", Server: ServerPtun, Client: ClientOpenconnect, DTLS: true, Versus: []string{"ocserv-dtls", "ptun"}},
-	{Name: "ptun-tls", Server: ServerPtun, Client: ClientOpenconnect, Versus: []string{"ocserv-tls", "ptun-dtls"}},
+	{Name: "ptun-dtls", Server: ServerPtun, Client: ClientPtun, DTLS: true, Versus: []string{"ocserv-dtls", "ptun"}},
+	{Name: "ptun-tls", Server: ServerPtun, Client: ClientPtun, Versus: []string{"ocserv-tls", "ptun-dtls"}},
+	{Name: "ptun-openconnect-dtls", Server: ServerPtun, Client: ClientOpenconnect, DTLS: true, Versus: []string{"ocserv-dtls"}},
+	{Name: "ptun-openconnect-tls", Server: ServerPtun, Client: ClientOpenconnect, Versus: []string{"ocserv-tls"}},
 	{Name: "ocserv-dtls", Server: ServerOcserv, Client: ClientOpenconnect, DTLS: true},
 	{Name: "ocserv-tls", Server: ServerOcserv, Client: ClientOpenconnect},
 }
@@ -88,7 +93,10 @@ func openConnectByName(name string) *OpenConnectCandidate {
 // tools returns the programs the candidate runs, with their Debian
 // packages.
 func (o *OpenConnectCandidate) tools() [][2]string {
-	t := [][2]string{{"openconnect", "openconnect"}, {"ip", "iproute2"}}
+	var t [][2]string
+	if o.Client == ClientOpenconnect {
+		t = append(t, [2]string{"openconnect", "openconnect"}, [2]string{"ip", "iproute2"})
+	}
 	if o.Server == ServerOcserv {
 		t = append(t, [2]string{"ocserv", "ocserv"}, [2]string{"ocpasswd", "ocserv"})
 	}
@@ -112,15 +120,19 @@ func (o *OpenConnectCandidate) describe() string {
 	if o.Server == ServerPtun {
 		server = "ptun's gateway (ptun gateway run, OpenConnect engine)"
 	}
+	client, noDTLS := "Debian's openconnect", "openconnect --no-dtls"
+	if o.Client == ClientPtun {
+		client, noDTLS = "ptun connect (OpenConnect client engine)", "ptun connect --no-dtls"
+	}
 	path := "DTLS 1.2 PSK (ocserv's dtls-psk; the client's default)"
 	if !o.DTLS {
-		path = "CSTP only: TLS over TCP (openconnect --no-dtls"
+		path = "CSTP only: TLS over TCP (" + noDTLS
 		if o.Server == ServerOcserv {
 			path += ", no udp-port in ocserv.conf"
 		}
 		path += ")"
 	}
-	return fmt.Sprintf("server %s, client Debian's openconnect, %s", server, path)
+	return fmt.Sprintf("server %s, client %s, %s", server, client, path)
 }
 
 const (
@@ -384,43 +396,19 @@ func (c *candidate) startOpenConnect(ctx context.Context, tb *demo.Testbed, ifPr
 		return err
 	}
 
-	envFile := filepath.Join(dir, "connect.env")
-	script := filepath.Join(dir, "connect.sh")
-	if err := os.WriteFile(script, []byte(connectScript(l, envFile)), 0o755); err != nil {
-		return err
+	var addr netip.Addr
+	switch c.oc.Client {
+	case ClientOpenconnect:
+		addr, err = t.startOpenconnect(ctx, tb.A, pin, password)
+	case ClientPtun:
+		addr, err = t.startPtunConnect(ctx, tb.A, ptunBinary, pin, password)
+	default:
+		err = fmt.Errorf("bench: unknown OpenConnect client %q", c.oc.Client)
 	}
-	argv := openconnectArgs(c.oc, l, pin, script)
-	if t.client, err = startProcess(tb.A, "openconnect in host client", argv, password+"\n"); err != nil {
-		return err
-	}
-	c.roots[0] = t.client.cmd.Process.Pid
-	var env map[string]string
-	err = waitUntil(ctx, ocStartLimit, "openconnect's tunnel", t.failed, func() bool {
-		b, err := os.ReadFile(envFile)
-		if err == nil {
-			env = parseEnv(b)
-		}
-		return err == nil
-	})
 	if err != nil {
 		return err
 	}
-	addr, err := netip.ParseAddr(env["INTERNAL_IP4_ADDRESS"])
-	if err != nil || !l.pool.Contains(addr) {
-		return fmt.Errorf("the server pushed the address %q, want one of %v", env["INTERNAL_IP4_ADDRESS"], l.pool)
-	}
-	t.mtu = env["INTERNAL_IP4_MTU"]
-	const dtlsUp = "Established DTLS connection"
-	if c.oc.DTLS {
-		err := waitUntil(ctx, 20*time.Second, "DTLS", t.failed, func() bool {
-			return strings.Contains(t.client.output(), dtlsUp)
-		})
-		if err != nil {
-			return err
-		}
-	} else if strings.Contains(t.client.output(), dtlsUp) {
-		return errors.New("openconnect set up DTLS on a CSTP-only candidate")
-	}
+	c.roots[0] = t.client.cmd.Process.Pid
 	t.pathProblems() // what the set-up printed is not news
 	c.client, c.server = addr, l.serverAddr
 	c.refreshPIDs()
@@ -438,6 +426,107 @@ func (c *candidate) startOpenConnect(ctx context.Context, tb *demo.Testbed, ifPr
 		return fmt.Errorf("no echo through the tunnel: %w", err)
 	}
 	return t.failed()
+}
+
+// startOpenconnect runs Debian's openconnect in ns with a -s script of
+// the bench's and returns the address the server pushed, once the tunnel
+// (and, for a DTLS candidate, DTLS) is up.
+func (t *ocTunnel) startOpenconnect(ctx context.Context, ns *netns.NS, pin, password string) (netip.Addr, error) {
+	l := t.layout
+	envFile := filepath.Join(t.dir, "connect.env")
+	script := filepath.Join(t.dir, "connect.sh")
+	if err := os.WriteFile(script, []byte(connectScript(l, envFile)), 0o755); err != nil {
+		return netip.Addr{}, err
+	}
+	var err error
+	argv := openconnectArgs(t.spec, l, pin, script)
+	if t.client, err = startProcess(ns, "openconnect in host client", argv, password+"\n"); err != nil {
+		return netip.Addr{}, err
+	}
+	var env map[string]string
+	err = waitUntil(ctx, ocStartLimit, "openconnect's tunnel", t.failed, func() bool {
+		b, err := os.ReadFile(envFile)
+		if err == nil {
+			env = parseEnv(b)
+		}
+		return err == nil
+	})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addr, err := netip.ParseAddr(env["INTERNAL_IP4_ADDRESS"])
+	if err != nil || !l.pool.Contains(addr) {
+		return netip.Addr{}, fmt.Errorf("the server pushed the address %q, want one of %v", env["INTERNAL_IP4_ADDRESS"], l.pool)
+	}
+	t.mtu = env["INTERNAL_IP4_MTU"]
+	const dtlsUp = "Established DTLS connection"
+	if t.spec.DTLS {
+		err := waitUntil(ctx, 20*time.Second, "DTLS", t.failed, func() bool {
+			return strings.Contains(t.client.output(), dtlsUp)
+		})
+		if err != nil {
+			return netip.Addr{}, err
+		}
+	} else if strings.Contains(t.client.output(), dtlsUp) {
+		return netip.Addr{}, errors.New("openconnect set up DTLS on a CSTP-only candidate")
+	}
+	return addr, nil
+}
+
+// ptunConnectArgs is ptun connect's command line for the candidate: a
+// password login as ocUserName (on stdin), the server's certificate
+// pinned, the tunnel named after the candidate's client interface (its
+// interface is pt-NAME), its state in stateDir, in the foreground and,
+// for CSTP only, --no-dtls. The gateway pushes only a route to its own
+// pool address, so the client host's other routes stay as they are.
+func ptunConnectArgs(o *OpenConnectCandidate, l ocLayout, ptunBinary, pin, stateDir string) []string {
+	a := []string{ptunBinary, "connect", l.url(), "--user", ocUserName, "--servercert", pin,
+		"--name", l.clientIf, "--state", stateDir, "--foreground"}
+	if !o.DTLS {
+		a = append(a, "--no-dtls")
+	}
+	return a
+}
+
+// startPtunConnect runs ptun connect in ns and returns the address the
+// server pushed, once the session is up on the candidate's path (DTLS,
+// or CSTP).
+func (t *ocTunnel) startPtunConnect(ctx context.Context, ns *netns.NS, ptunBinary, pin, password string) (netip.Addr, error) {
+	l := t.layout
+	state := filepath.Join(t.dir, "client")
+	var err error
+	argv := ptunConnectArgs(t.spec, l, ptunBinary, pin, state)
+	if t.client, err = startProcess(ns, "ptun connect in host client", argv, password+"\n"); err != nil {
+		return netip.Addr{}, err
+	}
+	want := "cstp"
+	if t.spec.DTLS {
+		want = "dtls"
+	}
+	var st *client.State
+	err = waitUntil(ctx, ocStartLimit, "ptun connect's session on "+want, t.failed, func() bool {
+		s, err := client.StatusOf(l.clientIf, client.Options{State: state})
+		if err != nil {
+			return false
+		}
+		st = s.State
+		return st.Path == want && len(st.Addresses) > 0
+	})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addr := st.Addresses[0].Addr()
+	if !addr.Is4() || !l.pool.Contains(addr) {
+		return netip.Addr{}, fmt.Errorf("the server pushed the addresses %v, want one of %v first", st.Addresses, l.pool)
+	}
+	ns.Do(func() error {
+		ifi, err := net.InterfaceByName(st.Interface)
+		if err == nil {
+			t.mtu = strconv.Itoa(ifi.MTU)
+		}
+		return err
+	})
+	return addr, nil
 }
 
 // checkPath records in c's errors what the client said of its data path

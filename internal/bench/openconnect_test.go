@@ -90,15 +90,39 @@ func TestGatewayInitArgs(t *testing.T) {
 
 func TestOpenconnectArgs(t *testing.T) {
 	l := testLayout()
-	dtls := strings.Join(openconnectArgs(openConnectByName("ptun-dtls"), l, "pin-sha256:abc=", "/tmp/d/connect.sh"), " ")
+	dtls := strings.Join(openconnectArgs(openConnectByName("ptun-openconnect-dtls"), l, "pin-sha256:abc=", "/tmp/d/connect.sh"), " ")
 	want := "openconnect --non-inter --passwd-on-stdin -u bench --servercert pin-sha256:abc= -i pbab123c -s /tmp/d/connect.sh https://198.18.0.2:4433/"
 	if dtls != want {
 		t.Errorf("DTLS args\n %s\nwant\n %s", dtls, want)
 	}
-	for _, name := range []string{"ptun-tls", "ocserv-tls"} {
+	for _, name := range []string{"ptun-openconnect-tls", "ocserv-tls"} {
 		a := openconnectArgs(openConnectByName(name), l, "pin-sha256:abc=", "/tmp/d/connect.sh")
 		if !slices.Contains(a, "--no-dtls") || a[len(a)-1] != l.url() {
 			t.Errorf("%s: args %q, want --no-dtls before the URL", name, a)
+		}
+	}
+}
+
+func TestPtunConnectArgs(t *testing.T) {
+	l := testLayout()
+	got := strings.Join(ptunConnectArgs(openConnectByName("ptun-dtls"), l, "/usr/bin/ptun", "pin-sha256:abc=", "/tmp/d/client"), " ")
+	want := "/usr/bin/ptun connect https://198.18.0.2:4433/ --user bench --servercert pin-sha256:abc= --name pbab123c --state /tmp/d/client --foreground"
+	if got != want {
+		t.Errorf("DTLS args\n %s\nwant\n %s", got, want)
+	}
+	if a := ptunConnectArgs(openConnectByName("ptun-tls"), l, "/usr/bin/ptun", "pin-sha256:abc=", "/tmp/d/client"); a[len(a)-1] != "--no-dtls" {
+		t.Errorf("ptun-tls: args %q, want --no-dtls", a)
+	}
+	// The interface ptun connect makes, pt-NAME, fits IFNAMSIZ.
+	if n := len("pt-" + l.clientIf); n > 15 {
+		t.Errorf("the client's interface pt-%s has %d bytes, more than 15", l.clientIf, n)
+	}
+	for _, o := range OpenConnectCandidates {
+		if o.Client != ClientPtun && o.Client != ClientOpenconnect || o.Server != ServerPtun && o.Server != ServerOcserv {
+			t.Errorf("%s: server %q, client %q", o.Name, o.Server, o.Client)
+		}
+		if strings.HasPrefix(o.Name, "ptun-openconnect-") != (o.Server == ServerPtun && o.Client == ClientOpenconnect) {
+			t.Errorf("%s: server %q, client %q: the name does not say so", o.Name, o.Server, o.Client)
 		}
 	}
 }
@@ -206,7 +230,7 @@ func TestOpenConnectOptions(t *testing.T) {
 	if err := o.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(OpenConnectNames(), " "); got != "ptun-dtls ptun-tls ocserv-dtls ocserv-tls" {
+	if got := strings.Join(OpenConnectNames(), " "); got != "ptun-dtls ptun-tls ptun-openconnect-dtls ptun-openconnect-tls ocserv-dtls ocserv-tls" {
 		t.Fatalf("names %q", got)
 	}
 	var none Options
